@@ -1,0 +1,1 @@
+"""aviary: retrain, judge, export and canary-deploy a TensorFlow model."""

@@ -1,0 +1,115 @@
+"""The pipeline's one parameter. Every step receives only its own slice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    path: Path = Field(Path("data/circle.csv"), description="CSV file to train on.")
+    features: tuple[str, ...] = Field(("x", "y"), min_length=1, description="Feature columns, in model input order.")
+    label: str = Field("class", min_length=1, description="Label column: 0 or 1.")
+    min_rows: int = Field(100, ge=2, description="Fewer valid rows than this fails ingest.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DataConfig:
+        names = [*self.features, self.label]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature and label columns must be distinct, got {names}")
+        return self
+
+
+class SplitConfig(_Frozen):
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="Share of rows held out for evaluation.")
+    seed: int = Field(42, description="Seed of the stratified split.")
+
+
+class TrainConfig(_Frozen):
+    hidden_units: int = Field(10, ge=1, le=4096, description="Units of the hidden ReLU layer.")
+    epochs: int = Field(40, ge=1, le=10_000, description="Upper bound on epochs; early stopping usually ends sooner.")
+    batch_size: int = Field(64, ge=1, le=65_536)
+    learning_rate: float = Field(0.01, gt=0, le=1, description="Adam learning rate.")
+    patience: int = Field(5, ge=0, description="Epochs without validation-loss improvement before stopping.")
+    seed: int = Field(42, description="Seeds weights and shuffling, so a re-run gives the same metrics.")
+
+
+class EvalConfig(_Frozen):
+    precision_floor: float = Field(
+        0.9, ge=0, le=1,
+        description="The threshold is the one with the best recall at or above this precision (0.5 if none reaches it).",
+    )
+
+
+class GateConfig(_Frozen):
+    min_precision: float = Field(0.8, ge=0, le=1)
+    min_recall: float = Field(0.8, ge=0, le=1)
+    max_regression: float = Field(
+        0.02, ge=0, le=1, description="How far a metric may fall below production's on the same eval set."
+    )
+
+
+class ExportConfig(_Frozen):
+    store: Path = Field(Path("models"), description="Model store root: <store>/<model>/<version>/.")
+    model_name: str = Field("circle", pattern=NAME_PATTERN, description="Model name, as TF Serving and Kubernetes see it.")
+    warmup_records: int = Field(100, ge=0, le=1000, description="Warmup requests TF Serving replays before serving.")
+    golden_rows: int = Field(200, ge=1, le=10_000, description="Eval rows kept, with their predictions, for the post-deploy check.")
+
+
+class CheckConfig(_Frozen):
+    tolerance: float = Field(1e-4, ge=0, description="Largest allowed |served - exported| probability.")
+    p95_budget_ms: float = Field(250.0, gt=0, description="p95 latency budget of one predict call.")
+    batch_size: int = Field(20, ge=1, le=1000, description="Instances per predict call.")
+    request_timeout_s: float = Field(10.0, gt=0)
+
+
+class LocalConfig(_Frozen):
+    host: str = Field("127.0.0.1", description="Interface the local model server listens on.")
+    rest_port: int = Field(8501, ge=1, le=65_535)
+    grpc_port: int = Field(8500, ge=1, le=65_535)
+    state_dir: Path = Field(Path(".aviary/serving"), description="Pid file, model config and logs of the local server.")
+    grace_s: float = Field(2.0, ge=0, description="How long the old stable version keeps serving after a promotion.")
+
+
+class KubernetesConfig(_Frozen):
+    kubeconfig: Path | None = Field(None, description="Kubeconfig file; in-cluster credentials when empty and in_cluster.")
+    context: str | None = Field(None, description="Kubeconfig context; the current one when empty.")
+    in_cluster: bool = Field(False, description="Use the pod's service account and in-cluster DNS.")
+    namespace: str = Field("aviary", pattern=NAME_PATTERN)
+    image: str = Field("tensorflow/serving:2.19.0", description="TF Serving image, pinned by version.")
+    replicas: int = Field(2, ge=1, le=100, description="Stable replicas.")
+    canary_replicas: int = Field(1, ge=1, le=100, description="Canary replicas; its traffic share is their ratio.")
+    canary_weight: int | None = Field(
+        None, ge=0, le=100, description="Canary traffic percent through a Gateway API HTTPRoute, when set."
+    )
+    store_claim: str = Field("aviary-models", description="PersistentVolumeClaim that holds the model store.")
+    store_mount: str = Field("/models", description="Where the pods mount the store.")
+    copy_image: str = Field("busybox:1.36", description="Image of the Job that copies a version onto the volume.")
+
+
+class RolloutConfig(_Frozen):
+    target: Literal["none", "local", "kubernetes"] = Field(
+        "local", description="Where the new version goes: none stops after export."
+    )
+    ready_timeout_s: float = Field(120.0, gt=0, description="Deadline for the canary to become available.")
+    check: CheckConfig = CheckConfig()
+    local: LocalConfig = LocalConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
+
+
+class PipelineConfig(_Frozen):
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+    gate: GateConfig = GateConfig()
+    export: ExportConfig = ExportConfig()
+    rollout: RolloutConfig = RolloutConfig()

@@ -1,0 +1,61 @@
+"""The narrow interface every rollout target implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Track = Literal["stable", "canary"]
+
+
+class TargetError(RuntimeError):
+    """A target refused or failed an operation; the message says which and why."""
+
+
+class NotReady(TargetError):
+    """A version did not become available before its deadline, or failed to load."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A track's TF Serving REST prefix, e.g. http://127.0.0.1:8501/v1/models/circle/labels/canary.
+
+    Append ``:predict`` or ``/metadata``. Headers, TLS verification and client certificate
+    are what the transport needs (the Kubernetes API server's service proxy wants credentials).
+    """
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    verify: bool | str = True
+    cert: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a target serves for one model now."""
+
+    stable: int | None
+    canary: int | None
+
+
+class Target(Protocol):
+    name: str
+
+    def deploy_canary(self, model: str, version: int, stable: int | None) -> None:
+        """Start serving `version` as the canary beside `stable`; returns without waiting."""
+
+    def wait_ready(self, model: str, version: int, timeout_s: float) -> None:
+        """Return once the canary answers; raise NotReady when the deadline passes or it fails to load."""
+
+    def endpoint(self, model: str, track: Track) -> Endpoint:
+        """Where one track can be reached from where the flow runs."""
+
+    def promote(self, model: str, version: int) -> None:
+        """Make `version` the stable one and retire the canary."""
+
+    def roll_back(self, model: str, stable: int | None) -> None:
+        """Remove the canary, leaving `stable` serving as it was and nothing else behind."""
+
+    def serving(self, model: str) -> Serving:
+        """Which versions the target serves now."""
