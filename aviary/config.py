@@ -106,6 +106,7 @@ class RolloutConfig(_Frozen):
 
 
 class PipelineConfig(_Frozen):
+    runs_dir: Path = Field(Path("runs"), description="Run directories: splits, trained model, TensorBoard logs.")
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()

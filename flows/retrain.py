@@ -1,0 +1,182 @@
+"""The retrain flow: ingest, split, train, evaluate, gate, export, then roll out on the chosen target."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from aviary.config import PipelineConfig
+from aviary.store import ModelStore
+from aviary.types import EvalReport, Verdict
+from tasks.evaluate import evaluate_model_task, evaluate_version_task
+from tasks.export import export_model_task
+from tasks.gate import gate_model_task
+from tasks.ingest import ingest_csv_task
+from tasks.split import split_dataset_task
+from tasks.train import train_model_task
+
+
+class RetrainResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    version: int
+    blessed: bool
+    reasons: tuple[str, ...]
+    metrics: EvalReport
+    baseline_version: int | None
+    path: Path | None = None
+
+
+def metrics_table(candidate: EvalReport, baseline: EvalReport | None, version: int, baseline_version: int | None) -> list[dict[str, Any]]:
+    rows = []
+    for metric in ("precision", "recall", "f1", "accuracy", "roc_auc", "pr_auc", "threshold"):
+        row: dict[str, Any] = {"metric": metric, f"v{version}": round(getattr(candidate, metric), 4)}
+        if baseline is not None:
+            row[f"production v{baseline_version}"] = round(getattr(baseline, metric), 4)
+        rows.append(row)
+    return rows
+
+
+def verdict_markdown(model: str, version: int, verdict: Verdict) -> str:
+    head = "blessed" if verdict.blessed else "rejected"
+    return f"# {model} v{version}: {head}\n\n" + "\n".join(f"- {reason}" for reason in verdict.reasons) + "\n"
+
+
+@flow(name="retrain")
+def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
+    """Retrain the model from its CSV; export it when the gate blesses it, then roll it out."""
+    logger = get_run_logger()
+    model = config.export.model_name
+    store = ModelStore(config.export.store, model)
+    run_key = flow_run.get_id() or uuid.uuid4().hex
+    run_dir = config.runs_dir / model / run_key
+
+    dataset = ingest_csv_task(config.data.path, config.data, config.runs_dir / "datasets")
+    split = split_dataset_task(dataset, config.split, run_dir / "split")
+    trained = train_model_task(split.train, config.train, run_dir)
+    evaluation = evaluate_model_task(trained, split.eval, config.evaluate)
+
+    baseline_version = store.baseline()
+    baseline = None
+    if baseline_version is not None:
+        threshold = float(store.metadata(baseline_version)["threshold"])
+        baseline = evaluate_version_task(store.version_dir(baseline_version), split.eval, threshold)
+    verdict = gate_model_task(evaluation, config.gate, baseline, baseline_version)
+
+    version = store.reserve_version(run_key)
+    key = model.lower()
+    create_table_artifact(
+        key=f"{key}-metrics",
+        table=metrics_table(evaluation, baseline, version, baseline_version),
+        description=f"{model} v{version} on {split.eval.rows} eval rows",
+    )
+    create_markdown_artifact(key=f"{key}-verdict", markdown=verdict_markdown(model, version, verdict))
+
+    result = RetrainResult(
+        model=model,
+        version=version,
+        blessed=verdict.blessed,
+        reasons=verdict.reasons,
+        metrics=evaluation,
+        baseline_version=baseline_version,
+    )
+    if not verdict.blessed:
+        store.record_rejected(
+            version,
+            {
+                "version": version,
+                "run": run_key,
+                "data_fingerprint": dataset.fingerprint,
+                "metrics": evaluation.model_dump(mode="json"),
+                "verdict": verdict.model_dump(mode="json"),
+            },
+        )
+        logger.warning("%s v%s rejected: %s", model, version, "; ".join(verdict.reasons))
+        return result
+
+    exported = export_model_task(
+        trained, split.eval, evaluation, verdict, version, config.export, config, baseline_version
+    )
+    logger.info("%s v%s exported to %s", model, version, exported.path)
+    return result.model_copy(update={"path": exported.path})
+
+
+# -- command line -----------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=retrain.__doc__)
+    parser.add_argument("--data", type=Path, help="CSV to train on (default: data/circle.csv)")
+    parser.add_argument("--model-name", help="model name in the store and on the server (default: circle)")
+    parser.add_argument("--store", type=Path, help="model store root (default: models)")
+    parser.add_argument("--runs-dir", type=Path, help="where run directories and TensorBoard logs go (default: runs)")
+    parser.add_argument("--target", choices=["none", "local", "kubernetes"], help="where the new version goes")
+    parser.add_argument("--epochs", type=int, help="upper bound on training epochs")
+    parser.add_argument("--config", type=Path, help="a JSON file with a full or partial PipelineConfig")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    base: dict[str, Any] = {}
+    if args.config is not None:
+        import json
+
+        base = json.loads(args.config.read_text())
+    overrides = {
+        ("data", "path"): args.data,
+        ("export", "model_name"): args.model_name,
+        ("export", "store"): args.store,
+        ("rollout", "target"): args.target,
+        ("train", "epochs"): args.epochs,
+    }
+    for (section, field), value in overrides.items():
+        if value is not None:
+            base.setdefault(section, {})[field] = value
+    if args.runs_dir is not None:
+        base["runs_dir"] = args.runs_dir
+    return PipelineConfig.model_validate(base)
+
+
+def describe(result: RetrainResult) -> str:
+    m = result.metrics
+    lines = [
+        f"{result.model} v{result.version}: {'BLESSED' if result.blessed else 'REJECTED'}"
+        + (f" and exported to {result.path}" if result.path else " (not exported)"),
+        f"  precision {m.precision:.4f}  recall {m.recall:.4f}  f1 {m.f1:.4f}  accuracy {m.accuracy:.4f}"
+        f"  roc_auc {m.roc_auc:.4f}  pr_auc {m.pr_auc:.4f}  threshold {m.threshold:.4f}",
+        *(f"  - {reason}" for reason in result.reasons),
+    ]
+    return "\n".join(lines)
+
+
+def one_line(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"invalid config: {where}: {first['msg']}"
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        result = retrain(config)
+    except Exception as error:  # noqa: BLE001 - the CLI's contract is one line, not a traceback
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    print(describe(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Score a model on the eval set at a decision threshold chosen there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from aviary.config import EvalConfig
+from aviary.types import Dataset, EvalReport, TrainedModel
+from tasks.train import load_arrays
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, precision_floor: float) -> float:
+    """The threshold with the best recall among those whose precision reaches the floor."""
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    # precision/recall have one more entry than thresholds: the last point has no threshold.
+    ok = precision[:-1] >= precision_floor
+    if not ok.any():
+        return DEFAULT_THRESHOLD
+    candidates = np.flatnonzero(ok)
+    best = candidates[np.lexsort((-thresholds[candidates], -recall[:-1][candidates]))[0]]
+    return float(thresholds[best])
+
+
+def report(labels: np.ndarray, scores: np.ndarray, threshold: float) -> EvalReport:
+    predicted = (scores >= threshold).astype(int)
+    labels = labels.astype(int)
+    cm = confusion_matrix(labels, predicted, labels=[0, 1])
+    return EvalReport(
+        threshold=threshold,
+        precision=float(precision_score(labels, predicted, zero_division=0)),
+        recall=float(recall_score(labels, predicted, zero_division=0)),
+        f1=float(f1_score(labels, predicted, zero_division=0)),
+        accuracy=float(accuracy_score(labels, predicted)),
+        roc_auc=float(roc_auc_score(labels, scores)),
+        pr_auc=float(average_precision_score(labels, scores)),
+        confusion_matrix=((int(cm[0, 0]), int(cm[0, 1])), (int(cm[1, 0]), int(cm[1, 1]))),
+        rows=int(len(labels)),
+    )
+
+
+def predict_keras(model_path: Path, features: np.ndarray) -> np.ndarray:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    model = keras.saving.load_model(model_path)
+    return np.asarray(model.predict(features, batch_size=8192, verbose=0)).reshape(-1)
+
+
+def predict_saved_model(version_dir: Path, features: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Scores from an exported version's serving signature, as TF Serving would compute them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    inputs = {name: tf.constant(features[:, i], dtype=tf.float32) for i, name in enumerate(names)}
+    return signature(**inputs)["probability"].numpy().reshape(-1)
+
+
+def evaluate_model(trained: TrainedModel, eval_set: Dataset, cfg: EvalConfig) -> EvalReport:
+    features, labels = load_arrays(eval_set)
+    scores = predict_keras(trained.path, features)
+    return report(labels, scores, choose_threshold(labels, scores, cfg.precision_floor))
+
+
+def evaluate_version(version_dir: Path, eval_set: Dataset, threshold: float) -> EvalReport:
+    """An exported version on this run's eval set, at the threshold it serves with."""
+    features, labels = load_arrays(eval_set)
+    return report(labels, predict_saved_model(version_dir, features, eval_set.features), threshold)
+
+
+@task(name="evaluate-model")
+def evaluate_model_task(trained: TrainedModel, eval_set: Dataset, cfg: EvalConfig) -> EvalReport:
+    return evaluate_model(trained, eval_set, cfg)
+
+
+@task(name="evaluate-version")
+def evaluate_version_task(version_dir: Path, eval_set: Dataset, threshold: float) -> EvalReport:
+    return evaluate_version(version_dir, eval_set, threshold)

@@ -1,0 +1,185 @@
+"""Export a blessed model as a TF Serving version: SavedModel, warmup records, golden set, metadata.
+
+The version is written to a temporary directory beside its final place and renamed into it,
+so TF Serving never sees half a version; a retry with the same version changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import task
+
+from aviary.config import ExportConfig, PipelineConfig
+from aviary.store import GOLDEN_FILE, METADATA_FILE, WARMUP_FILE, ModelStore, write_json_atomic
+from aviary.types import Dataset, EvalReport, ModelVersion, TrainedModel, Verdict
+
+SIGNATURE = "serving_default"
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "prefect", "pandas", "scikit-learn", "numpy")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_saved_model(model_path: Path, features: tuple[str, ...], threshold: float, out: Path) -> None:
+    """Named inputs, one float vector per feature; outputs `probability` and `class` at the threshold."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_path)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(*columns: tf.Tensor) -> dict[str, tf.Tensor]:
+        probability = tf.reshape(model(tf.stack(columns, axis=1)), [-1])
+        return {"probability": probability, "class": tf.cast(probability >= threshold, tf.int64)}
+
+    archive.add_endpoint(
+        name=SIGNATURE,
+        fn=serve,
+        input_signature=[tf.TensorSpec([None], tf.float32, name=name) for name in features],
+    )
+    archive.write_out(str(out), verbose=False)
+
+
+def serve_rows(version_dir: Path, rows: pd.DataFrame, features: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """What the exported signature answers for these rows."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
+    inputs = {name: tf.constant(rows[name].to_numpy(dtype=np.float32)) for name in features}
+    return {key: value.numpy() for key, value in signature(**inputs).items()}
+
+
+def write_warmup(path: Path, model: str, rows: pd.DataFrame, features: tuple[str, ...]) -> int:
+    """One single-instance PredictionLog per row, the format TF Serving replays before serving."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in rows.itertuples(index=False):
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model, signature_name=SIGNATURE))
+            for name in features:
+                request.inputs[name].CopyFrom(tf.make_tensor_proto([getattr(row, name)], dtype=tf.float32))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return len(rows)
+
+
+def export_model(
+    trained: TrainedModel,
+    eval_set: Dataset,
+    evaluation: EvalReport,
+    verdict: Verdict,
+    version: int,
+    cfg: ExportConfig,
+    pipeline: PipelineConfig | None = None,
+    parent: int | None = None,
+) -> ModelVersion:
+    if not verdict.blessed:
+        raise ExportError(f"version {version} is not blessed: {'; '.join(verdict.reasons)}")
+    store = ModelStore(cfg.store, cfg.model_name)
+    final = store.version_dir(version)
+    content_id = hashlib.sha256(
+        f"{file_digest(trained.path)}:{evaluation.threshold!r}:{eval_set.fingerprint}".encode()
+    ).hexdigest()
+    if final.exists():
+        existing = store.metadata(version).get("content_id")
+        if existing != content_id:
+            raise ExportError(f"{final}: version {version} already exists with other content; refusing to overwrite it")
+        return ModelVersion(model=cfg.model_name, version=version, path=final)
+
+    store.base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=store.base))
+    try:
+        write_saved_model(trained.path, eval_set.features, evaluation.threshold, tmp)
+        rows = pd.read_parquet(eval_set.path)
+        golden = rows.head(cfg.golden_rows)
+        served = serve_rows(tmp, golden, eval_set.features)
+        write_json_atomic(
+            tmp / GOLDEN_FILE,
+            {
+                "features": list(eval_set.features),
+                "label": eval_set.label,
+                "instances": golden[list(eval_set.features)].to_dict(orient="records"),
+                "labels": golden[eval_set.label].astype(int).tolist(),
+                "probability": served["probability"].astype(float).tolist(),
+                "class": served["class"].astype(int).tolist(),
+            },
+        )
+        warmup = write_warmup(tmp / WARMUP_FILE, cfg.model_name, rows.head(cfg.warmup_records), eval_set.features)
+        write_json_atomic(
+            tmp / METADATA_FILE,
+            {
+                "model": cfg.model_name,
+                "version": version,
+                "parent_version": parent,
+                "content_id": content_id,
+                "data_fingerprint": eval_set.fingerprint,
+                "data_source": str(eval_set.source),
+                "features": list(eval_set.features),
+                "label": eval_set.label,
+                "threshold": evaluation.threshold,
+                "metrics": evaluation.model_dump(mode="json"),
+                "verdict": verdict.model_dump(mode="json"),
+                "config": pipeline.model_dump(mode="json") if pipeline else None,
+                "warmup_records": warmup,
+                "packages": package_versions(),
+                "git_commit": git_commit(),
+                "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
+        os.rename(tmp, final)  # atomic; fails if a concurrent export won the race
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ModelVersion(model=cfg.model_name, version=version, path=final)
+
+
+@task(name="export-model")
+def export_model_task(
+    trained: TrainedModel,
+    eval_set: Dataset,
+    evaluation: EvalReport,
+    verdict: Verdict,
+    version: int,
+    cfg: ExportConfig,
+    pipeline: PipelineConfig | None = None,
+    parent: int | None = None,
+) -> ModelVersion:
+    return export_model(trained, eval_set, evaluation, verdict, version, cfg, pipeline, parent)

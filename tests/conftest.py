@@ -1,0 +1,65 @@
+"""Shared fixtures: small circle data sets and one trained model per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aviary.config import DataConfig, SplitConfig, TrainConfig
+from aviary.types import Dataset, Split, TrainedModel
+
+FAST_TRAIN = TrainConfig(epochs=25, batch_size=32, learning_rate=0.02, patience=5, seed=7)
+
+
+def circle_frame(rows: int, seed: int) -> pd.DataFrame:
+    # TODO(merge): data.generate.generate
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-1.5, 1.5, size=(rows, 2))
+    return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "class": ((xy**2).sum(axis=1) <= 1).astype(int)})
+
+
+def parquet_dataset(frame: pd.DataFrame, path: Path, fingerprint: str = "test") -> Dataset:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return Dataset(path=path, source=path, rows=len(frame), fingerprint=fingerprint, features=("x", "y"), label="class")
+
+
+@pytest.fixture(scope="session")
+def circle_split(tmp_path_factory: pytest.TempPathFactory) -> Split:
+    from tasks.split import split_dataset
+
+    root = tmp_path_factory.mktemp("circle")
+    dataset = parquet_dataset(circle_frame(3000, seed=1), root / "all.parquet")
+    return split_dataset(dataset, SplitConfig(eval_fraction=0.2, seed=3), root / "split")
+
+
+@pytest.fixture(scope="session")
+def trained(circle_split: Split, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
+    from tasks.train import train_model
+
+    return train_model(circle_split.train, FAST_TRAIN, tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """A throwaway Prefect API for flow tests; heartbeats off, they cost a second a run."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(), temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
+@pytest.fixture
+def data_config() -> DataConfig:
+    return DataConfig(min_rows=10)
+
+
+__all__ = ["FAST_TRAIN", "circle_frame", "parquet_dataset", "np"]
