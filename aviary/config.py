@@ -100,6 +100,9 @@ class RolloutConfig(_Frozen):
         "local", description="Where the new version goes: none stops after export."
     )
     ready_timeout_s: float = Field(120.0, gt=0, description="Deadline for the canary to become available.")
+    lock_timeout_s: float = Field(
+        60.0, ge=0, description="How long a rollout waits for another rollout of the same model before refusing."
+    )
     check: CheckConfig = CheckConfig()
     local: LocalConfig = LocalConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()

@@ -120,3 +120,29 @@ class ModelStore:
     def rejected(self, version: int) -> dict[str, Any] | None:
         path = self.base / REJECTED_DIR / f"{version}.json"
         return json.loads(path.read_text()) if path.exists() else None
+
+
+class History:
+    """Promotions and rollbacks of one model, oldest first: where `rollback` finds the version to return to."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.path = store.base / "history.json"
+
+    def events(self) -> list[dict[str, Any]]:
+        return json.loads(self.path.read_text()) if self.path.exists() else []
+
+    def record(self, event: str, version: int, **details: Any) -> None:
+        from datetime import UTC, datetime
+
+        entry = {"event": event, "version": version, "at": datetime.now(UTC).isoformat(timespec="seconds"), **details}
+        write_json_atomic(self.path, [*self.events(), entry])
+
+    def previous_production(self, current: int | None) -> int | None:
+        """The newest version promoted before `current` that was not itself rolled back."""
+        events = self.events()
+        withdrawn = {e["version"] for e in events if e["event"] == "withdrawn"}
+        for entry in reversed(events):
+            v = entry["version"]
+            if entry["event"] == "promoted" and v != current and v not in withdrawn:
+                return int(v)
+        return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import uuid
 from pathlib import Path
@@ -11,15 +12,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
+from tasks.ingest import ingest_csv_task
 
 from aviary.config import PipelineConfig
 from aviary.store import ModelStore
 from aviary.types import EvalReport, Verdict
+from flows.cli import add_config_arguments, config_from_args, one_line
+from flows.rollout import rollout
 from tasks.evaluate import evaluate_model_task, evaluate_version_task
 from tasks.export import export_model_task
 from tasks.gate import gate_model_task
-from tasks.ingest import ingest_csv_task
 from tasks.split import split_dataset_task
 from tasks.train import train_model_task
 
@@ -34,6 +37,7 @@ class RetrainResult(BaseModel):
     metrics: EvalReport
     baseline_version: int | None
     path: Path | None = None
+    rollout: str | None = None
 
 
 def metrics_table(candidate: EvalReport, baseline: EvalReport | None, version: int, baseline_version: int | None) -> list[dict[str, Any]]:
@@ -107,7 +111,11 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         trained, split.eval, evaluation, verdict, version, config.export, config, baseline_version
     )
     logger.info("%s v%s exported to %s", model, version, exported.path)
-    return result.model_copy(update={"path": exported.path})
+    result = result.model_copy(update={"path": exported.path})
+    if config.rollout.target != "none":
+        deployed = rollout(version, config)
+        result = result.model_copy(update={"rollout": deployed.phase})
+    return result
 
 
 # -- command line -----------------------------------------------------------
@@ -116,34 +124,9 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=retrain.__doc__)
     parser.add_argument("--data", type=Path, help="CSV to train on (default: data/circle.csv)")
-    parser.add_argument("--model-name", help="model name in the store and on the server (default: circle)")
-    parser.add_argument("--store", type=Path, help="model store root (default: models)")
-    parser.add_argument("--runs-dir", type=Path, help="where run directories and TensorBoard logs go (default: runs)")
-    parser.add_argument("--target", choices=["none", "local", "kubernetes"], help="where the new version goes")
     parser.add_argument("--epochs", type=int, help="upper bound on training epochs")
-    parser.add_argument("--config", type=Path, help="a JSON file with a full or partial PipelineConfig")
+    add_config_arguments(parser)
     return parser
-
-
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    base: dict[str, Any] = {}
-    if args.config is not None:
-        import json
-
-        base = json.loads(args.config.read_text())
-    overrides = {
-        ("data", "path"): args.data,
-        ("export", "model_name"): args.model_name,
-        ("export", "store"): args.store,
-        ("rollout", "target"): args.target,
-        ("train", "epochs"): args.epochs,
-    }
-    for (section, field), value in overrides.items():
-        if value is not None:
-            base.setdefault(section, {})[field] = value
-    if args.runs_dir is not None:
-        base["runs_dir"] = args.runs_dir
-    return PipelineConfig.model_validate(base)
 
 
 def describe(result: RetrainResult) -> str:
@@ -155,15 +138,9 @@ def describe(result: RetrainResult) -> str:
         f"  roc_auc {m.roc_auc:.4f}  pr_auc {m.pr_auc:.4f}  threshold {m.threshold:.4f}",
         *(f"  - {reason}" for reason in result.reasons),
     ]
+    if result.rollout:
+        lines.append(f"rollout: v{result.version} {result.rollout}")
     return "\n".join(lines)
-
-
-def one_line(error: BaseException) -> str:
-    if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return f"invalid config: {where}: {first['msg']}"
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
     print(describe(result))
+    if result.rollout == "Promoted" and config.rollout.target == "local":
+        local = config.rollout.local
+        body = json.dumps({"instances": [dict.fromkeys(config.data.features, 0.5)]})
+        print("try it:")
+        print(f"  curl -s -d '{body}' http://{local.host}:{local.rest_port}/v1/models/{result.model}:predict")
     return 0
 
 

@@ -32,10 +32,7 @@ def gate_model(
             drop = reference - value
             ok = drop <= cfg.max_regression
             passed &= ok
-            if drop > 0:
-                relation = f"fell {drop:.4f} below"
-            else:
-                relation = f"is {-drop:.4f} above" if drop < 0 else "equals"
+            relation = f"fell {drop:.4f} below" if drop > 0 else f"is {-drop:.4f} above" if drop < 0 else "equals"
             limit = "" if ok else f" (more than the {cfg.max_regression:.2f} allowed)"
             reasons.append(f"{metric} {value:.4f} {relation} production v{baseline_version} {reference:.4f}{limit}")
     return Verdict(blessed=passed, reasons=tuple(reasons), baseline_version=baseline_version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ def load_arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return features, labels
 
 
-def build_model(n_features: int, cfg: TrainConfig):  # type: ignore[no-untyped-def]
+def build_model(n_features: int, cfg: TrainConfig) -> Any:
     import keras
 
     model = keras.Sequential(

@@ -112,6 +112,6 @@ def test_a_failed_export_leaves_no_partial_version(
 ) -> None:
     (tmp_path / "corrupt.keras").write_bytes(b"not a keras archive")
     broken = trained.model_copy(update={"path": tmp_path / "corrupt.keras"})
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         export(broken, circle_split, evaluation, tmp_path / "store")
     assert list((tmp_path / "store" / "circle").iterdir()) == []
