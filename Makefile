@@ -1,0 +1,51 @@
+# The two commands of the README: `make run` and `make test`. Each makes its own virtual environment.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ROWS ?= 20000
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
+
+.PHONY: setup run test lint typecheck data serve-status serve-stop bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data/circle.csv: data/generate.py | $(STAMP)
+	$(PY) -m data.generate --rows $(ROWS) --seed 0 --out $@
+
+data: data/circle.csv
+
+run: setup data
+	$(PY) -m flows.retrain $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+test: lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+serve-status: setup
+	$(PY) -m aviary.targets.local status
+
+serve-stop: setup
+	$(PY) -m aviary.targets.local stop
+
+bench: setup
+	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_train.py
+
+clean:
+	-$(PY) -m aviary.targets.local stop
+	rm -rf models runs .aviary data/circle.csv

@@ -1,0 +1,45 @@
+"""A fake target that records what was asked of it, for driving the rollout machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
+
+
+@dataclass
+class FakeTarget:
+    name: str = "fake"
+    fail_on: dict[str, Exception] = field(default_factory=dict)
+    stable: int | None = None
+    canary: int | None = None
+    calls: list[str] = field(default_factory=list)
+
+    def _maybe_fail(self, op: str) -> None:
+        self.calls.append(op)
+        if op in self.fail_on:
+            raise self.fail_on[op]
+
+    def deploy_canary(self, model: str, version: int, stable: int | None) -> None:
+        self._maybe_fail("deploy_canary")
+        self.canary = version
+
+    def wait_ready(self, model: str, version: int, timeout_s: float) -> None:
+        self._maybe_fail("wait_ready")
+
+    def endpoint(self, model: str, track: Track) -> Endpoint:
+        return Endpoint(url=f"fake://{model}/{track}")
+
+    def promote(self, model: str, version: int) -> None:
+        self._maybe_fail("promote")
+        self.stable, self.canary = version, None
+
+    def roll_back(self, model: str, stable: int | None) -> None:
+        self._maybe_fail("roll_back")
+        self.stable, self.canary = stable, None
+
+    def serving(self, model: str) -> Serving:
+        return Serving(stable=self.stable, canary=self.canary)
+
+
+__all__ = ["FakeTarget", "NotReady", "TargetError"]

@@ -1,0 +1,101 @@
+"""The whole retrain flow on small generated data, under a throwaway Prefect API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prefect.artifacts import Artifact
+
+from aviary.config import PipelineConfig
+from aviary.store import ModelStore
+from data.generate import generate, write_csv
+from flows.retrain import main, retrain
+from tests.conftest import FAST_TRAIN
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def config(tmp_path: Path, data: Path, **gate: float) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "data": {"path": data, "min_rows": 100},
+            "train": FAST_TRAIN.model_dump(),
+            "gate": gate,
+            "export": {"store": tmp_path / "store", "warmup_records": 10, "golden_rows": 40},
+            "runs_dir": tmp_path / "runs",
+            "rollout": {"target": "none"},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_csv(generate(rows=2500, seed=11), tmp_path_factory.mktemp("data") / "circle.csv")
+
+
+def test_first_run_exports_v1_and_second_run_is_judged_against_it(tmp_path: Path, csv: Path) -> None:
+    cfg = config(tmp_path, csv)
+    first = retrain(cfg)
+    assert (first.version, first.blessed, first.baseline_version) == (1, True, None)
+    assert first.path == tmp_path / "store" / "circle" / "1" and (first.path / "saved_model.pb").is_file()
+    assert any("floors alone" in r for r in first.reasons)
+
+    second = retrain(cfg)
+    assert (second.version, second.blessed, second.baseline_version) == (2, True, 1)
+    assert any("production v1" in r for r in second.reasons)
+    assert ModelStore(tmp_path / "store", "circle").versions() == [1, 2]
+
+    metrics = Artifact.get("circle-metrics")
+    assert metrics is not None and "production v1" in str(metrics.data)
+    verdict = Artifact.get("circle-verdict")
+    assert verdict is not None and str(verdict.data).startswith("# circle v2: blessed")
+
+
+def test_a_rejected_model_is_recorded_and_not_exported(tmp_path: Path, csv: Path) -> None:
+    result = retrain(config(tmp_path, csv, min_precision=1.0, min_recall=1.0))
+    assert not result.blessed and result.path is None
+    store = ModelStore(tmp_path / "store", "circle")
+    assert store.versions() == []
+    rejected = store.rejected(result.version)
+    assert rejected is not None and rejected["verdict"]["blessed"] is False
+    assert any("< floor 1.00" in r for r in rejected["verdict"]["reasons"])
+
+
+def test_cli_prints_the_version_and_why(tmp_path: Path, csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({"train": FAST_TRAIN.model_dump(), "export": {"golden_rows": 20}}))
+    code = main(["--data", str(csv), "--store", str(tmp_path / "store"), "--runs-dir", str(tmp_path / "runs"),
+                 "--target", "none", "--config", str(cfg_file)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"circle v1: BLESSED and exported to {tmp_path / 'store' / 'circle' / '1'}" in out
+    assert "precision" in out and "floors alone decide" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("x,y\n0.1,0.2\n", "class"),
+        ("x,y,class\n0.1,nan,1\n0.2,0.3,0\n", "'y'"),
+        ("x,y,class\n" + "0.1,0.2,1\n" * 200, "class"),
+    ],
+    ids=["missing-label", "nan", "one-class"],
+)
+def test_bad_csv_fails_with_one_line_and_leaves_the_store_untouched(
+    tmp_path: Path, content: str, fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    code = main(["--data", str(bad), "--store", str(tmp_path / "store"), "--runs-dir", str(tmp_path / "runs"),
+                 "--target", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("error: ") and "bad.csv" in err[-1] and fragment in err[-1]
+    assert not (tmp_path / "store").exists()
+
+
+def test_invalid_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model-name", "Bad Name!", "--store", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("error: invalid config: export.model_name:")
