@@ -1,0 +1,1 @@
+"""Pipeline steps: each a plain function plus a thin Prefect task."""

@@ -1,0 +1,1 @@
+"""Training data: a small sample file and a generator for any size."""
