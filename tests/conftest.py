@@ -8,7 +8,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,10 +18,9 @@ FAST_TRAIN = TrainConfig(epochs=25, batch_size=32, learning_rate=0.02, patience=
 
 
 def circle_frame(rows: int, seed: int) -> pd.DataFrame:
-    # TODO(merge): data.generate.generate
-    rng = np.random.default_rng(seed)
-    xy = rng.uniform(-1.5, 1.5, size=(rows, 2))
-    return pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "class": ((xy**2).sum(axis=1) <= 1).astype(int)})
+    from data.generate import generate
+
+    return generate(rows=rows, seed=seed, noise=0.0)
 
 
 def parquet_dataset(frame: pd.DataFrame, path: Path, fingerprint: str = "test") -> Dataset:
@@ -61,5 +59,3 @@ def prefect_harness() -> Iterator[None]:
 def data_config() -> DataConfig:
     return DataConfig(min_rows=10)
 
-
-__all__ = ["FAST_TRAIN", "circle_frame", "parquet_dataset", "np"]
