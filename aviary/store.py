@@ -117,6 +117,16 @@ class ModelStore:
         write_json_atomic(path, record)
         return path
 
+    def claim_once(self, what: str, version: int) -> bool:
+        """True the first time it is asked for (what, version), False ever after: for exactly-once side effects."""
+        marks = self.base / ".once"
+        marks.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(marks / f"{what}-{version}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
     def rejected(self, version: int) -> dict[str, Any] | None:
         path = self.base / REJECTED_DIR / f"{version}.json"
         return json.loads(path.read_text()) if path.exists() else None

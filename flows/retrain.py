@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.events import emit_event
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
@@ -25,6 +26,9 @@ from tasks.export import export_model_task
 from tasks.gate import gate_model_task
 from tasks.split import split_dataset_task
 from tasks.train import train_model_task
+
+
+EXPORTED_EVENT = "aviary.model.exported"
 
 
 class RetrainResult(BaseModel):
@@ -111,6 +115,17 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         trained, split.eval, evaluation, verdict, version, config.export, config, baseline_version
     )
     logger.info("%s v%s exported to %s", model, version, exported.path)
+    if store.claim_once("exported-event", version):
+        emit_event(
+            event=EXPORTED_EVENT,
+            resource={
+                "prefect.resource.id": f"aviary.model.{model}.{version}",
+                "aviary.model.name": model,
+                "aviary.model.version": str(version),
+                "aviary.model.path": str(exported.path.resolve()),
+            },
+            payload={"blessed": True, "metrics": evaluation.model_dump(mode="json")},
+        )
     result = result.model_copy(update={"path": exported.path})
     if config.rollout.target != "none":
         deployed = rollout(version, config)

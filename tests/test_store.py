@@ -40,3 +40,11 @@ def test_aliases_point_only_at_versions_in_the_store(tmp_path: Path) -> None:
     assert store.aliases() == {"production": 1}
     with pytest.raises(ValueError, match="version 9: not in the store"):
         store.set_aliases(production=9)
+
+
+def test_claim_once_is_true_exactly_once(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, "circle")
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda _: store.claim_once("exported-event", 3), range(16)))
+    assert claims.count(True) == 1
+    assert store.claim_once("exported-event", 4)
