@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.events import emit_event
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
-from tasks.ingest import ingest_csv_task
 
 from aviary.config import PipelineConfig
 from aviary.store import ModelStore
@@ -24,9 +23,9 @@ from flows.rollout import rollout
 from tasks.evaluate import evaluate_model_task, evaluate_version_task
 from tasks.export import export_model_task
 from tasks.gate import gate_model_task
+from tasks.ingest import ingest_csv_task
 from tasks.split import split_dataset_task
 from tasks.train import train_model_task
-
 
 EXPORTED_EVENT = "aviary.model.exported"
 
