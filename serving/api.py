@@ -1,0 +1,436 @@
+"""The request logic REST and gRPC share: resolve the servable, check, run, shape the answer.
+
+Each call is split as `prepare -> Future -> finish` so the asyncio REST front end can await the
+model run while gRPC worker threads block on it; both end in the same checks and messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from serving import jsontensor as jt
+from serving.manager import ModelManager
+from serving.servable import Runner, Servable, check_output_dtype
+from serving.status import ServingError, invalid
+
+Outputs = dict[str, np.ndarray]
+Finish = Callable[[Outputs], Any]
+
+_STATE_NUMBERS = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
+
+
+# --------------------------------------------------------------------------- tensor protos
+
+
+def tensor_proto_to_array(proto: Any) -> np.ndarray:
+    import tensorflow as tf
+
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as exc:  # noqa: BLE001 - malformed client tensors are the client's error
+        raise invalid(f"tensor parsing error: {exc}") from None
+
+
+def array_to_tensor_proto(arr: np.ndarray) -> Any:
+    """AsProtoField: typed repeated fields (float_val, int64_val, ...), as TF Serving answers."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+
+    proto = tensor_pb2.TensorProto()
+    proto.tensor_shape.CopyFrom(
+        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape])
+    )
+    flat = arr.ravel()
+    kind = arr.dtype
+    if kind == np.float32:
+        proto.dtype = jt.DT_FLOAT
+        proto.float_val.extend(flat.tolist())
+    elif kind == np.float64:
+        proto.dtype = jt.DT_DOUBLE
+        proto.double_val.extend(flat.tolist())
+    elif kind == np.int64:
+        proto.dtype = jt.DT_INT64
+        proto.int64_val.extend(flat.tolist())
+    elif kind in (np.int32, np.int16, np.int8, np.uint8, np.uint16):
+        proto.dtype = {np.dtype(np.int32): 3, np.dtype(np.int16): 5, np.dtype(np.int8): 6,
+                       np.dtype(np.uint8): 4, np.dtype(np.uint16): 17}[np.dtype(kind)]
+        proto.int_val.extend(flat.astype(np.int64).tolist())
+    elif kind == np.bool_:
+        proto.dtype = jt.DT_BOOL
+        proto.bool_val.extend(flat.tolist())
+    elif kind == np.float16:
+        proto.dtype = jt.DT_HALF
+        proto.half_val.extend(flat.view(np.uint16).astype(np.int64).tolist())
+    elif kind == np.uint32:
+        proto.dtype = jt.DT_UINT32
+        proto.uint32_val.extend(flat.tolist())
+    elif kind == np.uint64:
+        proto.dtype = jt.DT_UINT64
+        proto.uint64_val.extend(flat.tolist())
+    elif kind.kind in "OSU":
+        proto.dtype = jt.DT_STRING
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+    else:
+        import tensorflow as tf
+
+        return tf.make_tensor_proto(arr)
+    return proto
+
+
+# --------------------------------------------------------------------------- examples
+
+
+def serialized_examples(request_input: Any) -> np.ndarray:
+    """Input -> 1-D string tensor of serialized tf.Examples (context merged by concatenation)."""
+    kind = request_input.WhichOneof("kind")
+    if kind == "example_list":
+        records = [e.SerializeToString() for e in request_input.example_list.examples]
+    elif kind == "example_list_with_context":
+        ctx = request_input.example_list_with_context.context.SerializeToString()
+        records = [ctx + e.SerializeToString() for e in request_input.example_list_with_context.examples]
+    else:
+        records = []
+    if not records:
+        raise invalid("Input is empty.")
+    arr = np.empty(len(records), dtype=object)
+    arr[:] = records
+    return arr
+
+
+def regression_values(outputs: Outputs, num_examples: int) -> list[float]:
+    """PostProcessRegressionResult's checks."""
+    arr = outputs.get("outputs")
+    if arr is None:
+        raise invalid("Could not find output tensor 'outputs'")
+    if not (arr.ndim == 1 or (arr.ndim == 2 and arr.shape[1] == 1)):
+        raise invalid(
+            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+            f"[{','.join(map(str, arr.shape))}]"
+        )
+    if arr.shape[0] != num_examples:
+        raise invalid(f"Input batch size did not match output batch size: {num_examples} vs. {arr.shape[0]}")
+    check_output_dtype(arr, jt.DT_FLOAT, "output")
+    return [float(v) for v in arr.reshape(-1).tolist()]
+
+
+def classification_values(outputs: Outputs, num_examples: int) -> list[list[tuple[str, float]]]:
+    """PostProcessClassificationResult's checks: classes [batch, k] strings, scores [batch, k] floats."""
+    classes = outputs.get("classes")
+    scores = outputs.get("scores")
+    num_classes = -1
+    for name, arr, dtype in (("classes", classes, jt.DT_STRING), ("scores", scores, jt.DT_FLOAT)):
+        if arr is None:
+            continue
+        check_output_dtype(arr, dtype, name)
+        if arr.ndim != 2 or arr.shape[0] != num_examples:
+            raise invalid(
+                f"Expected Tensor shape: [batch_size num_classes] but got [{','.join(map(str, arr.shape))}]"
+            )
+        if num_classes >= 0 and arr.shape[1] != num_classes:
+            raise invalid(
+                f"Tensors class and score should match in dim_size(1). Got {num_classes} vs. {arr.shape[1]}"
+            )
+        num_classes = arr.shape[1]
+    results = []
+    for i in range(num_examples):
+        row = []
+        for c in range(max(num_classes, 0)):
+            label = classes[i, c] if classes is not None else b""
+            score = float(scores[i, c]) if scores is not None else 0.0
+            row.append((label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label), score))
+        results.append(row)
+    return results
+
+
+# --------------------------------------------------------------------------- the service
+
+
+class ServingApi:
+    """TF Serving's request handlers over a ModelManager."""
+
+    def __init__(self, manager: ModelManager) -> None:
+        self.manager = manager
+
+    # ----------------------------------------------------------------- REST
+
+    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes
+                     ) -> tuple[Future[Outputs], Finish]:
+        doc = jt.parse_json_object(body)
+        signature_name = jt.signature_name_of(doc)
+        servable = self.manager.resolve(name, version, label)
+        runner = servable.runner_for_rest(signature_name)
+        if not runner.input_dtypes:
+            raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+        feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
+        return runner.submit(feeds), lambda outputs: jt.predict_response_json(outputs, row_format)
+
+    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes
+                      ) -> tuple[Future[Outputs], Finish]:
+        doc = jt.parse_json_object(body)
+        signature_name = jt.signature_name_of(doc)
+        request_input = jt.input_from_json(doc)
+        servable = self.manager.resolve(name, version, label)
+        _, runner = servable.prepare_classify(signature_name)
+        examples = serialized_examples(request_input)
+        n = len(examples)
+        return (runner.submit({"inputs": examples}),
+                lambda outputs: jt.classify_response_json(classification_values(outputs, n)))
+
+    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes
+                     ) -> tuple[Future[Outputs], Finish]:
+        doc = jt.parse_json_object(body)
+        signature_name = jt.signature_name_of(doc)
+        request_input = jt.input_from_json(doc)
+        servable = self.manager.resolve(name, version, label)
+        _, runner = servable.prepare_regress(signature_name)
+        examples = serialized_examples(request_input)
+        n = len(examples)
+        return (runner.submit({"inputs": examples}),
+                lambda outputs: jt.regress_response_json(regression_values(outputs, n)))
+
+    def rest_status(self, name: str, version: int | None) -> bytes:
+        response = self.model_status(name, version)
+        from google.protobuf import json_format
+
+        data = json_format.MessageToDict(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        return (json.dumps(data, indent=1) + "\n").encode()
+
+    def rest_metadata(self, name: str, version: int | None, label: str | None) -> bytes:
+        from google.protobuf import json_format
+
+        servable = self.manager.resolve(name, version, label)
+        spec = {"name": name, "signature_name": "", "version": str(servable.version)}
+        sigs = {
+            "signature_def": {
+                key: json_format.MessageToDict(
+                    sig, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                )
+                for key, sig in servable.signature_defs.items()
+            }
+        }
+        text = (
+            "{\n\"model_spec\":" + json.dumps(spec, indent=1) + "\n,\n\"metadata\": {\"signature_def\": "
+            + json.dumps(sigs, indent=1) + "\n}\n}\n"
+        )
+        return text.encode()
+
+    # ----------------------------------------------------------------- protos (gRPC + warmup)
+
+    def _servable_for(self, spec: Any) -> Servable:
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self.manager.resolve(spec.name, spec.version.value)
+        if choice == "version_label":
+            return self.manager.resolve(spec.name, None, spec.version_label)
+        return self.manager.resolve(spec.name)
+
+    def predict_prepare(self, request: Any, servable: Servable | None = None
+                        ) -> tuple[Runner, dict[str, np.ndarray], list[str]]:
+        servable = servable or self._servable_for(request.model_spec)
+        runner = servable.runner_for_predict(request.model_spec.signature_name)
+        sig_inputs = set(runner.input_dtypes)
+        sent = set(request.inputs)
+        if sent != sig_inputs:
+            if len(sent) != len(sig_inputs):
+                raise invalid(
+                    f"input size does not match signature: {len(sent)}!={len(sig_inputs)} "
+                    f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(sig_inputs))}}}). "
+                    f"Sent extra: {{{','.join(sorted(sent - sig_inputs))}}}. "
+                    f"Missing but required: {{{','.join(sorted(sig_inputs - sent))}}}."
+                )
+            alias = sorted(sent - sig_inputs)[0]
+            raise invalid(
+                f"input tensor alias not found in signature: {alias}. "
+                f"Inputs expected to be in the set {{{','.join(sorted(sig_inputs))}}}."
+            )
+        feeds = {alias: tensor_proto_to_array(request.inputs[alias]) for alias in sorted(sent)}
+        wanted: list[str] = []
+        for alias in request.output_filter:
+            if alias not in runner.signature_def.outputs:
+                raise invalid(
+                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                    f"{{{','.join(sorted(runner.signature_def.outputs))}}}."
+                )
+            if alias in wanted:
+                raise invalid(f"duplicate output tensor alias: {alias}")
+            wanted.append(alias)
+        return runner, feeds, wanted
+
+    def predict_response(self, request: Any, servable_version: int, runner: Runner, outputs: Outputs,
+                         wanted: list[str]) -> Any:
+        from tensorflow_serving.apis import predict_pb2
+
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = servable_version
+        response.model_spec.signature_name = runner.name
+        for alias in wanted or sorted(outputs):
+            response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
+        return response
+
+    def predict(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
+                direct: bool = False) -> Any:
+        servable = servable or self._servable_for(request.model_spec)
+        runner, feeds, wanted = self.predict_prepare(request, servable)
+        outputs = runner.run(feeds) if direct else _result(runner.submit(feeds), timeout)
+        return self.predict_response(request, servable.version, runner, outputs, wanted)
+
+    def _run_examples(self, runner: Runner, request_input: Any, timeout: float | None, direct: bool
+                      ) -> tuple[Outputs, int]:
+        examples = serialized_examples(request_input)
+        feeds = {"inputs": examples}
+        outputs = runner.run(feeds) if direct else _result(runner.submit(feeds), timeout)
+        return outputs, len(examples)
+
+    def classify(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
+                 direct: bool = False) -> Any:
+        from tensorflow_serving.apis import classification_pb2
+
+        servable = servable or self._servable_for(request.model_spec)
+        key, runner = servable.prepare_classify(request.model_spec.signature_name)
+        outputs, n = self._run_examples(runner, request.input, timeout, direct)
+        response = classification_pb2.ClassificationResponse()
+        _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
+        _fill_classifications(response.result, classification_values(outputs, n))
+        return response
+
+    def regress(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
+                direct: bool = False) -> Any:
+        from tensorflow_serving.apis import regression_pb2
+
+        servable = servable or self._servable_for(request.model_spec)
+        key, runner = servable.prepare_regress(request.model_spec.signature_name)
+        outputs, n = self._run_examples(runner, request.input, timeout, direct)
+        response = regression_pb2.RegressionResponse()
+        _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
+        for value in regression_values(outputs, n):
+            response.result.regressions.add().value = value
+        return response
+
+    def multi_inference(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
+                        direct: bool = False) -> Any:
+        from tensorflow_serving.apis import inference_pb2
+
+        tasks = list(request.tasks)
+        if not tasks:
+            raise invalid("Inference request should contain at least one task.")
+        names = {t.model_spec.name for t in tasks}
+        if len(names) != 1:
+            raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        seen: set[str] = set()
+        for task in tasks:
+            key = task.model_spec.signature_name or "serving_default"
+            if key in seen:
+                raise invalid(f"Duplicate evaluation of signature: {key}")
+            seen.add(key)
+            if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
+                raise invalid(f"Unsupported signature method_name: {task.method_name}")
+        servable = servable or self._servable_for(tasks[0].model_spec)
+        response = inference_pb2.MultiInferenceResponse()
+        for task in tasks:
+            result = response.results.add()
+            if task.method_name == "tensorflow/serving/classify":
+                key, runner = servable.prepare_classify(task.model_spec.signature_name)
+                outputs, n = self._run_examples(runner, request.input, timeout, direct)
+                _fill_classifications(result.classification_result, classification_values(outputs, n))
+            else:
+                key, runner = servable.prepare_regress(task.model_spec.signature_name)
+                outputs, n = self._run_examples(runner, request.input, timeout, direct)
+                for value in regression_values(outputs, n):
+                    result.regression_result.regressions.add().value = value
+            _fill_spec(result.model_spec, task.model_spec.name, servable.version, key)
+        return response
+
+    def metadata(self, request: Any) -> Any:
+        from tensorflow.core.protobuf import meta_graph_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        fields = list(request.metadata_field)
+        if not fields:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for field_name in fields:
+            if field_name != "signature_def":
+                raise invalid(f"Metadata field {field_name} is not supported")
+        servable = self._servable_for(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = servable.version
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, sig in servable.signature_defs.items():
+            sig_map.signature_def[key].CopyFrom(sig)
+        del meta_graph_pb2
+        response.metadata["signature_def"].Pack(sig_map)
+        return response
+
+    def model_status(self, name: str, version: int | None) -> Any:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        if not name:
+            raise invalid("Missing model name in request.")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for state in self.manager.version_states(name, version):
+            entry = response.model_version_status.add()
+            entry.version = state.version
+            entry.state = _STATE_NUMBERS[state.state]  # type: ignore[assignment]
+            entry.status.error_code = _error_code_number(state.error_code)  # type: ignore[assignment]
+            entry.status.error_message = state.error_message
+        return response
+
+    def run_warmup_record(self, servable: Servable, record: Any) -> None:
+        """Replays one PredictionLog against a version that is not yet serving."""
+        kind = record.WhichOneof("log_type")
+        if kind == "predict_log":
+            self.predict(record.predict_log.request, servable=servable, direct=True)
+        elif kind == "classify_log":
+            self.classify(record.classify_log.request, servable=servable, direct=True)
+        elif kind == "regress_log":
+            self.regress(record.regress_log.request, servable=servable, direct=True)
+        elif kind == "multi_inference_log":
+            self.multi_inference(record.multi_inference_log.request, servable=servable, direct=True)
+
+
+def _error_code_number(name: str) -> int:
+    from serving.status import CODE_VALUES
+
+    return CODE_VALUES.get(name, 2)
+
+
+def _result(future: Future[Outputs], timeout: float | None) -> Outputs:
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    try:
+        return future.result(timeout)
+    except FutureTimeout:
+        raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
+
+
+def _fill_spec(spec: Any, name: str, version: int, signature_name: str) -> None:
+    spec.name = name
+    spec.version.value = version
+    spec.signature_name = signature_name
+
+
+def _fill_classifications(result: Any, values: list[list[tuple[str, float]]]) -> None:
+    for row in values:
+        classifications = result.classifications.add()
+        for label, score in row:
+            cls = classifications.classes.add()
+            cls.label = label
+            cls.score = score
+
+
+def parse_version(text: str) -> int:
+    value = int(text)
+    if value >= 2**63:
+        raise invalid(f"Failed to convert version: {text} to numeric.")
+    return value
+
+
+__all__ = ["ServingApi", "parse_version", "tensor_proto_to_array", "array_to_tensor_proto"]
+_ = Mapping
