@@ -99,14 +99,16 @@ class LocalTarget:
         with grpc.insecure_channel(f"{self.cfg.host}:{self.cfg.grpc_port}") as channel:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             try:
-                response = stub.HandleReloadConfigRequest(
+                stub.HandleReloadConfigRequest(
                     model_management_pb2.ReloadConfigRequest(config=config), timeout=START_TIMEOUT_S
                 )
             except grpc.RpcError as error:
-                raise TargetError(f"local server at {self.cfg.host}:{self.cfg.grpc_port} refused the reload: {error}") from error
-        # A version that fails to load shows END in its status, which wait_ready reports with its deadline.
-        if response.status.error_code != 0 and not loading:
-            raise TargetError(f"local server rejected the model config: {response.status.error_message}")
+                code, details = error.code(), error.details()  # type: ignore[attr-defined]
+                # A version that fails to load shows END in its status; wait_ready reports it within its deadline.
+                if loading and code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return
+                raise TargetError(f"local server at {self.cfg.host}:{self.cfg.grpc_port} refused the model config: "
+                                  f"{code.name}: {details}") from error
 
     # -- the server process ------------------------------------------------
     def pid(self) -> int | None:
