@@ -57,6 +57,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.faults: list[Fault] = []
         self.forbidden: set[tuple[str, str, str | None]] = set()
         self.token: str | None = None
+        self.auto_ready = False  # play a controller that rolls every Deployment out at once
         self._versions = itertools.count(1000)
         self._uids = itertools.count(1)
 
@@ -172,6 +173,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         })
         if "spec" in obj:
             meta["generation"] = 1
+        self._controller(obj)
         self._store(key, obj)
         return aiohttp.web.json_response(obj, status=201)
 
@@ -196,7 +198,12 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         updated["metadata"] = meta
         if "spec" in updated and updated.get("spec") != current.get("spec"):
             meta["generation"] = int(meta.get("generation") or 0) + 1
+        self._controller(updated)
         return self._commit(key, current, updated)
+
+    def _controller(self, obj: Obj) -> None:
+        if self.auto_ready and obj.get("kind") == "Deployment":
+            obj["status"] = ready_status(obj)
 
     def _commit(self, key: Key, current: Obj, updated: Obj) -> aiohttp.web.Response:
         if updated != current:
@@ -214,6 +221,19 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return aiohttp.web.json_response({"model_version_status": [
             {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}],
             "served_by": service, "model": model})
+
+
+def ready_status(deployment: Obj) -> Obj:
+    """What the Deployment controller reports once a rollout is complete."""
+    replicas = int(deployment["spec"].get("replicas", 1))
+    return {
+        "observedGeneration": deployment["metadata"]["generation"],
+        "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas,
+        "conditions": [
+            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+        ],
+    }
 
 
 def _merge(base: Obj, patch: Obj) -> Obj:
