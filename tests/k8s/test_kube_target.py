@@ -54,13 +54,13 @@ def with_stable(kube: EmulatorThread, target: KubernetesTarget, version: int) ->
     kube.emulator.auto_ready = False
 
 
-def in_thread(fn: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
-    errors: list[BaseException] = []
+def in_thread(fn: Callable[[], None]) -> tuple[threading.Thread, list[Exception]]:
+    errors: list[Exception] = []
 
     def run() -> None:
         try:
             fn()
-        except BaseException as e:  # handed back to the test
+        except Exception as e:  # noqa: BLE001  (handed back to the test thread)
             errors.append(e)
 
     thread = threading.Thread(target=run, daemon=True)
