@@ -187,6 +187,9 @@ class KubernetesTarget:
             deadline_s=max(1, math.ceil(timeout_s)), tmp_size=f"{max(16, 2 * len(payload) // 2**20 + 16)}Mi",
         )
         name = job["metadata"]["name"]
+        previous = self.api.get("Job", name)
+        if previous is not None and _job_failed(previous):
+            self.api.delete("Job", name)  # a failed copy of the same files: start it afresh
         for config_map in maps:
             self.api.apply(config_map)
         self.api.apply(job)
@@ -268,11 +271,11 @@ class KubernetesTarget:
             if job is None:
                 raise TargetError(f"copy job {name} disappeared from namespace {self.cfg.namespace!r}")
             status = job.get("status") or {}
-            conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
-            if "Complete" in conditions or int(status.get("succeeded") or 0) > 0:
+            if _job_condition(job, "Complete") is not None or int(status.get("succeeded") or 0) > 0:
                 return
-            if "Failed" in conditions:
-                reason = conditions["Failed"].get("message") or conditions["Failed"].get("reason") or "failed"
+            failed = _job_failed(job)
+            if failed is not None:
+                reason = failed.get("message") or failed.get("reason") or "failed"
                 raise TargetError(
                     f"copy job {name} failed: {reason}; see kubectl -n {self.cfg.namespace} logs job/{name}"
                 )
@@ -280,6 +283,17 @@ class KubernetesTarget:
             if remaining <= 0:
                 raise NotReady(f"copy job {name} did not finish within {timeout_s:g}s")
             self._sleep(min(self.poll_interval_s, remaining))
+
+
+def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind and condition.get("status") == "True":
+            return dict(condition)
+    return None
+
+
+def _job_failed(job: dict[str, Any]) -> dict[str, Any] | None:
+    return _job_condition(job, "Failed")
 
 
 def _tar_gz(path: Path) -> bytes:

@@ -95,7 +95,8 @@ def test_kube_upload_is_content_addressed_and_repeatable(kube: EmulatorThread, k
 
 def test_kube_upload_failure_names_the_job(kube: EmulatorThread, kube_target: KubernetesTarget,
                                            kube_read: KubeReader, tmp_path: Path) -> None:
-    thread, errors = in_thread(lambda: kube_target.upload_version("circle", 7, export_dir(tmp_path), timeout_s=10))
+    source = export_dir(tmp_path)
+    thread, errors = in_thread(lambda: kube_target.upload_version("circle", 7, source, timeout_s=10))
     wait_for(lambda: bool(kube_read.names("Job")))
     name = job_name(kube_read)
     kube_read.set_status("Job", name, {"failed": 2, "conditions": [
@@ -106,6 +107,13 @@ def test_kube_upload_failure_names_the_job(kube: EmulatorThread, kube_target: Ku
     assert str(errors[0]) == (f"copy job {name} failed: Job has reached the specified backoff limit; "
                               f"see kubectl -n aviary logs job/{name}")
     assert not kube_read.names("ConfigMap")  # the chunks never outlive the copy
+    assert kube_read.names("Job") == {name}  # kept for its logs
+
+    thread, errors = in_thread(lambda: kube_target.upload_version("circle", 7, source, timeout_s=10))
+    wait_for(lambda: "status" not in (kube_read.get("Job", name) or {"status": "gone"}))  # a fresh Job, not the failed one
+    kube_read.set_status("Job", name, {"succeeded": 1})
+    thread.join(5)
+    assert not errors and not kube_read.names("Job")
 
 
 def test_kube_upload_refuses_what_does_not_fit(kube_client: ApiClient, tmp_path: Path) -> None:
