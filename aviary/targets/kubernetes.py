@@ -190,10 +190,10 @@ class KubernetesTarget:
         previous = self.api.get("Job", name)
         if previous is not None and _job_failed(previous):
             self.api.delete("Job", name)  # a failed copy of the same files: start it afresh
-        for config_map in maps:
-            self.api.apply(config_map)
-        self.api.apply(job)
         try:
+            for config_map in maps:
+                self.api.apply(config_map)
+            self.api.apply(job)
             self._wait_job(name, timeout_s)
         finally:
             for config_map in maps:
