@@ -93,6 +93,10 @@ class KubernetesConfig(_Frozen):
     store_claim: str = Field("aviary-models", description="PersistentVolumeClaim that holds the model store.")
     store_mount: str = Field("/models", description="Where the pods mount the store.")
     copy_image: str = Field("busybox:1.36", description="Image of the Job that copies a version onto the volume.")
+    store_uri: str | None = Field(
+        None, description="Object-store base TF Serving reads versions from (gs://..., s3://...) instead of the volume."
+    )
+    gateway: str = Field("aviary", description="Gateway API Gateway that the canary HTTPRoute attaches to.")
 
 
 class RolloutConfig(_Frozen):

@@ -19,6 +19,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, help="where run directories and TensorBoard logs go (default: runs)")
     parser.add_argument("--target", choices=["none", "local", "kubernetes"], help="where the new version goes")
     parser.add_argument("--config", type=Path, help="a JSON file with a full or partial PipelineConfig")
+    parser.add_argument("--ready-timeout", type=float, help="seconds for the canary to become available")
+    kube = parser.add_argument_group("kubernetes target")
+    kube.add_argument("--namespace", help="namespace of the TF Serving Deployments (default: aviary)")
+    kube.add_argument("--kube-context", help="kubeconfig context (default: the current one)")
+    kube.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    kube.add_argument("--in-cluster", action="store_const", const=True, help="use the pod's service account")
+    kube.add_argument("--kube-image", help="TF Serving image, pinned by version")
+    kube.add_argument("--kube-replicas", type=int, help="stable replicas")
+    kube.add_argument("--canary-replicas", type=int, help="canary replicas (traffic share by replica ratio)")
+    kube.add_argument("--canary-weight", type=int, help="canary traffic percent through a Gateway API HTTPRoute")
+    kube.add_argument("--store-claim", help="PersistentVolumeClaim holding the model store")
+    kube.add_argument("--store-uri", help="object-store base that TF Serving reads (gs://, s3://) instead of the claim")
+    kube.add_argument("--copy-image", help="image of the Job that copies a version onto the claim")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -31,10 +44,27 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         ("export", "model_name"): args.model_name,
         ("export", "store"): args.store,
         ("rollout", "target"): args.target,
+        ("rollout", "ready_timeout_s"): args.ready_timeout,
+    }
+    kube_overrides = {
+        "namespace": args.namespace,
+        "context": args.kube_context,
+        "kubeconfig": args.kubeconfig,
+        "in_cluster": args.in_cluster,
+        "image": args.kube_image,
+        "replicas": args.kube_replicas,
+        "canary_replicas": args.canary_replicas,
+        "canary_weight": args.canary_weight,
+        "store_claim": args.store_claim,
+        "store_uri": args.store_uri,
+        "copy_image": args.copy_image,
     }
     for (section, field), value in overrides.items():
         if value is not None:
             base.setdefault(section, {})[field] = value
+    for field, value in kube_overrides.items():
+        if value is not None:
+            base.setdefault("rollout", {}).setdefault("kubernetes", {})[field] = value
     if args.runs_dir is not None:
         base["runs_dir"] = args.runs_dir
     return PipelineConfig.model_validate(base)

@@ -69,6 +69,7 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
             return RolloutResult(model=model, version=version, phase=Phase.PROMOTED, reason="already production",
                                  stable_before=stable, stable_after=stable)
         golden = store.golden(version)
+        target.publish(model, version, store.version_dir(version))
         store.set_aliases(canary=version)
 
         def check(endpoint: Endpoint) -> CheckOutcome:

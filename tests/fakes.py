@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 
@@ -19,6 +20,9 @@ class FakeTarget:
         self.calls.append(op)
         if op in self.fail_on:
             raise self.fail_on[op]
+
+    def publish(self, model: str, version: int, path: Path) -> None:
+        self._maybe_fail("publish")
 
     def deploy_canary(self, model: str, version: int, stable: int | None) -> None:
         self._maybe_fail("deploy_canary")

@@ -15,5 +15,7 @@ def build_target(config: PipelineConfig) -> Target:
     if rollout.target == "kubernetes":
         from aviary.targets.kubernetes import KubernetesTarget
 
-        return KubernetesTarget.from_config(rollout.kubernetes, config.export.model_name)
+        return KubernetesTarget.from_config(
+            rollout.kubernetes, config.export.model_name, promote_timeout_s=rollout.ready_timeout_s
+        )
     raise ValueError(f"rollout.target '{rollout.target}' has nothing to deploy to")

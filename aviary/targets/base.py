@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 Track = Literal["stable", "canary"]
@@ -41,6 +42,9 @@ class Serving:
 
 class Target(Protocol):
     name: str
+
+    def publish(self, model: str, version: int, path: Path) -> None:
+        """Make an exported version's files reachable by the servers; changes nothing that serves."""
 
     def deploy_canary(self, model: str, version: int, stable: int | None) -> None:
         """Start serving `version` as the canary beside `stable`; returns without waiting."""

@@ -44,8 +44,6 @@ class KubernetesTarget:
         cfg: KubernetesConfig,
         *,
         model: str | None = None,
-        store_uri: str | None = None,
-        gateway: str = "aviary",
         promote_timeout_s: float = 300.0,
         resources: Mapping[str, Any] | None = None,
         max_upload_bytes: int = 32 * 1024 * 1024,
@@ -57,14 +55,14 @@ class KubernetesTarget:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        """`store_uri` (e.g. `gs://bucket/models`) makes TF Serving read versions from an object store
-        instead of the `store_claim` volume; `gateway` is the HTTPRoute's parent Gateway, used only
+        """`cfg.store_uri` (e.g. `gs://bucket/models`) makes TF Serving read versions from an object store
+        instead of the `store_claim` volume; `cfg.gateway` is the HTTPRoute's parent Gateway, used only
         when `cfg.canary_weight` is set. The rest tunes waits and retries (tests shorten them)."""
         self.api_client = api_client
         self.cfg = cfg
         self.model = model
-        self.store_uri = store_uri.rstrip("/") if store_uri else None
-        self.gateway = gateway
+        self.store_uri = cfg.store_uri.rstrip("/") if cfg.store_uri else None
+        self.gateway = cfg.gateway
         self.promote_timeout_s = promote_timeout_s
         self.resources = resources or objects.DEFAULT_RESOURCES
         self.max_upload_bytes = max_upload_bytes
@@ -153,6 +151,12 @@ class KubernetesTarget:
         return Serving(stable=self._version(model, "stable"), canary=self._version(model, "canary"))
 
     # Getting a version's files onto the store volume from outside the cluster.
+
+    def publish(self, model: str, version: int, path: Path) -> None:
+        """In the cluster the export already wrote to the mounted volume; with `store_uri` TF Serving
+        reads the object store; otherwise the version is copied onto the volume by a Job."""
+        if self.needs_upload:
+            self.upload_version(model, version, path)
 
     @property
     def needs_upload(self) -> bool:

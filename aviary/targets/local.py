@@ -103,7 +103,7 @@ class LocalTarget:
                     model_management_pb2.ReloadConfigRequest(config=config), timeout=START_TIMEOUT_S
                 )
             except grpc.RpcError as error:
-                code, details = error.code(), error.details()  # type: ignore[attr-defined]
+                code, details = error.code(), error.details()
                 # A version that fails to load shows END in its status; wait_ready reports it within its deadline.
                 if loading and code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     return
@@ -192,6 +192,11 @@ class LocalTarget:
             return "UNKNOWN", response.json().get("error", response.text)
         status = response.json()["model_version_status"][0]
         return status["state"], status["status"].get("error_message", "")
+
+    def publish(self, model: str, version: int, path: Path) -> None:
+        """The server reads the store itself."""
+        if path.resolve() != self.store_root / model / str(version):
+            raise TargetError(f"{path} is not in the store {self.store_root} that the local server reads")
 
     def deploy_canary(self, model: str, version: int, stable: int | None) -> None:
         versions = [version] if stable is None else [stable, version]

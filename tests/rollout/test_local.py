@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from aviary.config import EvalConfig, ExportConfig, PipelineConfig
+from aviary.config import EvalConfig, PipelineConfig
 from aviary.lock import Busy, model_lock
 from aviary.rollout import Phase
 from aviary.store import GOLDEN_FILE, ModelStore
