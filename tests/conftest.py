@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,12 @@ def circle_frame(rows: int, seed: int) -> pd.DataFrame:
     from data.generate import generate
 
     return generate(rows=rows, seed=seed, noise=0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def parquet_dataset(frame: pd.DataFrame, path: Path, fingerprint: str = "test") -> Dataset:

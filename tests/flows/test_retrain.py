@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+import requests
 from prefect.artifacts import Artifact
 
 from aviary.config import PipelineConfig
 from aviary.store import ModelStore
 from data.generate import generate, write_csv
 from flows.retrain import main, retrain
-from tests.conftest import FAST_TRAIN
+from tests.conftest import FAST_TRAIN, free_port
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -99,3 +100,30 @@ def test_bad_csv_fails_with_one_line_and_leaves_the_store_untouched(
 def test_invalid_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--model-name", "Bad Name!", "--store", str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error: invalid config: export.model_name:")
+
+
+def test_retrain_with_the_local_target_promotes_and_serves(tmp_path: Path, csv: Path) -> None:
+    from aviary.targets.local import LocalTarget
+
+    local = {"rest_port": free_port(), "grpc_port": free_port(), "state_dir": tmp_path / "serving"}
+    base = config(tmp_path, csv)
+    cfg = base.model_copy(
+        update={"rollout": base.rollout.model_validate({"target": "local", "local": local,
+                                                         "check": {"p95_budget_ms": 2000}})}
+    )
+    try:
+        result = retrain(cfg)
+        assert (result.version, result.blessed, result.rollout) == (1, True, "Promoted")
+        assert ModelStore(tmp_path / "store", "circle").aliases() == {"production": 1}
+        answer = requests.post(
+            f"http://127.0.0.1:{local['rest_port']}/v1/models/circle:predict",
+            json={"instances": [{"x": 0.5, "y": 0.5}, {"x": -1.4, "y": 1.4}]},
+            timeout=10,
+        )
+        assert [p["class"] for p in answer.json()["predictions"]] == [1, 0]
+        check = Artifact.get("circle-check")
+        assert check is not None and "passed" in str(check.data)
+        timeline = Artifact.get("circle-rollout")
+        assert timeline is not None and "| Promoted |" in str(timeline.data)
+    finally:
+        LocalTarget(cfg.rollout.local, cfg.export.store).stop()

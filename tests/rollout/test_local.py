@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,15 +23,10 @@ from flows.rollback import rollback
 from flows.rollout import RolloutFailed, rollout
 from tasks.evaluate import evaluate_model
 from tasks.export import export_model
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 BLESSED = Verdict(blessed=True, reasons=("test",))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
