@@ -85,7 +85,7 @@ MALFORMED = [
         "truncated last row",
         HEADER + GOOD + b"1,1",
         2,
-        ("1 row with fewer fields than the header's 3", "truncated", "first at line 4: '1,1'", "column 'class'"),
+        ("column 'class': no value in 1 row with fewer fields than the header's 3", "truncated", "first at line 4: '1,1'"),
     ),
     (
         "too many fields",
@@ -96,6 +96,9 @@ MALFORMED = [
     ("unclosed quote", HEADER + GOOD + b'"1,1,0\n', 2, ("column 'x'", "quote is never closed", "line 4")),
     ("duplicated header name", b"x,x,class\n0.5,0.5,1\n1,1,0\n", 2, ("column 'x'", "named 2 times", "(line 1)")),
     ("fewer than min_rows", CLEAN, 10, ("7 data rows", "fewer than the 10 required (min_rows)")),
+    ("UTF-16 file", "x,y,class\n0.5,0.5,1\n".encode("utf-16"), 2, ("not valid UTF-8", "UTF-16 byte order mark")),
+    ("field over csv's size limit", HEADER + GOOD + b"1," + b"9" * 200_000 + b"x,1\n", 2, ("line 4", "field limit")),
+    ("leading blank lines", b"\n\n" + HEADER + GOOD + b"1,1,2\n", 2, ("column 'class'", "first at line 6: '2'")),
     ("blank lines keep file line numbers", HEADER + GOOD + b"\n\nabc,1,0\n", 2, ("column 'x'", "line 6: 'abc'")),
     ("CRLF keeps line numbers", (HEADER + GOOD + b"1,1,2\n").replace(b"\n", b"\r\n"), 2, ("line 4: '2'",)),
 ]
