@@ -90,10 +90,9 @@ def read_validated(path: Path, cfg: DataConfig) -> pd.DataFrame:
 def _read_strict(path: Path, columns: list[str]) -> pd.DataFrame | None:
     """The fast path: only the wanted columns, parsed straight to float64, no null markers.
 
-    Given the types, pyarrow skips inference, and without pandas' wrapper it reads 10-20% faster
-    than `pd.read_csv(engine="pyarrow")` (benchmarks/bench_ingest.py). Anything unusual (a word, an
-    empty cell, a short row) fails here, and `None` sends the file to the lenient parse, which
-    either accepts it or says what is wrong.
+    Given the types, pyarrow skips inference, and without pandas' wrapper it reads ~10% faster than
+    `pd.read_csv(engine="pyarrow")`. Anything unusual (a word, an empty cell, a short row) fails
+    here, and `None` sends the file to the lenient parse, which either accepts it or says what is wrong.
     """
     options = pa_csv.ConvertOptions(
         column_types=dict.fromkeys(columns, pyarrow_lib.float64()),
