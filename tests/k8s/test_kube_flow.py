@@ -328,6 +328,22 @@ def test_kube_flow_canary_failing_the_check_is_rolled_back(cluster: Cluster) -> 
     assert cluster.proxied("circle-stable")[-1].upstream == "/v1/models/circle/versions/1:predict"
 
 
+def test_kube_flow_check_refused_by_the_proxy_is_rolled_back(cluster: Cluster) -> None:
+    """A Role without services/proxy: the canary is ready, but the check cannot reach it."""
+    rollout(1, cluster.config)
+    before = cluster.snapshot()
+    cluster.kube.emulator.forbid("create", "services/proxy", "circle-canary")
+
+    with pytest.raises(RolloutFailed, match=r"^circle v2 RolledBack: 0/20 golden predictions within 0\.0001; "
+                                            r"2/2 requests failed \(first: HTTP 403: "):
+        rollout(2, cluster.config)
+
+    assert_canary_gone(cluster.read)
+    assert cluster.snapshot() == before
+    assert cluster.store.aliases() == {"production": 1}
+    assert classes(cluster.predict("circle-stable")) == [1, 0]
+
+
 def test_kube_flow_retries_transient_api_errors(cluster: Cluster) -> None:
     rollout(1, cluster.config)
     emulator = cluster.kube.emulator
