@@ -32,6 +32,7 @@ from aviary.config import EvalConfig, ExportConfig, PipelineConfig
 from aviary.rollout import Phase
 from aviary.store import GOLDEN_FILE, History, ModelStore
 from aviary.targets.base import Serving
+from aviary.targets.kube_status import rollout_state
 from aviary.targets.kubernetes import KubernetesTarget
 from aviary.types import Split, TrainedModel, Verdict
 from flows.rollout import RolloutFailed, RolloutResult, rollout
@@ -300,6 +301,33 @@ def test_kube_flow_canary_past_its_deadline_is_rolled_back(cluster: Cluster, dea
     assert cluster.store.aliases() == {"production": 1}
     assert not [p for p in cluster.proxied("circle-canary") if p.version == 2]  # never checked
     assert classes(cluster.predict("circle-stable")) == [1, 0]
+
+
+def test_kube_flow_promotion_that_stalls_rolls_stable_back(cluster: Cluster) -> None:
+    """The canary passes, but the stable Deployment's rollout to v2 fails: stable goes back to v1,
+    and its old pods serve v1 all along."""
+    rollout(1, cluster.config)
+    stable_before = cluster.read.get("Deployment", "circle-stable")
+    assert stable_before is not None
+    cluster.kube.emulator.hold("circle-stable", deadline_exceeded=True)  # only new generations are held
+
+    with pytest.raises(RolloutFailed, match=r"^circle v2 RolledBack: stable circle v2: deployment circle-stable "
+                                            r"exceeded its progress deadline: .*; stable v1 keeps serving$"):
+        rollout(2, cluster.config)
+
+    assert [p.version for p in cluster.proxied("circle-canary") if p.upstream][-1] == 2  # the check passed
+    assert_canary_gone(cluster.read)
+    stable = assert_served(cluster.read, "stable", 1)
+    assert stable["spec"] == stable_before["spec"]
+    assert stable["metadata"]["generation"] == stable_before["metadata"]["generation"] + 2  # to v2 and back
+    assert cluster.store.aliases() == {"production": 1}
+    assert classes(cluster.predict("circle-stable")) == [1, 0]
+    assert cluster.proxied("circle-stable")[-1].upstream == "/v1/models/circle/versions/1:predict"
+
+    cluster.kube.emulator.release("circle-stable")  # the rollout back to v1 completes
+    wait_for(lambda: rollout_state(cluster.read.get("Deployment", "circle-stable") or stable).done, 10,
+             "stable rolled out at v1")
+    assert cluster.target().serving(MODEL) == Serving(stable=1, canary=None)
 
 
 def test_kube_flow_canary_failing_the_check_is_rolled_back(cluster: Cluster) -> None:
