@@ -74,6 +74,7 @@ def check_predictions(endpoint: Endpoint, golden: dict[str, Any], cfg: CheckConf
     errors: list[str] = []
     examples: list[dict[str, Any]] = []
     mismatches = 0
+    answered = 0
     with requests.Session() as session:
         for start in range(0, len(instances), cfg.batch_size):
             batch = instances[start : start + cfg.batch_size]
@@ -82,6 +83,7 @@ def check_predictions(endpoint: Endpoint, golden: dict[str, Any], cfg: CheckConf
             if predictions is None:
                 errors.append(error)
                 continue
+            answered += len(predictions)
             for offset, prediction in enumerate(predictions):
                 i = start + offset
                 got_p, got_c = float(prediction["probability"]), int(prediction["class"])
@@ -106,7 +108,7 @@ def check_predictions(endpoint: Endpoint, golden: dict[str, Any], cfg: CheckConf
 
     p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
     reasons = [
-        f"{len(instances) - mismatches}/{len(instances)} golden predictions within {cfg.tolerance:g}"
+        f"{answered}/{len(instances)} golden predictions within {cfg.tolerance:g}"
         if not mismatches else f"{mismatches}/{len(instances)} golden predictions differ from the export",
         f"{len(errors)}/{len(latencies)} requests failed" + (f" (first: {errors[0]})" if errors else ""),
         f"p95 latency {p95:.1f} ms {'<=' if p95 <= cfg.p95_budget_ms else '>'} budget {cfg.p95_budget_ms:g} ms",

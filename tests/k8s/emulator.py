@@ -8,7 +8,20 @@ relies on, which kmock's dict-merging fallback does not have:
 - immutable Deployment selectors and Job pod templates (422), the `status` subresource (merge
   patch, no generation bump), label-selector lists, deletes, namespaces that must exist;
 - injected faults (status codes, slow answers), RBAC refusals (403) and a bearer token (401);
-- the service proxy of `<svc>:rest` answering TF Serving's model status.
+- the service proxy of `<svc>:rest`: a canned TF Serving model status, or, once `start_cluster`
+  gave it a real TF Serving REST server (the "backend"), every request forwarded to the version
+  that the Service's ready pods serve (see `_proxy`).
+
+With `start_cluster` the emulator also plays the controllers of a small cluster whose pods all
+share one TF Serving backend and one store volume (a directory the backend serves):
+
+- the Job controller runs the flow's copy Jobs: it reads the chunk ConfigMaps, checks the digest
+  and renames the unpacked version into `<volume>/<model>/<version>`, as the Job's script does;
+- the Deployment controller observes every new generation, reports it progressing (one surge
+  pod, the old ones still available), and rolls it out once the version pinned by its model
+  config ConfigMap is AVAILABLE on the backend; a held Deployment never becomes ready (or
+  reports ProgressDeadlineExceeded). It remembers which version each Deployment's ready pods
+  serve, which is what the service proxy routes to.
 
 It runs its event loop in a thread so that the synchronous `kubernetes` client can talk to it.
 """
@@ -16,12 +29,18 @@ It runs its event loop in a thread so that the synchronous `kubernetes` client c
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
+import hashlib
+import io
 import itertools
 import json
 import re
+import tarfile
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Self
 
 import aiohttp.web
@@ -48,6 +67,46 @@ def _status(code: int, reason: str, message: str, details: Obj | None = None) ->
     return aiohttp.web.json_response(body, status=code)
 
 
+@dataclass(frozen=True)
+class Served:
+    """What a pod's TF Serving loads from its model config: one pinned version and its labels."""
+
+    model: str
+    version: int
+    labels: Mapping[str, int] = field(default_factory=dict, compare=False)
+
+
+@dataclass
+class Pods:
+    """The controller's view of one Deployment's pods."""
+
+    uid: str
+    generation: int = 0  # the generation being (or last) rolled out
+    pinned: Served | None = None  # what the new pods load, read from the ConfigMap when they start
+    served: Served | None = None  # what the ready pods serve: the proxy routes here
+    files: Path | None = None  # the pinned version's directory on the emulated store volume
+    available: int = 0
+    ready: bool = False
+
+
+@dataclass(frozen=True)
+class Proxied:
+    """One request through the service proxy, as the backend saw it (`upstream` None: not forwarded)."""
+
+    service: str
+    method: str
+    path: str
+    upstream: str | None
+    status: int
+    version: int | None
+
+
+_MODEL_PATH = re.compile(
+    r"^/v1/models/(?P<model>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
+    r"(?P<rest>/metadata|:[A-Za-z]+)?$"
+)
+
+
 class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """See the module docstring. Configure it from the test thread between calls."""
 
@@ -60,6 +119,16 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.auto_ready = False  # play a controller that rolls every Deployment out at once
         self._versions = itertools.count(1000)
         self._uids = itertools.count(1)
+        # The cluster behind it (start_cluster): a TF Serving backend, a store volume, controllers.
+        self.backend: str | None = None
+        self.volume: Path | None = None
+        self.held: dict[str, bool] = {}  # Deployment name -> whether it reports ProgressDeadlineExceeded
+        self.pods: dict[Key, Pods] = {}
+        self.proxied: list[Proxied] = []
+        self.controller_errors: list[str] = []
+        self._http: aiohttp.ClientSession | None = None
+        self._cluster: asyncio.Task[None] | None = None
+        self._round_robin = itertools.count()
 
     # Test-facing configuration.
 
@@ -70,6 +139,14 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     def forbid(self, verb: str, plural: str, name: str | None = None) -> None:
         self.forbidden.add((verb, plural, name))
+
+    def hold(self, deployment: str, *, deadline_exceeded: bool = False) -> None:
+        """Never let `deployment` become ready (its pods do not pass readiness) until `release`;
+        with `deadline_exceeded` the controller reports ProgressDeadlineExceeded as well."""
+        self.held[deployment] = deadline_exceeded
+
+    def release(self, deployment: str) -> None:
+        self.held.pop(deployment, None)
 
     # Request handling.
 
@@ -90,21 +167,37 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if request.resource is None or request.resource.plural is None:
             return await super()._handle(request)  # discovery, /version: kmock's own answers
         if request.subresource and request.subresource.startswith("proxy"):
-            return self._proxy(request)
+            verb = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete"}.get(raw.method, "get")
+            name = (request.name or "").split(":")[0]
+            refused = self._refused(request, verb, request.resource.plural, name, "proxy")
+            return refused if refused is not None else await self._proxy(request)
         verb = {"GET": "get" if request.name else "list", "PATCH": "patch", "POST": "create",
                 "DELETE": "delete", "PUT": "update"}[raw.method]
         plural = request.resource.plural
         group = request.resource.group
         resource = plural if not group else f"{plural}.{group}"
-        for rule in ((verb, plural, request.name), (verb, plural, None)):
-            if rule in self.forbidden:
-                return _status(403, "Forbidden",
-                               f'{resource} "{request.name}" is forbidden: User "system:serviceaccount:aviary:'
-                               f'aviary-rollout" cannot {verb} resource "{plural}" in API group "{group}" in the '
-                               f'namespace "{request.namespace}"',
-                               {"name": request.name, "group": group, "kind": plural})
+        refused = self._refused(request, verb, plural, request.name)
+        if refused is not None:
+            return refused
         async with self._lock:
             return self._serve(request, verb, resource)
+
+    def _refused(self, request: rendering.Request, verb: str, plural: str, name: str | None,
+                 subresource: str | None = None) -> aiohttp.web.Response | None:
+        """RBAC: 403 when `forbid(verb, plural[/subresource], name or None)` said so."""
+        assert request.resource is not None
+        group = request.resource.group
+        resource = plural if not group else f"{plural}.{group}"
+        rbac = plural if subresource is None else f"{plural}/{subresource}"
+        for rule in ((verb, rbac, name), (verb, rbac, None)):
+            if rule in self.forbidden:
+                return _status(403, "Forbidden",
+                               f'{resource} "{name}" is forbidden: User "system:serviceaccount:aviary:'
+                               f'aviary-rollout" cannot {verb} resource "{rbac}" in API group "{group}" in the '
+                               f'namespace "{request.namespace}"',
+                               {"name": name, "group": group, "kind": plural})
+        return None
 
     def _key(self, request: rendering.Request, name: str | None = None) -> Key:
         return (request.resource, request.namespace, name or request.name)
@@ -190,11 +283,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if "status" in current:
             updated["status"] = current["status"]
         meta = copy.deepcopy(current["metadata"])
-        for field in ("labels", "annotations"):
-            if applied["metadata"].get(field):
-                meta[field] = copy.deepcopy(applied["metadata"][field])
+        for part in ("labels", "annotations"):
+            if applied["metadata"].get(part):
+                meta[part] = copy.deepcopy(applied["metadata"][part])
             else:
-                meta.pop(field, None)
+                meta.pop(part, None)
         updated["metadata"] = meta
         if "spec" in updated and updated.get("spec") != current.get("spec"):
             meta["generation"] = int(meta.get("generation") or 0) + 1
@@ -206,22 +299,293 @@ class KubeApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             obj["status"] = ready_status(obj)
 
     def _commit(self, key: Key, current: Obj, updated: Obj) -> aiohttp.web.Response:
+        return aiohttp.web.json_response(self._write(key, current, updated))
+
+    def _write(self, key: Key, current: Obj, updated: Obj) -> Obj:
         if updated != current:
             updated["metadata"]["resourceVersion"] = str(next(self._versions))
             self._store(key, updated)
-        return aiohttp.web.json_response(updated)
+        return updated
 
-    def _proxy(self, request: rendering.Request) -> aiohttp.web.Response:
-        """`/api/v1/namespaces/<ns>/services/<svc>:rest/proxy/v1/models/<model>`: TF Serving's status."""
-        service = (request.name or "").split(":")[0]
-        svc_key = (request.resource, request.namespace, service)
-        if self._live(svc_key) is None:
-            return _status(404, "NotFound", f'services "{service}" not found')
-        model = (request.subresource or "").rsplit("/", 1)[-1]
-        return aiohttp.web.json_response({"model_version_status": [
-            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}],
-            "served_by": service, "model": model})
+    # The service proxy.
 
+    async def _proxy(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        """`/api/v1/namespaces/<ns>/services/<svc>[:<port>]/proxy/<path>`. Without a backend: a canned TF
+        Serving model status. With one: the request goes to the version that the ready pods of the
+        Deployments the Service selects serve, `/v1/models/<m>[/labels/<l>]...` rewritten to
+        `/v1/models/<m>/versions/<N>...` on the backend; no ready pod behind the Service is a 503."""
+        raw = request._raw_request
+        assert raw is not None and request.resource is not None
+        service, _, port = (request.name or "").partition(":")
+        path = (request.subresource or "proxy")[len("proxy"):] or "/"
+        async with self._lock:
+            svc = self._live((request.resource, request.namespace, service))
+            if svc is None:
+                return _status(404, "NotFound", f'services "{service}" not found',
+                               {"name": service, "kind": "services"})
+            if self.backend is None:
+                model = path.rsplit("/", 1)[-1]
+                return aiohttp.web.json_response({"model_version_status": [
+                    {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}],
+                    "served_by": service, "model": model})
+            ports = (svc.get("spec") or {}).get("ports") or []
+            if port and not any(port in (p.get("name"), str(p.get("port"))) for p in ports):
+                return _status(400, "BadRequest", f'no service port "{port}" found for service "{service}"')
+            pool = self._endpoints(request.namespace, svc)
+            if not pool:
+                self.proxied.append(Proxied(service, raw.method, path, None, 503, None))
+                return _status(503, "ServiceUnavailable", f'no endpoints available for service "{service}"')
+            served = pool[next(self._round_robin) % len(pool)]
+        upstream, refusal = _rewrite(path, served)
+        if upstream is None:
+            status, body = refusal
+            self.proxied.append(Proxied(service, raw.method, path, None, status, served.version))
+            return aiohttp.web.json_response(body, status=status)
+        if raw.query_string:
+            upstream += f"?{raw.query_string}"
+        data = await raw.read()
+        headers = {"Content-Type": raw.headers["Content-Type"]} if "Content-Type" in raw.headers else {}
+        assert self._http is not None and self.backend is not None
+        try:
+            async with self._http.request(raw.method, self.backend + upstream, data=data or None,
+                                          headers=headers) as answer:
+                payload, status = await answer.read(), answer.status
+                content_type = answer.headers.get("Content-Type", "application/octet-stream")
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.proxied.append(Proxied(service, raw.method, path, upstream, 503, served.version))
+            return _status(503, "ServiceUnavailable", f"error trying to reach service: {error}")
+        self.proxied.append(Proxied(service, raw.method, path, upstream, status, served.version))
+        return aiohttp.web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+
+    def _endpoints(self, namespace: str | None, svc: Obj) -> list[Served]:
+        """One entry per ready pod selected by the Service, as its Endpoints object would list them."""
+        selector = (svc.get("spec") or {}).get("selector") or {}
+        pool: list[Served] = []
+        if not selector:
+            return pool
+        for key, pods in sorted(self.pods.items(), key=lambda item: str(item[0][2])):
+            deployment = self._live(key)
+            if key[1] != namespace or deployment is None or pods.served is None or pods.available <= 0:
+                continue
+            labels = (((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels") or {}
+            if all(labels.get(k) == v for k, v in selector.items()):
+                pool += [pods.served] * pods.available
+        return pool
+
+    # The cluster behind the API: a Job controller, a Deployment controller, one TF Serving backend.
+
+    def start_cluster(self, backend: str, volume: Path | None, tick_s: float) -> None:
+        """Run on the emulator's loop (see `EmulatorThread.start_cluster`)."""
+        self.backend = backend.rstrip("/")
+        self.volume = volume
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        self._cluster = asyncio.get_running_loop().create_task(self._run_cluster(tick_s))
+
+    async def stop_cluster(self) -> None:
+        if self._cluster is not None:
+            self._cluster.cancel()
+            await asyncio.gather(self._cluster, return_exceptions=True)
+            self._cluster = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _run_cluster(self, tick_s: float) -> None:
+        while True:
+            try:
+                await self._reconcile()
+            except Exception as error:  # noqa: BLE001 - reported to the test, the controllers go on
+                message = f"{type(error).__name__}: {error}"
+                if message not in self.controller_errors:
+                    self.controller_errors.append(message)
+            await asyncio.sleep(tick_s)
+
+    async def _reconcile(self) -> None:
+        async with self._lock:
+            self._run_jobs()
+            starting = self._observe_deployments()
+        states: dict[Served, str] = {}
+        for _, pods in starting:
+            assert pods.pinned is not None
+            if pods.pinned not in states:
+                states[pods.pinned] = await self._backend_state(pods.pinned)
+        async with self._lock:
+            for key, pods in starting:
+                loaded = pods.pinned is not None and states.get(pods.pinned) == "AVAILABLE"
+                if loaded and (pods.files is None or pods.files.is_dir()):
+                    self._rolled_out(key, pods)
+
+    def _observe_deployments(self) -> list[tuple[Key, Pods]]:
+        """Start the pods of every new generation; return those whose pods may now pass readiness."""
+        live = dict(self._all("deployments"))
+        for key, pods in list(self.pods.items()):
+            if (live.get(key) or {}).get("metadata", {}).get("uid") != pods.uid:
+                del self.pods[key]  # deleted (or deleted and created again): its pods are gone
+        starting: list[tuple[Key, Pods]] = []
+        for key, deployment in live.items():
+            pods = self.pods.setdefault(key, Pods(uid=deployment["metadata"]["uid"]))
+            generation = int(deployment["metadata"].get("generation") or 0)
+            if generation != pods.generation:
+                pods.generation, pods.ready = generation, False
+                pods.pinned, pods.files = self._pinned(key[1], deployment)  # read when the new pods start
+                self._set_status(key, self._progressing(key, deployment, pods))
+                continue  # a new pod takes at least one tick to pass readiness
+            if pods.ready:
+                continue
+            if key[2] in self.held:
+                self._set_status(key, self._progressing(key, deployment, pods))
+                continue
+            if pods.pinned is None:  # its ConfigMap was missing: the kubelet retries
+                pods.pinned, pods.files = self._pinned(key[1], deployment)
+            if pods.pinned is not None:
+                starting.append((key, pods))
+        return starting
+
+    def _pinned(self, namespace: str | None, deployment: Obj) -> tuple[Served | None, Path | None]:
+        """What TF Serving in the new pods loads: the model config file from the mounted ConfigMap, and
+        where the pinned version's files are on the store volume (None: the volume is not emulated)."""
+        spec = deployment["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        config_file = next((a.split("=", 1)[1] for a in container.get("args") or []
+                            if a.startswith("--model_config_file=")), None)
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
+        if config_file is None:
+            return None, None
+        for name, mount in mounts.items():
+            source = volumes.get(name, {}).get("configMap")
+            if source is None or not config_file.startswith(mount.rstrip("/") + "/"):
+                continue
+            config_map = self._find("configmaps", namespace, source["name"])
+            text = ((config_map or {}).get("data") or {}).get(config_file[len(mount.rstrip("/")) + 1:])
+            if text is None:
+                return None, None
+            from aviary.model_config import parse_model_config
+
+            (model,) = parse_model_config(text).model_config_list.config
+            (version,) = model.model_version_policy.specific.versions
+            served = Served(model.name, int(version), dict(model.version_labels))
+            files = None
+            for store, store_mount in mounts.items():
+                if self.volume is not None and "persistentVolumeClaim" in volumes.get(store, {}) and \
+                        model.base_path.startswith(store_mount.rstrip("/") + "/"):
+                    files = self.volume / model.base_path[len(store_mount.rstrip("/")) + 1:] / str(version)
+            if self.volume is not None and files is None:
+                files = Path("/nonexistent")  # the model is not on the emulated volume: it never loads
+            return served, files
+        return None, None
+
+    def _progressing(self, key: Key, deployment: Obj, pods: Pods) -> Obj:
+        """A rolling update with maxSurge 1 and maxUnavailable 0: one new pod, not ready, beside the old ones."""
+        wanted = int(deployment["spec"].get("replicas", 1))
+        old = pods.available if pods.served is not None else 0
+        surge = 1 if old else wanted
+        progressing = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                       "message": f'ReplicaSet "{key[2]}-{pods.generation}" is progressing.'}
+        if self.held.get(key[2]):
+            progressing = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                           "message": f'ReplicaSet "{key[2]}-{pods.generation}" has timed out progressing.'}
+        available = {"type": "Available", "status": "True" if old >= wanted else "False",
+                     "reason": "MinimumReplicasAvailable" if old >= wanted else "MinimumReplicasUnavailable"}
+        return {"observedGeneration": pods.generation, "replicas": old + surge, "updatedReplicas": surge,
+                "readyReplicas": old, "availableReplicas": old, "unavailableReplicas": surge,
+                "conditions": [available, progressing]}
+
+    def _rolled_out(self, key: Key, pods: Pods) -> None:
+        deployment = self._live(key)
+        if deployment is None or deployment["metadata"]["uid"] != pods.uid or key[2] in self.held or \
+                int(deployment["metadata"].get("generation") or 0) != pods.generation:
+            return  # changed since: the next tick starts over
+        pods.ready, pods.served = True, pods.pinned
+        pods.available = int(deployment["spec"].get("replicas", 1))
+        self._set_status(key, ready_status(deployment))
+
+    async def _backend_state(self, served: Served) -> str:
+        assert self._http is not None and self.backend is not None
+        try:
+            async with self._http.get(f"{self.backend}/v1/models/{served.model}/versions/{served.version}") as answer:
+                if answer.status != 200:
+                    return f"HTTP {answer.status}"
+                return str((await answer.json())["model_version_status"][0]["state"])
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return type(error).__name__
+
+    def _run_jobs(self) -> None:
+        if self.volume is None:
+            return
+        for key, job in self._all("jobs"):
+            status = job.get("status") or {}
+            if status.get("succeeded") or status.get("failed"):
+                continue
+            outcome = self._copy(key[1], job)
+            if outcome is not None:
+                self._set_status(key, outcome)
+
+    def _copy(self, namespace: str | None, job: Obj) -> Obj | None:
+        """What the copy Job's script does; None while its pod waits for a chunk ConfigMap."""
+        spec = job["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in spec["containers"][0].get("env") or []}
+        if not {"MODEL", "VERSION", "SHA256"} <= env.keys():
+            return None  # not a copy Job: nothing runs it
+        parts: list[tuple[str, bytes]] = []
+        for volume in spec.get("volumes") or []:
+            for source in (volume.get("projected") or {}).get("sources") or []:
+                ref = source["configMap"]
+                config_map = self._find("configmaps", namespace, ref["name"])
+                if config_map is None:
+                    return None
+                for item in ref.get("items") or []:
+                    parts.append((item["path"], base64.b64decode(config_map["binaryData"][item["key"]])))
+        payload = b"".join(data for _, data in sorted(parts))
+        assert self.volume is not None
+        if hashlib.sha256(payload).hexdigest() != env["SHA256"]:
+            return {"failed": 2, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                 "message": "Job has reached the specified backoff limit"}]}
+        destination = self.volume / str(env["MODEL"]) / str(env["VERSION"])
+        if not destination.exists():
+            tmp = destination.parent / f".tmp-{env['VERSION']}-{job['metadata']['name']}"
+            tmp.mkdir(parents=True)
+            with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.rename(destination)
+        return {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+
+    def _all(self, plural: str) -> list[tuple[Key, Obj]]:
+        return [(key, copy.deepcopy(dict(obj.last.raw))) for key, obj in self.objects.items()
+                if key[0].plural == plural and not obj.deleted]
+
+    def _find(self, plural: str, namespace: str | None, name: str) -> Obj | None:
+        return next((obj for key, obj in self._all(plural) if key[1] == namespace and key[2] == name), None)
+
+    def _set_status(self, key: Key, status: Obj) -> None:
+        current = self._live(key)
+        if current is not None:
+            updated = copy.deepcopy(current)
+            updated["status"] = status
+            self._write(key, current, updated)
+
+
+def _rewrite(path: str, served: Served) -> tuple[str | None, tuple[int, Obj]]:
+    """The backend path for `path` on a pod serving `served`, or TF Serving's refusal of it."""
+    match = _MODEL_PATH.fullmatch(path)
+    if match is None:
+        return path, (0, {})
+    model, rest = match["model"], match["rest"] or ""
+    status_request = not rest.startswith(":")
+    if model != served.model:
+        return None, (404, {"error": f"Could not find any versions of model {model}" if status_request
+                            else f"Servable not found for request: Latest({model})"})
+    version = served.version
+    if match["label"] is not None:
+        labelled = served.labels.get(match["label"])
+        if labelled is None:
+            return None, (400, {"error": f"Unrecognized servable version label: {match['label']}"})
+        version = labelled
+    elif match["version"] is not None and int(match["version"]) != served.version:
+        asked = int(match["version"])
+        return None, (404, {"error": f"Could not find version {asked} of model {model}" if status_request
+                            else f"Servable not found for request: Specific({model}, {asked})"})
+    return f"/v1/models/{model}/versions/{version}{rest}", (0, {})
 
 def ready_status(deployment: Obj) -> Obj:
     """What the Deployment controller reports once a rollout is complete."""
@@ -269,6 +633,7 @@ class EmulatorThread:
         await self.server.__aenter__()
 
     async def _stop(self) -> None:
+        await self.emulator.stop_cluster()
         await self.server.__aexit__(None, None, None)
         await self.emulator.__aexit__(None, None, None)
 
@@ -281,6 +646,14 @@ class EmulatorThread:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server.port}"
+
+    def start_cluster(self, backend: str, volume: Path | None = None, tick_s: float = 0.02) -> None:
+        """Put the TF Serving REST server at `backend` behind every Service's proxy and run the Job and
+        Deployment controllers every `tick_s` (copy Jobs write into `volume`, which the backend serves)."""
+        async def start() -> None:
+            self.emulator.start_cluster(backend, volume, tick_s)
+
+        asyncio.run_coroutine_threadsafe(start(), self.loop).result(timeout=10)
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run `fn(*args)` on the emulator's loop (to read or seed its state without races)."""
