@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -48,6 +49,9 @@ class StackError(RuntimeError):
 
 
 def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):  # not our child: nothing to reap
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child, exited: reap it, or it lingers as a zombie
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
