@@ -49,3 +49,23 @@ bench: setup
 clean:
 	-$(PY) -m aviary.targets.local stop
 	rm -rf models runs .aviary data/circle.csv
+
+# -- Prefect operations (ops/): the local stack, see docs/operations.md --------------------------
+STACK_ARGS ?=
+POOL ?= process
+.PHONY: stack-up stack-down stack-status stack-deploy bench-prefect
+
+stack-up: setup data
+	$(PY) -m ops.stack up $(STACK_ARGS)
+
+stack-down: setup
+	$(PY) -m ops.stack down $(STACK_ARGS)
+
+stack-status: setup
+	$(PY) -m ops.stack status $(STACK_ARGS)
+
+stack-deploy: setup
+	$(PY) -m ops.stack deploy --pool $(POOL) $(STACK_ARGS)
+
+bench-prefect: setup
+	$(PY) benchmarks/bench_prefect.py

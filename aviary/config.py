@@ -36,7 +36,7 @@ class SplitConfig(_Frozen):
 class TrainConfig(_Frozen):
     hidden_units: int = Field(10, ge=1, le=4096, description="Units of the hidden ReLU layer.")
     epochs: int = Field(40, ge=1, le=10_000, description="Upper bound on epochs; early stopping usually ends sooner.")
-    batch_size: int = Field(64, ge=1, le=65_536)
+    batch_size: int = Field(64, ge=1, le=65_536, description="Rows per gradient step.")
     learning_rate: float = Field(0.01, gt=0, le=1, description="Adam learning rate.")
     patience: int = Field(5, ge=0, description="Epochs without validation-loss improvement before stopping.")
     seed: int = Field(42, description="Seeds weights and shuffling, so a re-run gives the same metrics.")
@@ -50,8 +50,8 @@ class EvalConfig(_Frozen):
 
 
 class GateConfig(_Frozen):
-    min_precision: float = Field(0.8, ge=0, le=1)
-    min_recall: float = Field(0.8, ge=0, le=1)
+    min_precision: float = Field(0.8, ge=0, le=1, description="Precision floor at the chosen threshold; below it the model is rejected.")
+    min_recall: float = Field(0.8, ge=0, le=1, description="Recall floor at the chosen threshold; below it the model is rejected.")
     max_regression: float = Field(
         0.02, ge=0, le=1, description="How far a metric may fall below production's on the same eval set."
     )
@@ -68,13 +68,13 @@ class CheckConfig(_Frozen):
     tolerance: float = Field(1e-4, ge=0, description="Largest allowed |served - exported| probability.")
     p95_budget_ms: float = Field(250.0, gt=0, description="p95 latency budget of one predict call.")
     batch_size: int = Field(20, ge=1, le=1000, description="Instances per predict call.")
-    request_timeout_s: float = Field(10.0, gt=0)
+    request_timeout_s: float = Field(10.0, gt=0, description="Timeout of one predict request, in seconds.")
 
 
 class LocalConfig(_Frozen):
     host: str = Field("127.0.0.1", description="Interface the local model server listens on.")
-    rest_port: int = Field(8501, ge=1, le=65_535)
-    grpc_port: int = Field(8500, ge=1, le=65_535)
+    rest_port: int = Field(8501, ge=1, le=65_535, description="REST port of the local model server.")
+    grpc_port: int = Field(8500, ge=1, le=65_535, description="gRPC port of the local model server.")
     state_dir: Path = Field(Path(".aviary/serving"), description="Pid file, model config and logs of the local server.")
     grace_s: float = Field(2.0, ge=0, description="How long the old stable version keeps serving after a promotion.")
 
@@ -83,7 +83,7 @@ class KubernetesConfig(_Frozen):
     kubeconfig: Path | None = Field(None, description="Kubeconfig file; in-cluster credentials when empty and in_cluster.")
     context: str | None = Field(None, description="Kubeconfig context; the current one when empty.")
     in_cluster: bool = Field(False, description="Use the pod's service account and in-cluster DNS.")
-    namespace: str = Field("aviary", pattern=NAME_PATTERN)
+    namespace: str = Field("aviary", pattern=NAME_PATTERN, description="Namespace of the serving Deployments.")
     image: str = Field("tensorflow/serving:2.19.0", description="TF Serving image, pinned by version.")
     replicas: int = Field(2, ge=1, le=100, description="Stable replicas.")
     canary_replicas: int = Field(1, ge=1, le=100, description="Canary replicas; its traffic share is their ratio.")
@@ -107,17 +107,17 @@ class RolloutConfig(_Frozen):
     lock_timeout_s: float = Field(
         60.0, ge=0, description="How long a rollout waits for another rollout of the same model before refusing."
     )
-    check: CheckConfig = CheckConfig()
-    local: LocalConfig = LocalConfig()
-    kubernetes: KubernetesConfig = KubernetesConfig()
+    check: CheckConfig = Field(CheckConfig(), description="The post-deploy check of the canary.")
+    local: LocalConfig = Field(LocalConfig(), description="The local model server (target local).")
+    kubernetes: KubernetesConfig = Field(KubernetesConfig(), description="TF Serving in Kubernetes (target kubernetes).")
 
 
 class PipelineConfig(_Frozen):
     runs_dir: Path = Field(Path("runs"), description="Run directories: splits, trained model, TensorBoard logs.")
-    data: DataConfig = DataConfig()
-    split: SplitConfig = SplitConfig()
-    train: TrainConfig = TrainConfig()
-    evaluate: EvalConfig = EvalConfig()
-    gate: GateConfig = GateConfig()
-    export: ExportConfig = ExportConfig()
-    rollout: RolloutConfig = RolloutConfig()
+    data: DataConfig = Field(DataConfig(), description="The training CSV and its columns.")
+    split: SplitConfig = Field(SplitConfig(), description="The train/eval split.")
+    train: TrainConfig = Field(TrainConfig(), description="Model size and training.")
+    evaluate: EvalConfig = Field(EvalConfig(), description="How the decision threshold is chosen.")
+    gate: GateConfig = Field(GateConfig(), description="Rules a new model must pass to be exported.")
+    export: ExportConfig = Field(ExportConfig(), description="The model store and what each version carries.")
+    rollout: RolloutConfig = Field(RolloutConfig(), description="Where and how a blessed version is canary-deployed.")

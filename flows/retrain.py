@@ -20,6 +20,7 @@ from aviary.store import ModelStore
 from aviary.types import EvalReport, Verdict
 from flows.cli import add_config_arguments, config_from_args, one_line
 from flows.rollout import rollout
+from ops.cache import result_storage
 from tasks.evaluate import evaluate_model_task, evaluate_version_task
 from tasks.export import export_model_task
 from tasks.gate import gate_model_task
@@ -67,9 +68,10 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
     run_key = flow_run.get_id() or uuid.uuid4().hex
     run_dir = config.runs_dir / model / run_key
 
-    dataset = ingest_csv_task(config.data.path, config.data, config.runs_dir / "datasets")
+    results = result_storage(config.runs_dir)  # ingest and training are cached across runs, under runs_dir
+    dataset = ingest_csv_task.with_options(result_storage=results)(config.data.path, config.data, config.runs_dir / "datasets")
     split = split_dataset_task(dataset, config.split, run_dir / "split")
-    trained = train_model_task(split.train, config.train, run_dir)
+    trained = train_model_task.with_options(result_storage=results)(split.train, config.train, run_dir)
     evaluation = evaluate_model_task(trained, split.eval, config.evaluate)
 
     baseline_version = store.baseline()

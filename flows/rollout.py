@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
 from pydantic import BaseModel, ConfigDict
 
 from aviary.config import PipelineConfig
@@ -17,7 +18,11 @@ from aviary.store import History, ModelStore
 from aviary.targets import build_target
 from aviary.targets.base import Endpoint, Target
 from flows.cli import add_config_arguments, config_from_args, one_line
+from ops.limits import rollout_slot
 from tasks.check import check_predictions_task
+
+OUTCOME_EVENTS = {Phase.PROMOTED: "promoted", Phase.ROLLED_BACK: "rolled-back", Phase.FAILED: "failed"}
+"""The suffix of the event a finished rollout emits, by its last phase."""
 
 
 class RolloutFailed(RuntimeError):
@@ -61,7 +66,11 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
     if version not in store.versions():
         why = "it was rejected by the gate" if store.rejected(version) else "it was never exported"
         raise ValueError(f"{store.base}: version {version} cannot be deployed: {why}")
-    with model_lock(store.base / ".rollout.lock", f"model '{model}'", config.rollout.lock_timeout_s):
+    # The Prefect limit keeps rollouts of one model apart across machines; the file lock on this one, always.
+    with (
+        rollout_slot(model, config.rollout.lock_timeout_s),
+        model_lock(store.base / ".rollout.lock", f"model '{model}'", config.rollout.lock_timeout_s),
+    ):
         reconcile(target, store)
         stable = store.aliases().get("production")
         if stable == version:
@@ -86,6 +95,13 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
         elif state.phase is Phase.ROLLED_BACK:
             store.set_aliases(canary=None)
         create_markdown_artifact(key=f"{model}-rollout", markdown=timeline_markdown(state))
+        # aviary.rollout.promoted / rolled-back / failed: the notification automation listens for the last two.
+        emit_event(
+            event=f"aviary.rollout.{OUTCOME_EVENTS.get(state.phase, 'failed')}",
+            resource={"prefect.resource.id": f"aviary.model.{model}.{version}", "aviary.model.name": model,
+                      "aviary.model.version": str(version)},
+            payload={"phase": str(state.phase), "reason": state.reason, "failure": state.failure, "stable": stable},
+        )
     result = RolloutResult(model=model, version=version, phase=state.phase, reason=state.reason,
                            stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable)
     if state.phase is not Phase.PROMOTED:

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 from aviary.config import DataConfig
 from aviary.types import Dataset
+from ops.cache import ingest_cache_key
 
 SHOWN = 3
 """How many bad lines a message quotes."""
@@ -65,7 +66,7 @@ def ingest_csv(path: Path, cfg: DataConfig, work_dir: Path) -> Dataset:
     )
 
 
-@task(name="ingest-csv")
+@task(name="ingest-csv", cache_key_fn=ingest_cache_key, persist_result=True)
 def ingest_csv_task(path: Path, cfg: DataConfig, work_dir: Path) -> Dataset:
     return ingest_csv(path, cfg, work_dir)
 

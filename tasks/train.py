@@ -12,6 +12,7 @@ from prefect import task
 
 from aviary.config import TrainConfig
 from aviary.types import Dataset, TrainedModel
+from ops.cache import train_cache_key
 
 MODEL_FILE = "model.keras"
 VALIDATION_SPLIT = 0.1
@@ -77,6 +78,6 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
     )
 
 
-@task(name="train-model")
+@task(name="train-model", cache_key_fn=train_cache_key, persist_result=True)
 def train_model_task(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel:
     return train_model(train, cfg, run_dir)

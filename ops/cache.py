@@ -1,0 +1,67 @@
+"""Cache keys for the steps whose inputs fully determine their output: ingest and training.
+
+A key is made of what the step reads (the bytes of its input file), its slice of the config and the
+source of its module, never of run ids or output paths. So re-running retrain on unchanged data and
+config reuses the earlier results (Prefect logs "Finished in state Cached(...)"), and any change to
+the data, the config or the step's code computes afresh. Results are persisted under the runs
+directory (`result_storage`), beside the run directories their paths point into: pruning one
+without the other would leave a cached path to nothing, so delete `<runs_dir>/results` with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from prefect.context import TaskRunContext
+from pydantic import BaseModel
+
+CHUNK = 1 << 20
+RESULTS_DIR = "results"
+
+
+def result_storage(runs_dir: Path) -> Path:
+    """Where cached results live: `<runs_dir>/results` (a path, which Prefect takes as local storage; no block to save)."""
+    return (runs_dir / RESULTS_DIR).resolve()
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _source_digest(context: TaskRunContext) -> str:
+    """The task's whole module: a change to the step's code (not only its thin task) invalidates the cache."""
+    source = inspect.getsourcefile(context.task.fn)
+    return file_digest(Path(source)) if source else context.task.name
+
+
+def _key(*parts: Any) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        text = part.model_dump_json() if isinstance(part, BaseModel) else str(part)
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """The CSV's bytes and path, the data config and the output directory; no key (no cache) for a missing file."""
+    path = Path(parameters["path"])
+    if not path.is_file():
+        return None
+    work_dir = Path(parameters["work_dir"]).resolve()
+    return _key("ingest-csv", file_digest(path), path.resolve(), parameters["cfg"], work_dir, _source_digest(context))
+
+
+def train_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """The training set's bytes and columns and the training config; the run directory is left out on purpose."""
+    train = parameters["train"]
+    if not Path(train.path).is_file():
+        return None
+    return _key("train-model", file_digest(train.path), train.features, train.label, parameters["cfg"], _source_digest(context))
