@@ -249,7 +249,15 @@ class ServingApi:
                 f"input tensor alias not found in signature: {alias}. "
                 f"Inputs expected to be in the set {{{','.join(sorted(sig_inputs))}}}."
             )
-        feeds = {alias: tensor_proto_to_array(request.inputs[alias]) for alias in sorted(sent)}
+        feeds = {}
+        for index, alias in enumerate(sorted(sent)):
+            proto = request.inputs[alias]
+            want = runner.input_dtypes[alias]
+            if proto.dtype != want:
+                raise invalid(
+                    f"Expects arg[{index}] to be {jt.dtype_string(want)} but {jt.dtype_string(proto.dtype)} is provided"
+                )
+            feeds[alias] = tensor_proto_to_array(proto)
         wanted: list[str] = []
         for alias in request.output_filter:
             if alias not in runner.signature_def.outputs:
