@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from tensorflow_serving.apis import model_service_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
 
 from serving.api import ServingApi
 from serving.manager import ModelManager
@@ -83,7 +83,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignor
             return _abort(context, exc)
 
     def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        response = model_service_pb2.ReloadConfigResponse()
+        response = model_management_pb2.ReloadConfigResponse()
         try:
             if request.config.WhichOneof("config") != "model_config_list":
                 raise ServingError(
