@@ -299,6 +299,9 @@ def _host_for(host: str) -> str:
 
 
 def _configure_tensorflow(flags: Flags) -> None:
+    if not (flags.tensorflow_intra_op_parallelism or flags.tensorflow_inter_op_parallelism
+            or flags.tensorflow_session_parallelism):
+        return  # importing TF is slow; a bad config file should fail fast
     import tensorflow as tf
 
     if flags.tensorflow_intra_op_parallelism:
