@@ -244,7 +244,7 @@ class ServingApi:
                     f"Sent extra: {{{','.join(sorted(sent - sig_inputs))}}}. "
                     f"Missing but required: {{{','.join(sorted(sig_inputs - sent))}}}."
                 )
-            alias = sorted(sent - sig_inputs)[0]
+            alias = min(sent - sig_inputs)
             raise invalid(
                 f"input tensor alias not found in signature: {alias}. "
                 f"Inputs expected to be in the set {{{','.join(sorted(sig_inputs))}}}."
@@ -385,8 +385,8 @@ class ServingApi:
         for state in self.manager.version_states(name, version):
             entry = response.model_version_status.add()
             entry.version = state.version
-            entry.state = _STATE_NUMBERS[state.state]  # type: ignore[assignment]
-            entry.status.error_code = _error_code_number(state.error_code)  # type: ignore[assignment]
+            entry.state = _STATE_NUMBERS[state.state]
+            entry.status.error_code = _error_code_number(state.error_code)
             entry.status.error_message = state.error_message
         return response
 
@@ -440,5 +440,5 @@ def parse_version(text: str) -> int:
     return value
 
 
-__all__ = ["ServingApi", "parse_version", "tensor_proto_to_array", "array_to_tensor_proto"]
+__all__ = ["ServingApi", "array_to_tensor_proto", "parse_version", "tensor_proto_to_array"]
 _ = Mapping

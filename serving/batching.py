@@ -58,7 +58,7 @@ class BatchingOptions:
 
 
 class _Task:
-    __slots__ = ("feeds", "rows", "key", "future")
+    __slots__ = ("feeds", "future", "key", "rows")
 
     def __init__(self, feeds: Feeds, rows: int, key: tuple[Any, ...]) -> None:
         self.feeds = feeds

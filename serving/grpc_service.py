@@ -9,7 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 from serving.api import ServingApi
 from serving.manager import ModelManager
@@ -27,7 +31,7 @@ def _abort(context: grpc.ServicerContext, exc: ServingError) -> Any:
     context.abort(exc.grpc_code, message)
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, api: ServingApi, metrics: Metrics) -> None:
         self.api = api
         self.metrics = metrics
@@ -41,40 +45,40 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         except ServingError as exc:
             self.metrics.record_request(model, name, "GRPC", exc.code, (time.perf_counter() - start) * 1e6)
             return _abort(context, exc)
-        except Exception as exc:  # noqa: BLE001 - a bad request must never take the server down
+        except Exception as exc:
             log.exception("gRPC %s failed", name)
             self.metrics.record_request(model, name, "GRPC", "INTERNAL", (time.perf_counter() - start) * 1e6)
             return _abort(context, ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
         self.metrics.record_request(model, name, "GRPC", "OK", (time.perf_counter() - start) * 1e6)
         return response
 
-    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method name
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("predict", request, context, self.api.predict, request.model_spec.name)
 
-    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("classify", request, context, self.api.classify, request.model_spec.name)
 
-    def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("regress", request, context, self.api.regress, request.model_spec.name)
 
-    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:
         model = request.tasks[0].model_spec.name if request.tasks else ""
         return self._call("multi_inference", request, context, self.api.multi_inference, model)
 
-    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return self.api.metadata(request)
         except ServingError as exc:
             return _abort(context, exc)
 
 
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, api: ServingApi, manager: ModelManager, on_reload: Callable[[Any], None]) -> None:
         self.api = api
         self.manager = manager
         self.on_reload = on_reload
 
-    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         spec = request.model_spec
         version = spec.version.value if spec.HasField("version") else None
         try:
@@ -82,7 +86,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignor
         except ServingError as exc:
             return _abort(context, exc)
 
-    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:
         response = model_management_pb2.ReloadConfigResponse()
         try:
             if request.config.WhichOneof("config") != "model_config_list":
@@ -94,7 +98,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignor
             self.on_reload(request.config)
         except ServingError as exc:
             log.error("ReloadConfig failed: %s", exc.message)
-            response.status.error_code = CODE_VALUES.get(exc.code, 2)  # type: ignore[assignment]
+            response.status.error_code = CODE_VALUES.get(exc.code, 2)
             response.status.error_message = exc.message
             return _abort(context, exc)
         return response

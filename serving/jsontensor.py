@@ -51,7 +51,7 @@ def dtype_string(dtype: int) -> str:
 def write_decimal(value: float, single: bool) -> str:
     """absl::StrCat (six significant digits) if it round-trips, else max_digits10; `.0` on bare integers."""
     if math.isfinite(value):
-        text = "%g" % value
+        text = f"{value:g}"
         back = float(np.float32(float(text))) if single else float(text)
         if back != value:
             text = ("%.9g" if single else "%.17g") % value
@@ -70,7 +70,7 @@ def json_string(text: str) -> str:
 class PrettyWriter:
     """Emulates rapidjson::PrettyWriter (4-space indent, optional single-line arrays)."""
 
-    __slots__ = ("out", "stack", "single_line")
+    __slots__ = ("out", "single_line", "stack")
 
     def __init__(self) -> None:
         self.out: list[str] = []
@@ -286,7 +286,7 @@ def _type_error(val: Any, dtype: int) -> ServingError:
     )
 
 
-def _lossless(val: int | float, single: bool) -> bool:
+def _lossless(val: float, single: bool) -> bool:
     if isinstance(val, float):
         if not math.isfinite(val):
             return True

@@ -49,7 +49,7 @@ class ModelEntry:
 @dataclass(frozen=True)
 class ManagerOptions:
     allow_labels_for_unavailable: bool = False
-    load: LoadOptions = LoadOptions()
+    load: LoadOptions = field(default_factory=LoadOptions)
     max_num_load_retries: int = 0
     load_retry_interval_s: float = 60.0
     load_threads: int = 2
@@ -269,10 +269,10 @@ class ModelManager:
                 if best is None:
                     raise not_found(f"Servable not found for request: Latest({name})")
                 return best
-            state = entry.versions.get(version) if entry is not None else None
-            if state is None or state.servable is None:
+            found = entry.versions.get(version) if entry is not None else None
+            if found is None or found.servable is None:
                 raise not_found(f"Servable not found for request: Specific({name}, {version})")
-            return state.servable
+            return found.servable
 
     def version_states(self, name: str, version: int | None = None) -> list[VersionState]:
         """GetModelStatus: every version seen, newest first; errors as TF Serving words them."""

@@ -7,6 +7,7 @@ and are awaited, so a slow model never blocks status calls, metrics or other con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -70,10 +71,8 @@ class RestServer:
         for writer in list(self._connections):
             writer.close()
         if self._server is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass
 
     # ----------------------------------------------------------------- HTTP
 
@@ -83,7 +82,7 @@ class RestServer:
             while True:
                 try:
                     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _IDLE_TIMEOUT_S)
-                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, asyncio.TimeoutError):
+                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
                     return
                 except asyncio.LimitOverrunError:
                     await self._send(writer, 431, b"text/plain", b"Request header fields too large", True)
@@ -91,7 +90,7 @@ class RestServer:
                 keep_alive = await self._one_request(head, reader, writer)
                 if not keep_alive:
                     return
-        except Exception:  # noqa: BLE001 - one broken connection must never affect the server
+        except Exception:
             log.exception("REST connection failed")
         finally:
             self._connections.discard(writer)
@@ -114,7 +113,7 @@ class RestServer:
         except _HttpError as exc:
             await self._send(writer, exc.status, _JSON, jt.error_body(exc.message), True)
             return False
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, asyncio.TimeoutError):
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
             return False
         path = target.split("?", 1)[0]
         status, ctype, payload, extra = await self._dispatch(method, path, body, headers)
@@ -183,10 +182,8 @@ class RestServer:
         lines.append(b"\r\n")
         lines.append(payload)
         writer.write(b"".join(lines))
-        try:
+        with contextlib.suppress(ConnectionError):
             await writer.drain()
-        except ConnectionError:
-            pass
 
     # ----------------------------------------------------------------- routing
 
@@ -227,7 +224,7 @@ class RestServer:
             status, payload = exc.http_status, jt.error_body(exc.message)
             self._record(model, api, exc.code, start)
             return status, _JSON, payload, cors
-        except Exception as exc:  # noqa: BLE001 - never let a request take the server down
+        except Exception as exc:
             log.exception("REST request failed: %s %s", method, path)
             self._record(model, api, "INTERNAL", start)
             return 500, _JSON, jt.error_body(f"{type(exc).__name__}: {exc}"), cors
@@ -251,7 +248,7 @@ class RestServer:
         future, finish = prepare(model, version, label, body)
         try:
             outputs = await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             future.cancel()
             raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
         result: bytes = finish(outputs)

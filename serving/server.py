@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -236,7 +237,7 @@ class ModelServer:
         while not self._stop.wait(wait):
             try:
                 self.manager.poll_file_system()
-            except Exception:  # noqa: BLE001 - polling must go on
+            except Exception:
                 log.exception("file system poll failed")
 
     def start_pollers(self) -> None:
@@ -272,10 +273,9 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # Not possible off the main thread (tests run the server in a thread).
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stopped.set)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread (tests run the server in a thread)
         self._async_stop = (loop, stopped)
         if ready is not None:
             ready.set()

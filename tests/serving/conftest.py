@@ -17,7 +17,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import serving_models as sm  # noqa: E402 - after the TF log level is set
+import serving_models as sm
 
 
 def free_port() -> int:

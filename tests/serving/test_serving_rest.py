@@ -171,36 +171,36 @@ def test_predict_gzip_body(server: Running, http: Any) -> None:
     ("/v1/models/hpt:predict", b'{"instances": [1.0,]}', 400, "JSON Parse error: Invalid value. at offset: 19"),
     ("/v1/models/hpt:predict", b"[1]", 400, "JSON Value: [\n    1\n] Is not object"),
     ("/v1/models/hpt:predict", {"signature_name": 5, "instances": [1.0]}, 400,
-     'JSON Value: {\n    "signature_name": 5,\n    "instances": [\n        1.0\n    ]\n} not formatted correctly. '
-     "'signature_name' key must be a string value."),
+     ('JSON Value: {\n    "signature_name": 5,\n    "instances": [\n        1.0\n    ]\n} not formatted correctly. '
+     "'signature_name' key must be a string value.")),
     ("/v1/models/hpt:predict", {"signature_name": "nope", "instances": [1.0]}, 400,
      'Serving signature name: "nope" not found in signature def'),
     ("/v1/models/hpt:predict", {"instances": [1.0], "inputs": [1.0]}, 400,
-     'JSON Value: {\n    "instances": [\n        1.0\n    ],\n    "inputs": [\n        1.0\n    ]\n} Not formatted '
-     "correctly expecting only one of 'inputs' or 'instances' keys to exist "),
+     ('JSON Value: {\n    "instances": [\n        1.0\n    ],\n    "inputs": [\n        1.0\n    ]\n} Not formatted '
+     "correctly expecting only one of 'inputs' or 'instances' keys to exist ")),
     ("/v1/models/hpt:predict", {"foo": 1}, 400, "Missing 'inputs' or 'instances' key"),
     ("/v1/models/hpt:predict", {"instances": 1.0}, 400,
      'JSON Value: {\n    "instances": 1.0\n} Excepting \'instances\' to be an list/array'),
     ("/v1/models/hpt:predict", {"instances": []}, 400,
      'JSON Value: {\n    "instances": []\n} No values in \'instances\' array'),
     ("/v1/models/circle:predict", {"instances": [{"x": 1.0, "y": 1.0, "z": 1.0}]}, 400,
-     "Failed to process element: 0 key: z of 'instances' list. Error: INVALID_ARGUMENT: "
-     "JSON object: does not have named input: z"),
+     ("Failed to process element: 0 key: z of 'instances' list. Error: INVALID_ARGUMENT: "
+     "JSON object: does not have named input: z")),
     ("/v1/models/circle:predict", {"instances": [{"x": 1.0}]}, 400,
      "Failed to process element: 0 of 'instances' list. JSON object: {\n    \"x\": 1.0\n} keys must be equal to: x,y"),
     ("/v1/models/circle:predict", {"inputs": {"x": [1.0]}}, 400, "Missing named input: y in 'inputs' object."),
     ("/v1/models/circle:predict", {"instances": [1.0]}, 400,
-     "instances is a plain list, but expecting list of objects as multiple input tensors required as per "
-     "tensorinfo_map"),
+     ("instances is a plain list, but expecting list of objects as multiple input tensors required as per "
+     "tensorinfo_map")),
     ("/v1/models/circle:predict", {"inputs": [1.0]}, 400,
-     "inputs is a plain value/list, but expecting an object as multiple input tensors required as per "
-     "tensorinfo_map"),
+     ("inputs is a plain value/list, but expecting an object as multiple input tensors required as per "
+     "tensorinfo_map")),
     ("/v1/models/hpt:predict", {"instances": ["x"]}, 400,
-     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: \"x\" Type: String "
-     "is not of expected type: float"),
+     ("Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: \"x\" Type: String "
+     "is not of expected type: float")),
     ("/v1/models/circle:predict", {"signature_name": "matrix", "instances": [[1.0, 2.0], [3.0]]}, 400,
-     "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 2 "
-     "but got: 1"),
+     ("Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: Expecting tensor size: 2 "
+     "but got: 1")),
     ("/v1/models/circle:predict", {"signature_name": "matrix", "inputs": [[1.0, 2.0], 3.0]}, 400,
      "JSON Value: 3.0 found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
     ("/v1/models/circle:predict", {"signature_name": "echo", "instances": [{"b64": "!!!"}]}, 400,
@@ -248,8 +248,8 @@ def test_classify_half_plus_two(server: Running, http: Any) -> None:
 
 @pytest.mark.parametrize(("body", "status", "message"), [
     ({"signature_name": "regress_x_to_y"}, 400,
-     'JSON Value: {\n    "signature_name": "regress_x_to_y"\n} When method is classify, key \'examples\' is expected '
-     "and was not found"),
+     ('JSON Value: {\n    "signature_name": "regress_x_to_y"\n} When method is classify, key \'examples\' is expected '
+     "and was not found")),
     ({"examples": {}}, 400, 'JSON Value: {\n    "examples": {}\n} Expecting \'examples\' value to be an list/array'),
     ({"examples": []}, 400, 'JSON Value: {\n    "examples": []\n} \'examples\' value is an empty array'),
     ({"examples": [1]}, 400, "Example must be JSON object but got JSON Number"),
