@@ -1,0 +1,251 @@
+"""Predict latency and throughput of the local model server against the same signature in-process.
+
+    python benchmarks/bench_serving.py [--seconds 2] [--max-requests 20000]
+
+Prints one table: for 1, 8 and 64 concurrent clients, p50/p99 latency and throughput of
+  * in-process: the SavedModel's serving signature called directly (one instance per call),
+  * in-process batched: the same calls merged by the server's batcher (no transport),
+  * REST and gRPC against `python -m serving` started in a subprocess, batching off and on.
+Each cell is bounded by --seconds and --max-requests. Clients send one instance per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+BATCHING = "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 0 }\nnum_batch_threads { value: 1 }\n"
+
+
+def build_model(path: Path) -> None:
+    """A small MLP like the pipeline's: named inputs x, y -> probability and class."""
+    import tensorflow as tf
+
+    class Mlp(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1 = tf.Variable(tf.random.stateless_normal([2, 10], seed=[1, 2]))
+            self.b1 = tf.Variable(tf.zeros([10]))
+            self.w2 = tf.Variable(tf.random.stateless_normal([10, 1], seed=[3, 4]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.float32, name="y")])
+        def serve(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+            h = tf.nn.relu(tf.stack([x, y], axis=1) @ self.w1 + self.b1)
+            p = tf.sigmoid(h @ self.w2)[:, 0]
+            return {"probability": p, "class": tf.cast(p > 0.5, tf.int64)}
+
+    module = Mlp()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def measure(call: Callable[[int], None], clients: int, seconds: float, max_requests: int) -> dict[str, float]:
+    """Runs `clients` threads calling call(i) until the time or request budget is spent."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    per_client = max(1, max_requests // clients)
+    start_gate = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def worker(slot: int) -> None:
+        for i in range(3):  # warm the connection / path
+            call(i)
+        start_gate.wait()
+        own = latencies[slot]
+        i = 0
+        while i < per_client and time.perf_counter() < deadline[0]:
+            t0 = time.perf_counter()
+            call(i)
+            own.append(time.perf_counter() - t0)
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(clients)]
+    for t in threads:
+        t.start()
+    deadline[0] = time.perf_counter() + 3600
+    time.sleep(0.05)
+    deadline[0] = time.perf_counter() + seconds
+    begin = time.perf_counter()
+    start_gate.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - begin
+    flat = sorted(v for own in latencies for v in own)
+    if not flat:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "rps": 0.0, "n": 0}
+    return {
+        "p50_ms": statistics.median(flat) * 1e3,
+        "p99_ms": flat[min(len(flat) - 1, int(len(flat) * 0.99))] * 1e3,
+        "rps": len(flat) / elapsed,
+        "n": len(flat),
+    }
+
+
+def inputs(i: int) -> tuple[float, float]:
+    return ((i % 97) / 97.0 - 0.5, (i % 89) / 89.0 - 0.5)
+
+
+def in_process_calls(model_dir: Path) -> tuple[Callable[[int], None], Callable[[int], None], Any]:
+    import numpy as np
+    import tensorflow as tf
+
+    from serving.batching import BatchingOptions, SignatureBatcher
+
+    fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+
+    def run(feeds: Any) -> dict[str, Any]:
+        return {k: v.numpy() for k, v in fn(**feeds).items()}
+
+    def direct(i: int) -> None:
+        x, y = inputs(i)
+        run({"x": np.array([x], np.float32), "y": np.array([y], np.float32)})
+
+    batcher = SignatureBatcher(run, BatchingOptions.from_text(BATCHING))
+
+    def batched(i: int) -> None:
+        x, y = inputs(i)
+        batcher.submit({"x": np.array([x], np.float32), "y": np.array([y], np.float32)}).result()
+
+    return direct, batched, batcher
+
+
+class ServerProcess:
+    def __init__(self, base: Path, batching_file: Path | None) -> None:
+        self.rest_port, self.grpc_port = free_port(), free_port()
+        args = [sys.executable, "-m", "serving", f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
+                "--model_name=bench", f"--model_base_path={base}"]
+        if batching_file is not None:
+            args += ["--enable_batching=true", f"--batching_parameters_file={batching_file}"]
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=2)
+                conn.request("GET", "/v1/models/bench")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def rest_call(self) -> Callable[[int], None]:
+        local = threading.local()
+        bodies = [json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode() for i in range(97 * 89)]
+        headers = {"Content-Type": "application/json"}
+
+        def call(i: int) -> None:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=30)
+            conn.request("POST", "/v1/models/bench:predict", bodies[i % len(bodies)], headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(data)
+
+        return call
+
+    def grpc_call(self) -> Callable[[int], None]:
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        requests = []
+        for i in range(97):
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "bench"
+            x, y = inputs(i)
+            req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
+            req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
+            requests.append(req)
+
+        def call(i: int) -> None:
+            stub.Predict(requests[i % len(requests)], timeout=30)
+
+        return call
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="time budget per cell")
+    parser.add_argument("--max-requests", type=int, default=20000, help="request budget per cell")
+    parser.add_argument("--clients", default="1,8,64")
+    opts = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    clients = [int(c) for c in opts.clients.split(",")]
+
+    rows: list[tuple[str, int, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "bench"
+        build_model(base / "1")
+        batching_file = Path(tmp) / "batching.pbtxt"
+        batching_file.write_text(BATCHING)
+
+        direct, batched, batcher = in_process_calls(base / "1")
+        for n in clients:
+            rows.append(("in-process", n, measure(direct, n, opts.seconds, opts.max_requests)))
+        for n in clients:
+            rows.append(("in-process batched", n, measure(batched, n, opts.seconds, opts.max_requests)))
+        batcher.close()
+
+        for label, batching in (("off", None), ("on", batching_file)):
+            server = ServerProcess(base, batching)
+            try:
+                rest, grpc_call = server.rest_call(), server.grpc_call()
+                for n in clients:
+                    rows.append((f"REST, batching {label}", n, measure(rest, n, opts.seconds, opts.max_requests)))
+                for n in clients:
+                    rows.append((f"gRPC, batching {label}", n, measure(grpc_call, n, opts.seconds, opts.max_requests)))
+            finally:
+                server.stop()
+
+    print(f"\n{'path':<22} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'requests':>9}")
+    for name, n, r in rows:
+        print(f"{name:<22} {n:>7} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['rps']:>9.0f} {int(r['n']):>9}")
+    table = {(name, n): r for name, n, r in rows}
+    if ("REST, batching off", 1) in table and ("in-process", 1) in table:
+        gap = table[("REST, batching off", 1)]["p50_ms"] - table[("in-process", 1)]["p50_ms"]
+        print(f"\nREST p50 overhead at 1 client (batching off): {gap:.3f} ms (target <= 2 ms)")
+    top = max(clients)
+    if ("REST, batching on", top) in table and ("in-process batched", top) in table:
+        ratio = table[("REST, batching on", top)]["rps"] / table[("in-process batched", top)]["rps"]
+        print(f"REST throughput at {top} clients, batching on / in-process batched: {ratio:.2f} (target >= 0.7)")
+    if ("gRPC, batching on", top) in table and ("in-process batched", top) in table:
+        ratio = table[("gRPC, batching on", top)]["rps"] / table[("in-process batched", top)]["rps"]
+        print(f"gRPC throughput at {top} clients, batching on / in-process batched: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
