@@ -100,6 +100,52 @@ def measure(call: Callable[[int], None], clients: int, seconds: float, max_reque
     }
 
 
+def measure_async(make_client: Callable[[], Any], clients: int, seconds: float,
+                  max_requests: int) -> dict[str, float]:
+    """Like measure(), with `clients` asyncio tasks on one loop: a load generator that costs little CPU."""
+    import asyncio
+
+    async def run() -> tuple[list[float], float]:
+        latencies: list[float] = []
+        per_client = max(1, max_requests // clients)
+        go = asyncio.Event()
+        deadline = [0.0]
+
+        async def worker() -> None:
+            call, close = await make_client()
+            try:
+                for i in range(3):
+                    await call(i)
+                await go.wait()
+                i = 0
+                while i < per_client and time.perf_counter() < deadline[0]:
+                    t0 = time.perf_counter()
+                    await call(i)
+                    latencies.append(time.perf_counter() - t0)
+                    i += 1
+            finally:
+                await close()
+
+        tasks = [asyncio.create_task(worker()) for _ in range(clients)]
+        await asyncio.sleep(0.2)
+        deadline[0] = time.perf_counter() + seconds
+        begin = time.perf_counter()
+        go.set()
+        await asyncio.gather(*tasks)
+        return latencies, time.perf_counter() - begin
+
+    flat, elapsed = asyncio.run(run())
+    flat.sort()
+    if not flat:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "rps": 0.0, "n": 0}
+    return {
+        "p50_ms": statistics.median(flat) * 1e3,
+        "p99_ms": flat[min(len(flat) - 1, int(len(flat) * 0.99))] * 1e3,
+        "rps": len(flat) / elapsed,
+        "n": len(flat),
+    }
+
+
 def inputs(i: int) -> tuple[float, float]:
     return ((i % 97) / 97.0 - 0.5, (i % 89) / 89.0 - 0.5)
 
@@ -129,12 +175,13 @@ def in_process_calls(model_dir: Path) -> tuple[Callable[[int], None], Callable[[
 
 
 class ServerProcess:
-    def __init__(self, base: Path, batching_file: Path | None) -> None:
+    def __init__(self, base: Path, batching_file: Path | None, extra: list[str] | None = None) -> None:
         self.rest_port, self.grpc_port = free_port(), free_port()
         args = [sys.executable, "-m", "serving", f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
                 "--model_name=bench", f"--model_base_path={base}"]
         if batching_file is not None:
             args += ["--enable_batching=true", f"--batching_parameters_file={batching_file}"]
+        args += extra or []
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
         deadline = time.monotonic() + 120
@@ -157,30 +204,42 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
 
-    def rest_call(self) -> Callable[[int], None]:
-        local = threading.local()
-        bodies = [json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode() for i in range(97 * 89)]
-        headers = {"Content-Type": "application/json"}
+    def rest_client(self) -> Callable[[], Any]:
+        """Keep-alive HTTP/1.1 over a raw asyncio stream, requests pre-serialized."""
+        import asyncio
 
-        def call(i: int) -> None:
-            conn = getattr(local, "conn", None)
-            if conn is None:
-                conn = local.conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=30)
-            conn.request("POST", "/v1/models/bench:predict", bodies[i % len(bodies)], headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            if resp.status != 200:
-                raise RuntimeError(data)
+        requests = []
+        for i in range(97):
+            body = json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode()
+            requests.append(b"POST /v1/models/bench:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        port = self.rest_port
 
-        return call
+        async def make() -> Any:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
 
-    def grpc_call(self) -> Callable[[int], None]:
+            async def call(i: int) -> None:
+                writer.write(requests[i % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(head)
+                start = head.index(b"Content-Length: ") + 16
+                length = int(head[start:head.index(b"\r\n", start)])
+                await reader.readexactly(length)
+
+            async def close() -> None:
+                writer.close()
+
+            return call, close
+
+        return make
+
+    def grpc_client(self) -> Callable[[], Any]:
+        """grpc.aio stub calls, one channel per client (as separate client processes would have)."""
         import grpc
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-        channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         requests = []
         for i in range(97):
             req = predict_pb2.PredictRequest()
@@ -189,11 +248,21 @@ class ServerProcess:
             req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
             req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
             requests.append(req)
+        target = f"127.0.0.1:{self.grpc_port}"
 
-        def call(i: int) -> None:
-            stub.Predict(requests[i % len(requests)], timeout=30)
+        async def make() -> Any:
+            channel = grpc.aio.insecure_channel(target)
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
-        return call
+            async def call(i: int) -> None:
+                await stub.Predict(requests[i % len(requests)], timeout=30)
+
+            async def close() -> None:
+                await channel.close()
+
+            return call, close
+
+        return make
 
 
 def main() -> int:
@@ -201,6 +270,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="time budget per cell")
     parser.add_argument("--max-requests", type=int, default=20000, help="request budget per cell")
     parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--only", default="", help="comma-separated subset: inproc,rest,grpc,off,on")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m serving")
     opts = parser.parse_args()
     sys.path.insert(0, str(REPO))
     clients = [int(c) for c in opts.clients.split(",")]
@@ -212,21 +283,27 @@ def main() -> int:
         batching_file = Path(tmp) / "batching.pbtxt"
         batching_file.write_text(BATCHING)
 
-        direct, batched, batcher = in_process_calls(base / "1")
-        for n in clients:
-            rows.append(("in-process", n, measure(direct, n, opts.seconds, opts.max_requests)))
-        for n in clients:
-            rows.append(("in-process batched", n, measure(batched, n, opts.seconds, opts.max_requests)))
-        batcher.close()
+        only = set(filter(None, opts.only.split(","))) or {"inproc", "rest", "grpc", "off", "on"}
+        if "inproc" in only:
+            direct, batched, batcher = in_process_calls(base / "1")
+            for n in clients:
+                rows.append(("in-process", n, measure(direct, n, opts.seconds, opts.max_requests)))
+            for n in clients:
+                rows.append(("in-process batched", n, measure(batched, n, opts.seconds, opts.max_requests)))
+            batcher.close()
 
         for label, batching in (("off", None), ("on", batching_file)):
-            server = ServerProcess(base, batching)
+            if label not in only:
+                continue
+            server = ServerProcess(base, batching, opts.server_arg)
             try:
-                rest, grpc_call = server.rest_call(), server.grpc_call()
-                for n in clients:
-                    rows.append((f"REST, batching {label}", n, measure(rest, n, opts.seconds, opts.max_requests)))
-                for n in clients:
-                    rows.append((f"gRPC, batching {label}", n, measure(grpc_call, n, opts.seconds, opts.max_requests)))
+                rest, grpc_client = server.rest_client(), server.grpc_client()
+                for n in clients if "rest" in only else []:
+                    rows.append((f"REST, batching {label}", n,
+                                 measure_async(rest, n, opts.seconds, opts.max_requests)))
+                for n in clients if "grpc" in only else []:
+                    rows.append((f"gRPC, batching {label}", n,
+                                 measure_async(grpc_client, n, opts.seconds, opts.max_requests)))
             finally:
                 server.stop()
 

@@ -427,6 +427,10 @@ def tensors_from_instances(
         )
     objects = isinstance(first, dict) and not _is_b64(first)
     n = len(instances)
+    if objects and allow_fast:
+        fast = _fast_scalar_objects(instances, input_dtypes, names)
+        if fast is not None:
+            return fast
     if objects:
         input_set = set(names)
         columns: dict[str, list[Any]] = {name: [] for name in names}
@@ -469,6 +473,36 @@ def tensors_from_instances(
                 f"Failed to process element: {i} of 'instances' list. Error: {exc.code}: {exc.message}"
             ) from None
     return {name: _stack(instances, dtype, n, shapes[name][1])}
+
+
+_FAST_SCALAR = {DT_FLOAT: np.float32, DT_DOUBLE: np.float64}
+
+
+def _fast_scalar_objects(instances: list[Any], input_dtypes: Mapping[str, int], names: list[str]
+                         ) -> dict[str, np.ndarray] | None:
+    """The common case, `[{"x": 0.5, "y": 0.5}, ...]` into float inputs; None means take the exact path."""
+    width = len(names)
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for name in names:
+        if input_dtypes[name] not in _FAST_SCALAR:
+            return None
+    for inst in instances:
+        if type(inst) is not dict or len(inst) != width:
+            return None
+        for name in names:
+            v: Any = inst.get(name)
+            t = type(v)
+            if t is float or (t is int and -16777215 <= v <= 16777215):
+                columns[name].append(v)
+            else:
+                return None
+    out = {}
+    for name in names:
+        arr = np.array(columns[name], dtype=_FAST_SCALAR[input_dtypes[name]])
+        if input_dtypes[name] == DT_FLOAT and not np.isfinite(arr).all():
+            return None  # overflow to inf, or NaN/Infinity literals: let the exact path judge
+        out[name] = arr
+    return out
 
 
 def _check_item(item: Any, name: str, dtype: int, shapes: dict[str, tuple[int, list[int]]]) -> None:
@@ -688,6 +722,10 @@ def predict_response_json(outputs: Mapping[str, np.ndarray], row_format: bool) -
     if not outputs:
         raise invalid("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
+    if row_format:
+        fast = _fast_rows(outputs, names)
+        if fast is not None:
+            return fast
     leaves = {name: _leaf_writer(outputs[name], name) for name in names}
     writer = PrettyWriter()
     writer.start_object()
@@ -727,6 +765,45 @@ def predict_response_json(outputs: Mapping[str, np.ndarray], row_format: bool) -
             writer.end_object()
     writer.end_object()
     return writer.text().encode("utf-8")
+
+
+def _scalar_texts(arr: np.ndarray) -> list[str] | None:
+    if arr.dtype == np.float32:
+        return [write_decimal(v, True) for v in arr.tolist()]
+    if arr.dtype == np.float64:
+        return [write_decimal(v, False) for v in arr.tolist()]
+    if arr.dtype.kind in "iu":
+        return [str(v) for v in arr.tolist()]
+    if arr.dtype.kind == "b":
+        return ["true" if v else "false" for v in arr.tolist()]
+    return None
+
+
+def _fast_rows(outputs: Mapping[str, np.ndarray], names: list[str]) -> bytes | None:
+    """Row format when every output is a numeric vector: the PrettyWriter layout, built directly."""
+    batch = -1
+    for name in names:
+        arr = outputs[name]
+        if arr.ndim != 1 or (batch >= 0 and arr.shape[0] != batch):
+            return None
+        batch = arr.shape[0]
+    texts = []
+    for name in names:
+        col = _scalar_texts(outputs[name])
+        if col is None:
+            return None
+        texts.append(col)
+    if len(names) == 1:
+        if not batch:
+            return b'{\n    "predictions": []\n}'
+        return ('{\n    "predictions": [' + ", ".join(texts[0]) + "\n    ]\n}").encode()
+    keys = ["            " + json_string(name) + ": " for name in names]
+    rows = []
+    for i in range(batch):
+        rows.append("\n        {\n" + ",\n".join(k + col[i] for k, col in zip(keys, texts, strict=True))
+                    + "\n        }")
+    body = ",".join(rows)
+    return ('{\n    "predictions": [' + body + ("\n    ]" if batch else "]") + "\n}").encode()
 
 
 def regress_response_json(values: Sequence[float]) -> bytes:
