@@ -277,7 +277,7 @@ class _Connection(asyncio.Protocol):
             self.busy = True
             try:
                 self.server.handle(self, method, path, headers, body)
-            except Exception:  # noqa: BLE001 - handle() answers its own errors; this is a last resort
+            except Exception:  # handle() answers its own errors; this is a last resort
                 log.exception("REST handler failed")
                 if self.busy:
                     self.respond(500, _JSON, jt.error_body("Internal error"))
