@@ -329,8 +329,6 @@ def main(argv: Sequence[str]) -> int:
     from serving.status import ServingError
 
     _configure_tensorflow(flags)
-    if os.environ.get("SERVING_SWITCH_INTERVAL"):
-        sys.setswitchinterval(float(os.environ["SERVING_SWITCH_INTERVAL"]))
     try:
         server = ModelServer(flags)
         server.load_initial()
