@@ -28,7 +28,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-BATCHING = "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 0 }\nnum_batch_threads { value: 1 }\n"
+BATCHING = "max_batch_size {{ value: 64 }}\nbatch_timeout_micros {{ value: {timeout} }}\nnum_batch_threads {{ value: 1 }}\n"
 
 
 def build_model(path: Path) -> None:
@@ -150,7 +150,7 @@ def inputs(i: int) -> tuple[float, float]:
     return ((i % 97) / 97.0 - 0.5, (i % 89) / 89.0 - 0.5)
 
 
-def in_process_calls(model_dir: Path) -> tuple[Callable[[int], None], Callable[[int], None], Any]:
+def in_process_calls(model_dir: Path, batching: str) -> tuple[Callable[[int], None], Callable[[int], None], Any]:
     import numpy as np
     import tensorflow as tf
 
@@ -165,7 +165,7 @@ def in_process_calls(model_dir: Path) -> tuple[Callable[[int], None], Callable[[
         x, y = inputs(i)
         run({"x": np.array([x], np.float32), "y": np.array([y], np.float32)})
 
-    batcher = SignatureBatcher(run, BatchingOptions.from_text(BATCHING))
+    batcher = SignatureBatcher(run, BatchingOptions.from_text(batching))
 
     def batched(i: int) -> None:
         x, y = inputs(i)
@@ -270,6 +270,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="time budget per cell")
     parser.add_argument("--max-requests", type=int, default=20000, help="request budget per cell")
     parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--batch-timeout-us", type=int, default=0,
+                        help="batch_timeout_micros for the server and the in-process batcher alike")
     parser.add_argument("--only", default="", help="comma-separated subset: inproc,rest,grpc,off,on")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m serving")
     opts = parser.parse_args()
@@ -281,11 +283,12 @@ def main() -> int:
         base = Path(tmp) / "bench"
         build_model(base / "1")
         batching_file = Path(tmp) / "batching.pbtxt"
-        batching_file.write_text(BATCHING)
+        batching = BATCHING.format(timeout=opts.batch_timeout_us)
+        batching_file.write_text(batching)
 
         only = set(filter(None, opts.only.split(","))) or {"inproc", "rest", "grpc", "off", "on"}
         if "inproc" in only:
-            direct, batched, batcher = in_process_calls(base / "1")
+            direct, batched, batcher = in_process_calls(base / "1", batching)
             for n in clients:
                 rows.append(("in-process", n, measure(direct, n, opts.seconds, opts.max_requests)))
             for n in clients:

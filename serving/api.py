@@ -20,6 +20,7 @@ from serving.status import ServingError, invalid
 
 Outputs = dict[str, np.ndarray]
 Finish = Callable[[Outputs], Any]
+Prepared = tuple[Runner, dict[str, np.ndarray], Finish]
 
 _STATE_NUMBERS = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
@@ -157,8 +158,7 @@ class ServingApi:
 
     # ----------------------------------------------------------------- REST
 
-    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes
-                     ) -> tuple[Future[Outputs], Finish]:
+    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         servable = self.manager.resolve(name, version, label)
@@ -166,10 +166,9 @@ class ServingApi:
         if not runner.input_dtypes:
             raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
         feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
-        return runner.submit(feeds), lambda outputs: jt.predict_response_json(outputs, row_format)
+        return runner, feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
 
-    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes
-                      ) -> tuple[Future[Outputs], Finish]:
+    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         request_input = jt.input_from_json(doc)
@@ -177,11 +176,10 @@ class ServingApi:
         _, runner = servable.prepare_classify(signature_name)
         examples = serialized_examples(request_input)
         n = len(examples)
-        return (runner.submit({"inputs": examples}),
+        return (runner, {"inputs": examples},
                 lambda outputs: jt.classify_response_json(classification_values(outputs, n)))
 
-    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes
-                     ) -> tuple[Future[Outputs], Finish]:
+    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         request_input = jt.input_from_json(doc)
@@ -189,7 +187,7 @@ class ServingApi:
         _, runner = servable.prepare_regress(signature_name)
         examples = serialized_examples(request_input)
         n = len(examples)
-        return (runner.submit({"inputs": examples}),
+        return (runner, {"inputs": examples},
                 lambda outputs: jt.regress_response_json(regression_values(outputs, n)))
 
     def rest_status(self, name: str, version: int | None) -> bytes:

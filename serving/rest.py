@@ -23,7 +23,9 @@ from urllib.parse import unquote
 
 from serving import jsontensor as jt
 from serving.api import ServingApi, parse_version
+from serving.batching import BatchingOptions, batchable, run_merged, task_key
 from serving.metrics import Metrics
+from serving.servable import Runner
 from serving.status import ServingError, invalid
 
 log = logging.getLogger("serving")
@@ -65,6 +67,7 @@ class RestServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._completions: _Completions | None = None
+        self._pending: dict[Runner, list[tuple[dict[str, Any], Callable[[Any], None]]]] = {}
 
     async def start(self, host: str, port: int) -> int:
         self.loop = asyncio.get_running_loop()
@@ -121,8 +124,8 @@ class RestServer:
                     "predict": self.api.rest_predict, "classify": self.api.rest_classify,
                     "regress": self.api.rest_regress,
                 }[api]
-                future, finish = prepare(model, version, label, body)
-                self._await_model(conn, future, finish, model, api, start, cors)
+                runner, feeds, finish = prepare(model, version, label, body)
+                self._execute(conn, runner, feeds, finish, model, api, start, cors)
                 return
             if method == "GET" and (m := _STATUS_RE.fullmatch(path)):
                 if not m.group(1):
@@ -147,6 +150,91 @@ class RestServer:
             exc = ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
         self._record(model, api, exc.code, start)
         conn.respond(exc.http_status, _JSON, jt.error_body(exc.message), cors)
+
+    def _execute(self, conn: _Connection, runner: Runner, feeds: dict[str, Any], finish: Callable[[Any], bytes],
+                 model: str, api: str, start: float, cors: list[tuple[str, str]]) -> None:
+        """Small, fast signatures run right here on the loop (batched per loop pass when batching is on);
+        anything else goes to a worker thread or the thread batcher so the loop stays responsive."""
+
+        def done(result: Any) -> None:
+            if isinstance(result, BaseException):
+                self._fail(conn, result, model, api, start, cors)
+                return
+            try:
+                payload = finish(result)
+            except Exception as exc:  # noqa: BLE001 - encoding errors become the response
+                self._fail(conn, exc, model, api, start, cors)
+                return
+            self._record(model, api, "OK", start)
+            conn.respond(200, _JSON, payload, cors)
+
+        if runner.inline_ok and _small(feeds):
+            if runner.batching is not None and batchable(feeds):
+                self._loop_batch(runner, feeds, done)
+                return
+            try:
+                outputs = runner.run(feeds)
+            except ServingError as exc:
+                done(exc)
+                return
+            done(outputs)
+            return
+        self._await_model(conn, runner.submit(feeds), finish, model, api, start, cors)
+
+    def _loop_batch(self, runner: Runner, feeds: dict[str, Any], done: Callable[[Any], None]) -> None:
+        """Queues a call for this loop pass's merged run of `runner` (the loop-side batch scheduler)."""
+        loop = self.loop
+        assert loop is not None and runner.batching is not None
+        n = next(iter(feeds.values())).shape[0]
+        limit = runner.batching.max_batch_size
+        if n > limit and not runner.batching.enable_large_batch_splitting:
+            done(invalid(f"Task size {n} is larger than maximum input batch size {limit}"))
+            return
+        pending = self._pending.get(runner)
+        if pending is None:
+            pending = self._pending[runner] = []
+            timeout = runner.batching.batch_timeout_micros / 1e6
+            if timeout > 0:
+                loop.call_later(timeout, self._flush, runner)
+            else:
+                loop.call_soon(self._flush, runner)
+        pending.append((feeds, done))
+        rows = sum(next(iter(f.values())).shape[0] for f, _ in pending)
+        if rows >= runner.batching.max_batch_size:
+            self._flush(runner)
+
+    def _flush(self, runner: Runner) -> None:
+        pending = self._pending.pop(runner, None)
+        if not pending:
+            return
+        options = runner.batching
+        assert options is not None
+        groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], Callable[[Any], None]]]] = {}
+        for item in pending:
+            groups.setdefault(task_key(item[0]), []).append(item)
+        for items in groups.values():
+            chunk: list[tuple[dict[str, Any], Callable[[Any], None]]] = []
+            rows = 0
+            for item in items:
+                n = next(iter(item[0].values())).shape[0]
+                if chunk and rows + n > options.max_batch_size:
+                    self._run_chunk(runner, chunk, options)
+                    chunk, rows = [], 0
+                chunk.append(item)
+                rows += n
+            if chunk:
+                self._run_chunk(runner, chunk, options)
+
+    @staticmethod
+    def _run_chunk(runner: Runner, chunk: list[tuple[dict[str, Any], Callable[[Any], None]]],
+                   options: BatchingOptions) -> None:
+        try:
+            results: list[Any] = list(run_merged(runner.run, [f for f, _ in chunk], options))
+        except Exception as exc:  # noqa: BLE001 - every caller gets the failure
+            error = exc if isinstance(exc, ServingError) else ServingError("INTERNAL", str(exc))
+            results = [error] * len(chunk)
+        for (_, done), result in zip(chunk, results, strict=True):
+            done(result)
 
     def _await_model(self, conn: _Connection, future: Future[Any], finish: Callable[[Any], bytes], model: str,
                      api: str, start: float, cors: list[tuple[str, str]]) -> None:
@@ -407,6 +495,20 @@ def _parse_chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes, int] | 
             return None
         parts.append(bytes(buf[pos:pos + size]))
         pos += size + 2
+
+
+_INLINE_MAX_ROWS = 1024
+_INLINE_MAX_BYTES = 1 << 20
+
+
+def _small(feeds: dict[str, Any]) -> bool:
+    """Requests small enough that running them on the loop cannot stall it for long."""
+    total = 0
+    for arr in feeds.values():
+        if arr.ndim and arr.shape[0] > _INLINE_MAX_ROWS:
+            return False
+        total += arr.nbytes
+    return total <= _INLINE_MAX_BYTES
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
