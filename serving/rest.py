@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 from serving import jsontensor as jt
 from serving.api import ServingApi, parse_version
-from serving.batching import BatchingOptions, batchable, run_merged, task_key
+from serving.batching import batchable, task_key
 from serving.metrics import Metrics
 from serving.servable import Runner
 from serving.status import ServingError, invalid
@@ -57,6 +57,10 @@ class _HttpError(Exception):
         self.message = message
 
 
+# A call waiting for its batch: feeds, completion callback, rows, batch-compatibility key.
+_Pending = tuple[dict[str, Any], Callable[[Any], None], int, tuple[Any, ...]]
+
+
 class RestServer:
     def __init__(self, api: ServingApi, metrics: Metrics, options: RestOptions) -> None:
         self.api = api
@@ -67,7 +71,9 @@ class RestServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._completions: _Completions | None = None
-        self._pending: dict[Runner, list[tuple[dict[str, Any], Callable[[Any], None]]]] = {}
+        self._pending: dict[Runner, list[_Pending]] = {}
+        self._pending_rows: dict[Runner, int] = {}
+        self._inflight: dict[Runner, int] = {}
 
     async def start(self, host: str, port: int) -> int:
         self.loop = asyncio.get_running_loop()
@@ -168,10 +174,10 @@ class RestServer:
             self._record(model, api, "OK", start)
             conn.respond(200, _JSON, payload, cors)
 
+        if runner.batching is not None and batchable(feeds):
+            self._loop_batch(runner, feeds, done)
+            return
         if runner.inline_ok and _small(feeds):
-            if runner.batching is not None and batchable(feeds):
-                self._loop_batch(runner, feeds, done)
-                return
             try:
                 outputs = runner.run(feeds)
             except ServingError as exc:
@@ -182,7 +188,8 @@ class RestServer:
         self._await_model(conn, runner.submit(feeds), finish, model, api, start, cors)
 
     def _loop_batch(self, runner: Runner, feeds: dict[str, Any], done: Callable[[Any], None]) -> None:
-        """Queues a call for this loop pass's merged run of `runner` (the loop-side batch scheduler)."""
+        """The REST side of batching: calls gather on the loop while earlier batches run on worker threads,
+        so forming a batch costs no thread hand-off per call and the loop keeps parsing while TF runs."""
         loop = self.loop
         assert loop is not None and runner.batching is not None
         n = next(iter(feeds.values())).shape[0]
@@ -193,48 +200,60 @@ class RestServer:
         pending = self._pending.get(runner)
         if pending is None:
             pending = self._pending[runner] = []
+        pending.append((feeds, done, n, task_key(feeds)))
+        rows = self._pending_rows.get(runner, 0) + n
+        self._pending_rows[runner] = rows
+        if len(pending) == 1:
             timeout = runner.batching.batch_timeout_micros / 1e6
             if timeout > 0:
                 loop.call_later(timeout, self._flush, runner)
             else:
                 loop.call_soon(self._flush, runner)
-        pending.append((feeds, done))
-        rows = sum(next(iter(f.values())).shape[0] for f, _ in pending)
-        if rows >= runner.batching.max_batch_size:
+        elif rows >= limit:
             self._flush(runner)
 
     def _flush(self, runner: Runner) -> None:
-        pending = self._pending.pop(runner, None)
-        if not pending:
-            return
+        """Starts as many batches of `runner` as it has free batch threads; the rest wait for one to finish."""
         options = runner.batching
         assert options is not None
-        groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], Callable[[Any], None]]]] = {}
-        for item in pending:
-            groups.setdefault(task_key(item[0]), []).append(item)
-        for items in groups.values():
-            chunk: list[tuple[dict[str, Any], Callable[[Any], None]]] = []
+        threads = max(1, options.num_batch_threads)
+        while self._inflight.get(runner, 0) < threads:
+            pending = self._pending.get(runner)
+            if not pending:
+                self._pending.pop(runner, None)
+                return
+            key = pending[0][3]
+            chunk: list[_Pending] = []
+            rest: list[_Pending] = []
             rows = 0
-            for item in items:
-                n = next(iter(item[0].values())).shape[0]
-                if chunk and rows + n > options.max_batch_size:
-                    self._run_chunk(runner, chunk, options)
-                    chunk, rows = [], 0
-                chunk.append(item)
-                rows += n
-            if chunk:
-                self._run_chunk(runner, chunk, options)
+            for item in pending:
+                if item[3] == key and (not chunk or rows + item[2] <= options.max_batch_size):
+                    chunk.append(item)
+                    rows += item[2]
+                else:
+                    rest.append(item)
+            self._pending[runner] = rest
+            self._pending_rows[runner] -= rows
+            self._inflight[runner] = self._inflight.get(runner, 0) + 1
+            future = runner.submit_merged([item[0] for item in chunk])
+            future.add_done_callback(self._on_batch_done(runner, chunk))
 
-    @staticmethod
-    def _run_chunk(runner: Runner, chunk: list[tuple[dict[str, Any], Callable[[Any], None]]],
-                   options: BatchingOptions) -> None:
+    def _on_batch_done(self, runner: Runner, chunk: list[_Pending]) -> Callable[[Future[list[Any]]], None]:
+        completions = self._completions
+        assert completions is not None
+        return lambda fut: completions.push(lambda: self._deliver(runner, chunk, fut))
+
+    def _deliver(self, runner: Runner, chunk: list[_Pending], future: Future[list[Any]]) -> None:
+        self._inflight[runner] -= 1
         try:
-            results: list[Any] = list(run_merged(runner.run, [f for f, _ in chunk], options))
-        except Exception as exc:  # noqa: BLE001 - every caller gets the failure
+            results = future.result()
+        except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the failure
             error = exc if isinstance(exc, ServingError) else ServingError("INTERNAL", str(exc))
             results = [error] * len(chunk)
-        for (_, done), result in zip(chunk, results, strict=True):
-            done(result)
+        for item, result in zip(chunk, results, strict=True):
+            item[1](result)
+        if self._pending.get(runner):
+            self._flush(runner)
 
     def _await_model(self, conn: _Connection, future: Future[Any], finish: Callable[[Any], bytes], model: str,
                      api: str, start: float, cors: list[tuple[str, str]]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.batching import BatchingOptions, SignatureBatcher
+from serving.batching import BatchingOptions, SignatureBatcher, run_merged
 from serving.jsontensor import DT_FLOAT, DT_STRING, NUMPY_DTYPES, dtype_string
 from serving.status import ServingError, failed_precondition, from_tf_exception, invalid
 
@@ -78,6 +78,11 @@ class Runner:
             self.run_cost_s = self._window_min_s
         if self._window_runs >= 200:
             self._window_min_s, self._window_runs = float("inf"), 0
+
+    def submit_merged(self, feeds_list: list[Mapping[str, np.ndarray]]) -> Future[list[Any]]:
+        """One batch formed by the caller (the REST loop), run on a worker thread."""
+        assert self.batching is not None
+        return self._executor.submit(run_merged, self.run, feeds_list, self.batching)
 
     def submit(self, feeds: Mapping[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
         if self._batcher is not None and self._batcher.accepts(feeds):
