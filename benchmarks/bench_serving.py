@@ -28,7 +28,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-BATCHING = "max_batch_size {{ value: 64 }}\nbatch_timeout_micros {{ value: {timeout} }}\nnum_batch_threads {{ value: 1 }}\n"
+BATCHING = "max_batch_size {{ value: 64 }}\nbatch_timeout_micros {{ value: {timeout} }}\nnum_batch_threads {{ value: {threads} }}\n"
 
 
 def build_model(path: Path) -> None:
@@ -272,6 +272,8 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,64")
     parser.add_argument("--batch-timeout-us", type=int, default=0,
                         help="batch_timeout_micros for the server and the in-process batcher alike")
+    parser.add_argument("--batch-threads", type=int, default=os.cpu_count() or 1,
+                        help="num_batch_threads for both (TF's CPU guidance: the number of cores)")
     parser.add_argument("--only", default="", help="comma-separated subset: inproc,rest,grpc,off,on")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m serving")
     opts = parser.parse_args()
@@ -283,7 +285,7 @@ def main() -> int:
         base = Path(tmp) / "bench"
         build_model(base / "1")
         batching_file = Path(tmp) / "batching.pbtxt"
-        batching = BATCHING.format(timeout=opts.batch_timeout_us)
+        batching = BATCHING.format(timeout=opts.batch_timeout_us, threads=opts.batch_threads)
         batching_file.write_text(batching)
 
         only = set(filter(None, opts.only.split(","))) or {"inproc", "rest", "grpc", "off", "on"}

@@ -104,8 +104,22 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
+def _health_handler() -> grpc.GenericRpcHandler:
+    """grpc.health.v1.Health/Check answering SERVING, without the grpcio-health-checking package:
+    the reply is HealthCheckResponse{status: SERVING}, i.e. field 1 varint 1 on the wire."""
+
+    def check(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return b"\x08\x01"
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        check, request_deserializer=lambda raw: raw, response_serializer=lambda raw: raw
+    )
+    return grpc.method_handlers_generic_handler("grpc.health.v1.Health", {"Check": handler})
+
+
 def start_grpc_server(api: ServingApi, manager: ModelManager, metrics: Metrics, on_reload: Callable[[Any], None],
-                      address: str, max_threads: int, max_message_bytes: int) -> tuple[grpc.Server, int]:
+                      address: str, max_threads: int, max_message_bytes: int, socket_path: str = "",
+                      health: bool = False) -> tuple[grpc.Server, int]:
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
         options=[
@@ -116,8 +130,12 @@ def start_grpc_server(api: ServingApi, manager: ModelManager, metrics: Metrics, 
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(api, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(api, manager, on_reload), server)
+    if health:
+        server.add_generic_rpc_handlers((_health_handler(),))
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind gRPC to {address}")
+    if socket_path:
+        server.add_insecure_port(f"unix:{socket_path}")
     server.start()
     return server, port

@@ -498,10 +498,10 @@ def _fast_scalar_objects(instances: list[Any], input_dtypes: Mapping[str, int], 
                 return None
     out = {}
     for name in names:
-        arr = np.array(columns[name], dtype=_FAST_SCALAR[input_dtypes[name]])
-        if input_dtypes[name] == DT_FLOAT and not np.isfinite(arr).all():
-            return None  # overflow to inf, or NaN/Infinity literals: let the exact path judge
-        out[name] = arr
+        col = columns[name]
+        if input_dtypes[name] == DT_FLOAT and not -_FLOAT32_MAX <= min(col) <= max(col) <= _FLOAT32_MAX:
+            return None  # out of float range, or NaN/Infinity literals: let the exact path judge
+        out[name] = np.array(col, dtype=_FAST_SCALAR[input_dtypes[name]])
     return out
 
 

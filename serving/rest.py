@@ -159,33 +159,49 @@ class RestServer:
 
     def _execute(self, conn: _Connection, runner: Runner, feeds: dict[str, Any], finish: Callable[[Any], bytes],
                  model: str, api: str, start: float, cors: list[tuple[str, str]]) -> None:
-        """Small, fast signatures run right here on the loop (batched per loop pass when batching is on);
-        anything else goes to a worker thread or the thread batcher so the loop stays responsive."""
-
-        def done(result: Any) -> None:
-            if isinstance(result, BaseException):
-                self._fail(conn, result, model, api, start, cors)
-                return
-            try:
-                payload = finish(result)
-            except Exception as exc:  # noqa: BLE001 - encoding errors become the response
-                self._fail(conn, exc, model, api, start, cors)
-                return
-            self._record(model, api, "OK", start)
-            conn.respond(200, _JSON, payload, cors)
-
+        """Batched calls gather on the loop (see _loop_batch); small, fast signatures run right here on
+        the loop; anything else goes to a worker thread so the loop stays responsive."""
         if runner.batching is not None and batchable(feeds):
+            loop = self.loop
+            assert loop is not None
+            state = [False]
+
+            def done(result: Any) -> None:
+                if state[0]:
+                    return  # already answered 504
+                state[0] = True
+                timer.cancel()
+                self._answer(conn, result, finish, model, api, start, cors)
+
+            def expire() -> None:
+                if not state[0]:
+                    state[0] = True
+                    self._fail(conn, ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded"), model, api, start, cors)
+
+            timer = loop.call_later(self.options.timeout_s, expire)
             self._loop_batch(runner, feeds, done)
             return
         if runner.inline_ok and _small(feeds):
             try:
-                outputs = runner.run(feeds)
+                outputs: Any = runner.run(feeds)
             except ServingError as exc:
-                done(exc)
-                return
-            done(outputs)
+                outputs = exc
+            self._answer(conn, outputs, finish, model, api, start, cors)
             return
         self._await_model(conn, runner.submit(feeds), finish, model, api, start, cors)
+
+    def _answer(self, conn: _Connection, result: Any, finish: Callable[[Any], bytes], model: str, api: str,
+                start: float, cors: list[tuple[str, str]]) -> None:
+        if isinstance(result, BaseException):
+            self._fail(conn, result, model, api, start, cors)
+            return
+        try:
+            payload = finish(result)
+        except Exception as exc:  # noqa: BLE001 - encoding errors become the response
+            self._fail(conn, exc, model, api, start, cors)
+            return
+        self._record(model, api, "OK", start)
+        conn.respond(200, _JSON, payload, cors)
 
     def _loop_batch(self, runner: Runner, feeds: dict[str, Any], done: Callable[[Any], None]) -> None:
         """The REST side of batching: calls gather on the loop while earlier batches run on worker threads,

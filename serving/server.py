@@ -256,6 +256,7 @@ class ModelServer:
         grpc_server, self.grpc_port = start_grpc_server(
             self.api, self.manager, self.metrics, self.reload, f"{_host_for(flags.host)}:{flags.port}",
             flags.grpc_max_threads or max(64, 4 * (os.cpu_count() or 1)), flags.max_request_bytes,
+            socket_path=flags.grpc_socket_path, health=flags.enable_grpc_healthcheck_service,
         )
         log.info("Running gRPC ModelServer at %s:%d ...", flags.host, self.grpc_port)
         rest = None

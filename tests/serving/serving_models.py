@@ -139,3 +139,24 @@ def predict_log_x(model: str, x: float) -> bytes:
     request.model_spec.name = model
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
     return entry.SerializeToString()
+
+
+def save_slow_model(path: Path, matmuls: int = 40) -> Path:
+    """Takes tens of milliseconds per call (chained 256x256 matmuls), for deadline tests."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = tf.Variable(tf.eye(256) * 0.5)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            acc = tf.eye(256)
+            for _ in range(matmuls):
+                acc = tf.matmul(acc, self.m) + tf.eye(256)
+            return {"y": x + tf.reduce_sum(acc) * 0.0}
+
+    module = Slow()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path

@@ -221,3 +221,69 @@ def test_bad_config_file_fails_startup(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in proc.stderr
+
+
+def test_rest_deadline_is_504_and_server_answers_after(tmp_path: Path) -> None:
+    import serving_models as sm
+
+    sm.save_slow_model(tmp_path / "slow" / "1", matmuls=400)
+    server = start_server([f"--model_base_path={tmp_path / 'slow'}", "--model_name=slow", "--rest_api_timeout_in_ms=1",
+                           "--enable_model_warmup=false"])
+    try:
+        resp = requests.post(f"{server.rest}/v1/models/slow:predict", json={"instances": [1.0]}, timeout=30)
+        assert resp.status_code == 504
+        assert resp.json() == {"error": "Deadline Exceeded"}
+        assert requests.get(f"{server.rest}/v1/models/slow", timeout=10).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_cors_when_enabled(store: Store, tmp_path: Path) -> None:
+    base = tmp_path / "circle"
+    store.add_version(base, 1, store.circle_v1)
+    server = start_server([f"--model_base_path={base}", "--model_name=circle", "--rest_api_enable_cors_support"])
+    try:
+        pre = requests.options(f"{server.rest}/v1/models/circle:predict", headers={"Origin": "http://x"}, timeout=10)
+        assert pre.status_code == 200
+        assert pre.headers["Access-Control-Allow-Origin"] == "*"
+        assert requests.options(f"{server.rest}/v1/models/circle:predict", timeout=10).status_code == 400
+        resp = requests.get(f"{server.rest}/v1/models/circle", timeout=10)
+        assert resp.headers["Access-Control-Allow-Methods"] == "POST, GET"
+    finally:
+        server.stop()
+
+
+def test_grpc_unix_socket_and_health_check(store: Store, tmp_path: Path) -> None:
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    base = tmp_path / "circle"
+    store.add_version(base, 1, store.circle_v1)
+    sock = tmp_path / "grpc.sock"
+    server = start_server([f"--model_base_path={base}", "--model_name=circle", f"--grpc_socket_path={sock}",
+                           "--enable_grpc_healthcheck_service=true"])
+    try:
+        with grpc.insecure_channel(f"unix:{sock}") as channel:
+            request = get_model_status_pb2.GetModelStatusRequest()
+            request.model_spec.name = "circle"
+            status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+            assert status.model_version_status[0].version == 1
+            check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                        request_serializer=lambda b: b, response_deserializer=lambda b: b)
+            assert check(b"", timeout=10) == b"\x08\x01"  # status: SERVING
+    finally:
+        server.stop()
+
+
+def test_expect_100_continue(server: Running) -> None:
+    body = b'{"instances": [1.0]}'
+    payload = (b"POST /v1/models/hpt:predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+               b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.server.rest_port), timeout=10) as sock:
+        sock.sendall(payload)
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 OK") and b'"predictions": [2.5' in reply
