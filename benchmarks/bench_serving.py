@@ -6,7 +6,10 @@ Prints one table: for 1, 8 and 64 concurrent clients, p50/p99 latency and throug
   * in-process: the SavedModel's serving signature called directly (one instance per call),
   * in-process batched: the same calls merged by the server's batcher (no transport),
   * REST and gRPC against `python -m serving` started in a subprocess, batching off and on.
-Each cell is bounded by --seconds and --max-requests. Clients send one instance per request.
+Each cell is bounded by --seconds and --max-requests. Clients send one instance per request; the
+REST and gRPC clients are asyncio tasks in this process (cheap load generators), the in-process
+callers are threads. A last reference row runs the REST client against a do-nothing asyncio HTTP
+server: the most any Python HTTP server can do on this machine with this client.
 """
 
 from __future__ import annotations
@@ -265,6 +268,46 @@ class ServerProcess:
         return make
 
 
+_NOOP_SERVER = r"""
+import asyncio, sys
+RESP = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t, self.buf = t, b''
+    def data_received(self, d):
+        self.buf += d
+        while (i := self.buf.find(b'\r\n\r\n')) >= 0:
+            j = self.buf.find(b'Content-Length: ', 0, i)
+            n = int(self.buf[j + 16:self.buf.find(b'\r\n', j)]) if j >= 0 else 0
+            if len(self.buf) < i + 4 + n: return
+            self.buf = self.buf[i + 4 + n:]
+            self.t.write(RESP)
+async def main():
+    await asyncio.get_running_loop().create_server(P, '127.0.0.1', int(sys.argv[1]))
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def transport_ceiling(clients: int, seconds: float, max_requests: int) -> dict[str, float]:
+    """The same client against a do-nothing asyncio HTTP server: what transport alone allows here."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _NOOP_SERVER, str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        fake = ServerProcess.__new__(ServerProcess)
+        fake.rest_port, fake.grpc_port = port, 0
+        return measure_async(fake.rest_client(), clients, seconds, max_requests)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="time budget per cell")
@@ -274,7 +317,7 @@ def main() -> int:
                         help="batch_timeout_micros for the server and the in-process batcher alike")
     parser.add_argument("--batch-threads", type=int, default=os.cpu_count() or 1,
                         help="num_batch_threads for both (TF's CPU guidance: the number of cores)")
-    parser.add_argument("--only", default="", help="comma-separated subset: inproc,rest,grpc,off,on")
+    parser.add_argument("--only", default="", help="comma-separated subset: inproc,rest,grpc,off,on,ceiling")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m serving")
     opts = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -285,18 +328,21 @@ def main() -> int:
         base = Path(tmp) / "bench"
         build_model(base / "1")
         batching_file = Path(tmp) / "batching.pbtxt"
-        batching = BATCHING.format(timeout=opts.batch_timeout_us, threads=opts.batch_threads)
-        batching_file.write_text(batching)
+        batching_text = BATCHING.format(timeout=opts.batch_timeout_us, threads=opts.batch_threads)
+        batching_file.write_text(batching_text)
 
-        only = set(filter(None, opts.only.split(","))) or {"inproc", "rest", "grpc", "off", "on"}
+        only = set(filter(None, opts.only.split(","))) or {"inproc", "rest", "grpc", "off", "on", "ceiling"}
         if "inproc" in only:
-            direct, batched, batcher = in_process_calls(base / "1", batching)
+            direct, batched, batcher = in_process_calls(base / "1", batching_text)
             for n in clients:
                 rows.append(("in-process", n, measure(direct, n, opts.seconds, opts.max_requests)))
             for n in clients:
                 rows.append(("in-process batched", n, measure(batched, n, opts.seconds, opts.max_requests)))
             batcher.close()
 
+        if "ceiling" in only:
+            rows.append(("no-op HTTP server", max(clients), transport_ceiling(max(clients), opts.seconds,
+                                                                               opts.max_requests)))
         for label, batching in (("off", None), ("on", batching_file)):
             if label not in only:
                 continue
