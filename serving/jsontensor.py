@@ -361,7 +361,12 @@ def _fill(val: Any, level: int, shape: list[int], dtype: int, out: list[Any]) ->
         _fill(item, level + 1, shape, dtype, out)
 
 
+_MAX_RANK = 64  # numpy's limit; TF's is 254, so nothing a real model accepts is refused
+
+
 def _to_array(flat: list[Any], shape: Sequence[int], dtype: int) -> np.ndarray:
+    if len(shape) > _MAX_RANK:
+        raise invalid(f"Tensor of rank {len(shape)} is nested too deeply; at most {_MAX_RANK} dimensions")
     np_dtype = NUMPY_DTYPES.get(dtype)
     if np_dtype is None:
         raise ServingError("UNIMPLEMENTED", f"Conversion to type: {dtype_string(dtype)}")

@@ -151,7 +151,9 @@ class RestServer:
 
     def _fail(self, conn: _Connection, exc: BaseException, model: str, api: str, start: float,
               cors: list[tuple[str, str]]) -> None:
-        if not isinstance(exc, ServingError):
+        if isinstance(exc, RecursionError):
+            exc = ServingError("INVALID_ARGUMENT", "JSON value is nested too deeply")
+        elif not isinstance(exc, ServingError):
             log.error("REST request failed", exc_info=exc)
             exc = ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
         self._record(model, api, exc.code, start)

@@ -168,6 +168,10 @@ def test_malformed_http_gets_4xx(server: Running, payload: bytes) -> None:
 
 
 def test_deeply_nested_and_hostile_json(server: Running, http: Any) -> None:
+    deep = 950
+    nested = b'{"signature_name": "matrix", "inputs": ' + b"[" * deep + b"1.0" + b"]" * deep + b"}"
+    resp = http.post(server.rest + "/v1/models/circle:predict", data=nested, timeout=10)
+    assert resp.status_code == 400, resp.text
     for body in (b"[" * 100_000, b'{"instances": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
                  b'{"instances": [1e999]}', b'{"instances": [NaN]}', b"\xff\xfe"):
         resp = http.post(server.rest + "/v1/models/hpt:predict", data=body, timeout=10)
