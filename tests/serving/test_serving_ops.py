@@ -291,3 +291,41 @@ def test_expect_100_continue(server: Running) -> None:
         while chunk := sock.recv(65536):
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 200 OK") and b'"predictions": [2.5' in reply
+
+
+def test_random_garbage_never_hurts_the_server(server: Running, http: Any) -> None:
+    import random
+
+    rng = random.Random(7)
+    paths = ["/v1/models/hpt:predict", "/v1/models/circle:predict", "/v1/models/hpt:regress",
+             "/v1/models/hpt:classify", "/v1/models/circle/labels/stable:predict"]
+    pieces = [b"{", b"}", b"[", b"]", b'"instances"', b'"inputs"', b'"examples"', b":", b",", b"1", b"-2.5e3",
+              b'"x"', b'"y"', b"null", b"true", b'{"b64": "AA=="}', b"NaN", b"\xff", b" "]
+    for _ in range(150):
+        body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        resp = http.post(server.rest + rng.choice(paths), data=body, timeout=10)
+        assert 200 <= resp.status_code < 500, (body, resp.status_code, resp.text)
+        assert "error" in resp.json() or resp.status_code == 200
+    assert_alive(server)
+
+
+def test_malformed_grpc_tensors_are_invalid_argument(server: Running) -> None:
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "hpt"
+        request.inputs["x"].dtype = 1
+        request.inputs["x"].tensor_shape.dim.add().size = 3
+        request.inputs["x"].tensor_content = b"\x00" * 5  # 5 bytes cannot be 3 floats
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        request.inputs["x"].dtype = 7
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(request, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "Expects arg[0] to be float but string is provided"
+    assert_alive(server)
