@@ -287,6 +287,46 @@ class ServingApi:
         outputs = runner.run(feeds) if direct else _result(runner.submit(feeds), timeout)
         return self.predict_response(request, servable.version, runner, outputs, wanted)
 
+    def grpc_predict(self, request: Any) -> Prepared:
+        """Predict split for the loop: checks done, feeds built; finish() makes the response."""
+        servable = self._servable_for(request.model_spec)
+        runner, feeds, wanted = self.predict_prepare(request, servable)
+        version = servable.version
+        return runner, feeds, lambda outputs: self.predict_response(request, version, runner, outputs, wanted)
+
+    def grpc_classify(self, request: Any) -> Prepared:
+        from tensorflow_serving.apis import classification_pb2
+
+        servable = self._servable_for(request.model_spec)
+        key, runner = servable.prepare_classify(request.model_spec.signature_name)
+        examples = serialized_examples(request.input)
+        version = servable.version
+
+        def finish(outputs: Outputs) -> Any:
+            response = classification_pb2.ClassificationResponse()
+            _fill_spec(response.model_spec, request.model_spec.name, version, key)
+            _fill_classifications(response.result, classification_values(outputs, len(examples)))
+            return response
+
+        return runner, {"inputs": examples}, finish
+
+    def grpc_regress(self, request: Any) -> Prepared:
+        from tensorflow_serving.apis import regression_pb2
+
+        servable = self._servable_for(request.model_spec)
+        key, runner = servable.prepare_regress(request.model_spec.signature_name)
+        examples = serialized_examples(request.input)
+        version = servable.version
+
+        def finish(outputs: Outputs) -> Any:
+            response = regression_pb2.RegressionResponse()
+            _fill_spec(response.model_spec, request.model_spec.name, version, key)
+            for value in regression_values(outputs, len(examples)):
+                response.result.regressions.add().value = value
+            return response
+
+        return runner, {"inputs": examples}, finish
+
     def _run_examples(self, runner: Runner, request_input: Any, timeout: float | None, direct: bool
                       ) -> tuple[Outputs, int]:
         examples = serialized_examples(request_input)

@@ -10,12 +10,9 @@ import asyncio
 import contextlib
 import logging
 import re
-import threading
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -23,9 +20,8 @@ from urllib.parse import unquote
 
 from serving import jsontensor as jt
 from serving.api import ServingApi, parse_version
-from serving.batching import batchable, task_key
+from serving.dispatch import Dispatcher
 from serving.metrics import Metrics
-from serving.servable import Runner
 from serving.status import ServingError, invalid
 
 log = logging.getLogger("serving")
@@ -57,10 +53,6 @@ class _HttpError(Exception):
         self.message = message
 
 
-# A call waiting for its batch: feeds, completion callback, rows, batch-compatibility key.
-_Pending = tuple[dict[str, Any], Callable[[Any], None], int, tuple[Any, ...]]
-
-
 class RestServer:
     def __init__(self, api: ServingApi, metrics: Metrics, options: RestOptions) -> None:
         self.api = api
@@ -70,14 +62,11 @@ class RestServer:
         self._connections: set[_Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._completions: _Completions | None = None
-        self._pending: dict[Runner, list[_Pending]] = {}
-        self._pending_rows: dict[Runner, int] = {}
-        self._inflight: dict[Runner, int] = {}
+        self.dispatcher: Dispatcher | None = None
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, dispatcher: Dispatcher) -> int:
         self.loop = asyncio.get_running_loop()
-        self._completions = _Completions(self.loop)
+        self.dispatcher = dispatcher
         self._server = await self.loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
         self._sweeper = self.loop.call_later(_IDLE_TIMEOUT_S / 4, self._sweep)
         return int(self._server.sockets[0].getsockname()[1])
@@ -131,7 +120,12 @@ class RestServer:
                     "regress": self.api.rest_regress,
                 }[api]
                 runner, feeds, finish = prepare(model, version, label, body)
-                self._execute(conn, runner, feeds, finish, model, api, start, cors)
+                assert self.dispatcher is not None
+                self.dispatcher.run(
+                    runner, feeds,
+                    lambda result: self._answer(conn, result, finish, model, api, start, cors),
+                    self.options.timeout_s,
+                )
                 return
             if method == "GET" and (m := _STATUS_RE.fullmatch(path)):
                 if not m.group(1):
@@ -159,39 +153,6 @@ class RestServer:
         self._record(model, api, exc.code, start)
         conn.respond(exc.http_status, _JSON, jt.error_body(exc.message), cors)
 
-    def _execute(self, conn: _Connection, runner: Runner, feeds: dict[str, Any], finish: Callable[[Any], bytes],
-                 model: str, api: str, start: float, cors: list[tuple[str, str]]) -> None:
-        """Batched calls gather on the loop (see _loop_batch); small, fast signatures run right here on
-        the loop; anything else goes to a worker thread so the loop stays responsive."""
-        if runner.batching is not None and batchable(feeds):
-            loop = self.loop
-            assert loop is not None
-            state = [False]
-
-            def done(result: Any) -> None:
-                if state[0]:
-                    return  # already answered 504
-                state[0] = True
-                timer.cancel()
-                self._answer(conn, result, finish, model, api, start, cors)
-
-            def expire() -> None:
-                if not state[0]:
-                    state[0] = True
-                    self._fail(conn, ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded"), model, api, start, cors)
-
-            timer = loop.call_later(self.options.timeout_s, expire)
-            self._loop_batch(runner, feeds, done)
-            return
-        if runner.inline_ok and _small(feeds):
-            try:
-                outputs: Any = runner.run(feeds)
-            except ServingError as exc:
-                outputs = exc
-            self._answer(conn, outputs, finish, model, api, start, cors)
-            return
-        self._await_model(conn, runner.submit(feeds), finish, model, api, start, cors)
-
     def _answer(self, conn: _Connection, result: Any, finish: Callable[[Any], bytes], model: str, api: str,
                 start: float, cors: list[tuple[str, str]]) -> None:
         if isinstance(result, BaseException):
@@ -205,108 +166,6 @@ class RestServer:
         self._record(model, api, "OK", start)
         conn.respond(200, _JSON, payload, cors)
 
-    def _loop_batch(self, runner: Runner, feeds: dict[str, Any], done: Callable[[Any], None]) -> None:
-        """The REST side of batching: calls gather on the loop while earlier batches run on worker threads,
-        so forming a batch costs no thread hand-off per call and the loop keeps parsing while TF runs."""
-        loop = self.loop
-        assert loop is not None and runner.batching is not None
-        n = next(iter(feeds.values())).shape[0]
-        limit = runner.batching.max_batch_size
-        if n > limit and not runner.batching.enable_large_batch_splitting:
-            done(invalid(f"Task size {n} is larger than maximum input batch size {limit}"))
-            return
-        pending = self._pending.get(runner)
-        if pending is None:
-            pending = self._pending[runner] = []
-        pending.append((feeds, done, n, task_key(feeds)))
-        rows = self._pending_rows.get(runner, 0) + n
-        self._pending_rows[runner] = rows
-        if len(pending) == 1:
-            timeout = runner.batching.batch_timeout_micros / 1e6
-            if timeout > 0:
-                loop.call_later(timeout, self._flush, runner)
-            else:
-                loop.call_soon(self._flush, runner)
-        elif rows >= limit:
-            self._flush(runner)
-
-    def _flush(self, runner: Runner) -> None:
-        """Starts as many batches of `runner` as it has free batch threads; the rest wait for one to finish."""
-        options = runner.batching
-        assert options is not None
-        threads = max(1, options.num_batch_threads)
-        while self._inflight.get(runner, 0) < threads:
-            pending = self._pending.get(runner)
-            if not pending:
-                self._pending.pop(runner, None)
-                return
-            key = pending[0][3]
-            chunk: list[_Pending] = []
-            rest: list[_Pending] = []
-            rows = 0
-            for item in pending:
-                if item[3] == key and (not chunk or rows + item[2] <= options.max_batch_size):
-                    chunk.append(item)
-                    rows += item[2]
-                else:
-                    rest.append(item)
-            self._pending[runner] = rest
-            self._pending_rows[runner] -= rows
-            self._inflight[runner] = self._inflight.get(runner, 0) + 1
-            future = runner.submit_merged([item[0] for item in chunk])
-            future.add_done_callback(self._on_batch_done(runner, chunk))
-
-    def _on_batch_done(self, runner: Runner, chunk: list[_Pending]) -> Callable[[Future[list[Any]]], None]:
-        completions = self._completions
-        assert completions is not None
-        return lambda fut: completions.push(lambda: self._deliver(runner, chunk, fut))
-
-    def _deliver(self, runner: Runner, chunk: list[_Pending], future: Future[list[Any]]) -> None:
-        self._inflight[runner] -= 1
-        try:
-            results = future.result()
-        except Exception as exc:  # noqa: BLE001 - every caller in the batch gets the failure
-            error = exc if isinstance(exc, ServingError) else ServingError("INTERNAL", str(exc))
-            results = [error] * len(chunk)
-        for item, result in zip(chunk, results, strict=True):
-            item[1](result)
-        if self._pending.get(runner):
-            self._flush(runner)
-
-    def _await_model(self, conn: _Connection, future: Future[Any], finish: Callable[[Any], bytes], model: str,
-                     api: str, start: float, cors: list[tuple[str, str]]) -> None:
-        loop = self.loop
-        assert loop is not None
-        state = {"done": False}
-
-        def complete() -> None:
-            if state["done"]:
-                return
-            state["done"] = True
-            timer.cancel()
-            try:
-                payload = finish(future.result())
-            except Exception as exc:  # noqa: BLE001 - model errors become the response
-                self._fail(conn, exc, model, api, start, cors)
-                return
-            self._record(model, api, "OK", start)
-            conn.respond(200, _JSON, payload, cors)
-
-        def expire() -> None:
-            if state["done"]:
-                return
-            state["done"] = True
-            future.cancel()
-            self._fail(conn, ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded"), model, api, start, cors)
-
-        timer = loop.call_later(self.options.timeout_s, expire)
-        if future.done():
-            complete()
-        else:
-            completions = self._completions
-            assert completions is not None
-            future.add_done_callback(lambda _: completions.push(complete))
-
     def _record(self, model: str, api: str, code: str, start: float) -> None:
         if api:
             self.metrics.record_request(model, api, "REST", code, (time.perf_counter() - start) * 1e6)
@@ -316,37 +175,6 @@ class RestServer:
             return []
         return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "POST, GET"),
                 ("Access-Control-Allow-Headers", "Content-Type")]
-
-
-class _Completions:
-    """Hands finished model runs back to the event loop with one wake-up per burst, not one per request.
-
-    A batch of 64 finishing at once would otherwise write 64 bytes to the loop's self-pipe and make the
-    loop and the batch thread trade the GIL 64 times.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: deque[Callable[[], None]] = deque()
-        self.lock = threading.Lock()
-        self.scheduled = False
-
-    def push(self, fn: Callable[[], None]) -> None:
-        with self.lock:
-            self.items.append(fn)
-            if self.scheduled:
-                return
-            self.scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-            self.loop.call_soon_threadsafe(self.drain)
-
-    def drain(self) -> None:
-        with self.lock:
-            items = list(self.items)
-            self.items.clear()
-            self.scheduled = False
-        for fn in items:
-            fn()
 
 
 class _Connection(asyncio.Protocol):
@@ -532,20 +360,6 @@ def _parse_chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes, int] | 
             return None
         parts.append(bytes(buf[pos:pos + size]))
         pos += size + 2
-
-
-_INLINE_MAX_ROWS = 1024
-_INLINE_MAX_BYTES = 1 << 20
-
-
-def _small(feeds: dict[str, Any]) -> bool:
-    """Requests small enough that running them on the loop cannot stall it for long."""
-    total = 0
-    for arr in feeds.values():
-        if arr.ndim and arr.shape[0] > _INLINE_MAX_ROWS:
-            return False
-        total += arr.nbytes
-    return total <= _INLINE_MAX_BYTES
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:

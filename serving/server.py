@@ -249,14 +249,16 @@ class ModelServer:
             thread.start()
 
     async def serve(self, ready: threading.Event | None = None) -> None:
+        from serving.dispatch import Dispatcher
         from serving.grpc_service import start_grpc_server
         from serving.rest import RestOptions, RestServer
 
         flags = self.flags
-        grpc_server, self.grpc_port = start_grpc_server(
-            self.api, self.manager, self.metrics, self.reload, f"{_host_for(flags.host)}:{flags.port}",
-            flags.grpc_max_threads or max(64, 4 * (os.cpu_count() or 1)), flags.max_request_bytes,
-            socket_path=flags.grpc_socket_path, health=flags.enable_grpc_healthcheck_service,
+        dispatcher = Dispatcher(asyncio.get_running_loop())
+        grpc_server, self.grpc_port = await start_grpc_server(
+            self.api, self.metrics, dispatcher, self.reload, f"{_host_for(flags.host)}:{flags.port}",
+            flags.max_request_bytes, socket_path=flags.grpc_socket_path,
+            health=flags.enable_grpc_healthcheck_service,
         )
         log.info("Running gRPC ModelServer at %s:%d ...", flags.host, self.grpc_port)
         rest = None
@@ -269,7 +271,7 @@ class ModelServer:
                 metrics_path=_metrics_path(flags),
                 enable_cors=flags.rest_api_enable_cors_support,
             ))
-            self.rest_port = await rest.start(flags.host, flags.rest_api_port)
+            self.rest_port = await rest.start(flags.host, flags.rest_api_port, dispatcher)
             log.info("Exporting HTTP/REST API at:%s:%d ...", flags.host, self.rest_port)
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
@@ -285,7 +287,7 @@ class ModelServer:
         self._stop.set()
         if rest is not None:
             await rest.close()
-        grpc_server.stop(1.0).wait(2.0)
+        await grpc_server.stop(1.0)
         self.manager.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
