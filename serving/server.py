@@ -43,7 +43,7 @@ class Flags:
     saved_model_tags: str = "serve"
     max_num_load_retries: int = 0
     load_retry_interval_micros: int = 60_000_000
-    grpc_max_threads: int = 0
+    grpc_max_threads: int = 0  # accepted; gRPC runs on the event loop (grpc.aio), not a thread pool
     grpc_channel_arguments: str = ""
     grpc_socket_path: str = ""
     enable_signature_method_name_check: bool = False
@@ -64,6 +64,15 @@ _IGNORED = {
     "mixed_precision", "use_tflite_model", "use_alts_credentials", "skip_initialize_tpu",
     "enable_model_warmup_on_startup", "thread_pool_factory_config_file", "batching_policy",
 }
+
+
+def usage() -> str:
+    lines = ["usage: python -m serving [--flag=value | --flag value | --bool_flag[=true|false]] ...", "", "Flags:"]
+    for f in fields(Flags):
+        lines.append(f"  --{f.name}  (default: {getattr(Flags(), f.name)!r})")
+    lines.append("")
+    lines.append("Accepted and ignored: " + ", ".join(f"--{name}" for name in sorted(_IGNORED)))
+    return "\n".join(lines)
 
 
 class FlagError(ValueError):
@@ -318,6 +327,9 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if any(arg in ("-h", "--help", "-help", "--helpfull") for arg in argv):
+        print(usage())
+        return 0
     try:
         flags = parse_flags(argv)
     except FlagError as exc:
