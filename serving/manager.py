@@ -84,6 +84,7 @@ class ModelManager:
         self.models: dict[str, ModelEntry] = {}
         self.labels: dict[str, dict[str, int]] = {}
         self._closed = False
+        self._closing = threading.Event()
 
     # ----------------------------------------------------------------- config
 
@@ -219,7 +220,7 @@ class ModelManager:
                 return
             if attempt + 1 < attempts:
                 log.warning("Loading %s version %d failed, retrying: %s", entry.name, state.version, error)
-                time.sleep(self.options.load_retry_interval_s)
+                self._closing.wait(self.options.load_retry_interval_s)  # shutdown cuts the wait short
         assert error is not None or self._closed
         with self._lock:
             state.state = END
@@ -242,6 +243,7 @@ class ModelManager:
 
     def close(self) -> None:
         self._closed = True
+        self._closing.set()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             for entry in self.models.values():
