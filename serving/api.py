@@ -20,6 +20,7 @@ from serving.status import ServingError, invalid
 
 Outputs = dict[str, np.ndarray]
 Finish = Callable[[Outputs], Any]
+Prepared = tuple[Runner, dict[str, np.ndarray], Finish]
 
 _STATE_NUMBERS = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
@@ -157,8 +158,7 @@ class ServingApi:
 
     # ----------------------------------------------------------------- REST
 
-    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes
-                     ) -> tuple[Future[Outputs], Finish]:
+    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         servable = self.manager.resolve(name, version, label)
@@ -166,10 +166,9 @@ class ServingApi:
         if not runner.input_dtypes:
             raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
         feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
-        return runner.submit(feeds), lambda outputs: jt.predict_response_json(outputs, row_format)
+        return runner, feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
 
-    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes
-                      ) -> tuple[Future[Outputs], Finish]:
+    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         request_input = jt.input_from_json(doc)
@@ -177,11 +176,10 @@ class ServingApi:
         _, runner = servable.prepare_classify(signature_name)
         examples = serialized_examples(request_input)
         n = len(examples)
-        return (runner.submit({"inputs": examples}),
+        return (runner, {"inputs": examples},
                 lambda outputs: jt.classify_response_json(classification_values(outputs, n)))
 
-    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes
-                     ) -> tuple[Future[Outputs], Finish]:
+    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         request_input = jt.input_from_json(doc)
@@ -189,7 +187,7 @@ class ServingApi:
         _, runner = servable.prepare_regress(signature_name)
         examples = serialized_examples(request_input)
         n = len(examples)
-        return (runner.submit({"inputs": examples}),
+        return (runner, {"inputs": examples},
                 lambda outputs: jt.regress_response_json(regression_values(outputs, n)))
 
     def rest_status(self, name: str, version: int | None) -> bytes:
@@ -244,12 +242,20 @@ class ServingApi:
                     f"Sent extra: {{{','.join(sorted(sent - sig_inputs))}}}. "
                     f"Missing but required: {{{','.join(sorted(sig_inputs - sent))}}}."
                 )
-            alias = sorted(sent - sig_inputs)[0]
+            alias = min(sent - sig_inputs)
             raise invalid(
                 f"input tensor alias not found in signature: {alias}. "
                 f"Inputs expected to be in the set {{{','.join(sorted(sig_inputs))}}}."
             )
-        feeds = {alias: tensor_proto_to_array(request.inputs[alias]) for alias in sorted(sent)}
+        feeds = {}
+        for index, alias in enumerate(sorted(sent)):
+            proto = request.inputs[alias]
+            want = runner.input_dtypes[alias]
+            if proto.dtype != want:
+                raise invalid(
+                    f"Expects arg[{index}] to be {jt.dtype_string(want)} but {jt.dtype_string(proto.dtype)} is provided"
+                )
+            feeds[alias] = tensor_proto_to_array(proto)
         wanted: list[str] = []
         for alias in request.output_filter:
             if alias not in runner.signature_def.outputs:
@@ -280,6 +286,46 @@ class ServingApi:
         runner, feeds, wanted = self.predict_prepare(request, servable)
         outputs = runner.run(feeds) if direct else _result(runner.submit(feeds), timeout)
         return self.predict_response(request, servable.version, runner, outputs, wanted)
+
+    def grpc_predict(self, request: Any) -> Prepared:
+        """Predict split for the loop: checks done, feeds built; finish() makes the response."""
+        servable = self._servable_for(request.model_spec)
+        runner, feeds, wanted = self.predict_prepare(request, servable)
+        version = servable.version
+        return runner, feeds, lambda outputs: self.predict_response(request, version, runner, outputs, wanted)
+
+    def grpc_classify(self, request: Any) -> Prepared:
+        from tensorflow_serving.apis import classification_pb2
+
+        servable = self._servable_for(request.model_spec)
+        key, runner = servable.prepare_classify(request.model_spec.signature_name)
+        examples = serialized_examples(request.input)
+        version = servable.version
+
+        def finish(outputs: Outputs) -> Any:
+            response = classification_pb2.ClassificationResponse()
+            _fill_spec(response.model_spec, request.model_spec.name, version, key)
+            _fill_classifications(response.result, classification_values(outputs, len(examples)))
+            return response
+
+        return runner, {"inputs": examples}, finish
+
+    def grpc_regress(self, request: Any) -> Prepared:
+        from tensorflow_serving.apis import regression_pb2
+
+        servable = self._servable_for(request.model_spec)
+        key, runner = servable.prepare_regress(request.model_spec.signature_name)
+        examples = serialized_examples(request.input)
+        version = servable.version
+
+        def finish(outputs: Outputs) -> Any:
+            response = regression_pb2.RegressionResponse()
+            _fill_spec(response.model_spec, request.model_spec.name, version, key)
+            for value in regression_values(outputs, len(examples)):
+                response.result.regressions.add().value = value
+            return response
+
+        return runner, {"inputs": examples}, finish
 
     def _run_examples(self, runner: Runner, request_input: Any, timeout: float | None, direct: bool
                       ) -> tuple[Outputs, int]:
@@ -377,8 +423,8 @@ class ServingApi:
         for state in self.manager.version_states(name, version):
             entry = response.model_version_status.add()
             entry.version = state.version
-            entry.state = _STATE_NUMBERS[state.state]  # type: ignore[assignment]
-            entry.status.error_code = _error_code_number(state.error_code)  # type: ignore[assignment]
+            entry.state = _STATE_NUMBERS[state.state]
+            entry.status.error_code = _error_code_number(state.error_code)
             entry.status.error_message = state.error_message
         return response
 
@@ -432,5 +478,5 @@ def parse_version(text: str) -> int:
     return value
 
 
-__all__ = ["ServingApi", "parse_version", "tensor_proto_to_array", "array_to_tensor_proto"]
+__all__ = ["ServingApi", "array_to_tensor_proto", "parse_version", "tensor_proto_to_array"]
 _ = Mapping

@@ -58,7 +58,7 @@ class BatchingOptions:
 
 
 class _Task:
-    __slots__ = ("feeds", "rows", "key", "future")
+    __slots__ = ("feeds", "future", "key", "rows")
 
     def __init__(self, feeds: Feeds, rows: int, key: tuple[Any, ...]) -> None:
         self.feeds = feeds
@@ -89,10 +89,7 @@ class SignatureBatcher:
             thread.start()
 
     def accepts(self, feeds: Feeds) -> bool:
-        if not feeds:
-            return False
-        rows = {arr.shape[0] if arr.ndim else -1 for arr in feeds.values()}
-        return len(rows) == 1 and min(rows) > 0
+        return batchable(feeds)
 
     def submit(self, feeds: Feeds) -> Future[Outputs]:
         rows = next(iter(feeds.values())).shape[0]
@@ -157,44 +154,66 @@ class SignatureBatcher:
                     if not task.future.done():
                         task.future.set_exception(exc)
 
-    def _padded_size(self, rows: int) -> int:
-        for size in self.options.allowed_batch_sizes:
-            if size >= rows:
-                return size
-        return rows
-
     def _process(self, batch: list[_Task]) -> None:
-        if len(batch) == 1 and not self.options.allowed_batch_sizes:
-            try:
-                batch[0].future.set_result(self._run(batch[0].feeds))
-            except ServingError as exc:
-                batch[0].future.set_exception(exc)
-            return
-        total = sum(task.rows for task in batch)
-        padded = self._padded_size(total)
-        merged: dict[str, np.ndarray] = {}
-        for name in batch[0].feeds:
-            parts = [task.feeds[name] for task in batch]
-            if padded > total:
-                pad = np.repeat(parts[0][:1], padded - total, axis=0)
-                parts.append(pad)
-            merged[name] = np.concatenate(parts, axis=0)
+        results = run_merged(self._run, [task.feeds for task in batch], self.options)
+        for task, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                task.future.set_exception(result)
+            else:
+                task.future.set_result(result)
+
+
+def padded_size(rows: int, options: BatchingOptions) -> int:
+    for size in options.allowed_batch_sizes:
+        if size >= rows:
+            return size
+    return rows
+
+
+def run_merged(run: Callable[[Feeds], Outputs], feeds_list: list[Feeds], options: BatchingOptions
+               ) -> list[Outputs | ServingError]:
+    """One run for several callers with matching inputs: concatenate, pad, run, split back by rows."""
+    if len(feeds_list) == 1 and not options.allowed_batch_sizes:
         try:
-            outputs = self._run(merged)
-            for name, arr in outputs.items():
-                if arr.ndim == 0:
-                    raise invalid(f"Batched output tensor has 0 dimensions: {name}")
-                if arr.shape[0] != padded:
-                    raise invalid(
-                        "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension "
-                        "sizes of the input tensors"
-                    )
+            return [run(feeds_list[0])]
         except ServingError as exc:
-            for task in batch:
-                task.future.set_exception(exc)
-            return
-        offset = 0
-        for task in batch:
-            end = offset + task.rows
-            task.future.set_result({name: arr[offset:end] for name, arr in outputs.items()})
-            offset = end
+            return [exc]
+    rows = [next(iter(feeds.values())).shape[0] for feeds in feeds_list]
+    total = sum(rows)
+    padded = padded_size(total, options)
+    merged: dict[str, np.ndarray] = {}
+    for name in feeds_list[0]:
+        parts = [feeds[name] for feeds in feeds_list]
+        if padded > total:
+            parts.append(np.repeat(parts[0][:1], padded - total, axis=0))
+        merged[name] = np.concatenate(parts, axis=0)
+    try:
+        outputs = run(merged)
+        for name, arr in outputs.items():
+            if arr.ndim == 0:
+                raise invalid(f"Batched output tensor has 0 dimensions: {name}")
+            if arr.shape[0] != padded:
+                raise invalid(
+                    "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension "
+                    "sizes of the input tensors"
+                )
+    except ServingError as exc:
+        return [exc] * len(feeds_list)
+    results: list[Outputs | ServingError] = []
+    offset = 0
+    for n in rows:
+        results.append({name: arr[offset:offset + n] for name, arr in outputs.items()})
+        offset += n
+    return results
+
+
+def task_key(feeds: Feeds) -> tuple[Any, ...]:
+    """Callers can share a batch only if their inputs agree on everything but dim 0."""
+    return _task_key(feeds)
+
+
+def batchable(feeds: Feeds) -> bool:
+    if not feeds:
+        return False
+    rows = {arr.shape[0] if arr.ndim else -1 for arr in feeds.values()}
+    return len(rows) == 1 and min(rows) > 0

@@ -51,7 +51,7 @@ def dtype_string(dtype: int) -> str:
 def write_decimal(value: float, single: bool) -> str:
     """absl::StrCat (six significant digits) if it round-trips, else max_digits10; `.0` on bare integers."""
     if math.isfinite(value):
-        text = "%g" % value
+        text = f"{value:g}"
         back = float(np.float32(float(text))) if single else float(text)
         if back != value:
             text = ("%.9g" if single else "%.17g") % value
@@ -70,7 +70,7 @@ def json_string(text: str) -> str:
 class PrettyWriter:
     """Emulates rapidjson::PrettyWriter (4-space indent, optional single-line arrays)."""
 
-    __slots__ = ("out", "stack", "single_line")
+    __slots__ = ("out", "single_line", "stack")
 
     def __init__(self) -> None:
         self.out: list[str] = []
@@ -286,7 +286,7 @@ def _type_error(val: Any, dtype: int) -> ServingError:
     )
 
 
-def _lossless(val: int | float, single: bool) -> bool:
+def _lossless(val: float, single: bool) -> bool:
     if isinstance(val, float):
         if not math.isfinite(val):
             return True
@@ -361,7 +361,12 @@ def _fill(val: Any, level: int, shape: list[int], dtype: int, out: list[Any]) ->
         _fill(item, level + 1, shape, dtype, out)
 
 
+_MAX_RANK = 64  # numpy's limit; TF's is 254, so nothing a real model accepts is refused
+
+
 def _to_array(flat: list[Any], shape: Sequence[int], dtype: int) -> np.ndarray:
+    if len(shape) > _MAX_RANK:
+        raise invalid(f"Tensor of rank {len(shape)} is nested too deeply; at most {_MAX_RANK} dimensions")
     np_dtype = NUMPY_DTYPES.get(dtype)
     if np_dtype is None:
         raise ServingError("UNIMPLEMENTED", f"Conversion to type: {dtype_string(dtype)}")
@@ -427,6 +432,10 @@ def tensors_from_instances(
         )
     objects = isinstance(first, dict) and not _is_b64(first)
     n = len(instances)
+    if objects and allow_fast:
+        fast = _fast_scalar_objects(instances, input_dtypes, names)
+        if fast is not None:
+            return fast
     if objects:
         input_set = set(names)
         columns: dict[str, list[Any]] = {name: [] for name in names}
@@ -469,6 +478,36 @@ def tensors_from_instances(
                 f"Failed to process element: {i} of 'instances' list. Error: {exc.code}: {exc.message}"
             ) from None
     return {name: _stack(instances, dtype, n, shapes[name][1])}
+
+
+_FAST_SCALAR = {DT_FLOAT: np.float32, DT_DOUBLE: np.float64}
+
+
+def _fast_scalar_objects(instances: list[Any], input_dtypes: Mapping[str, int], names: list[str]
+                         ) -> dict[str, np.ndarray] | None:
+    """The common case, `[{"x": 0.5, "y": 0.5}, ...]` into float inputs; None means take the exact path."""
+    width = len(names)
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for name in names:
+        if input_dtypes[name] not in _FAST_SCALAR:
+            return None
+    for inst in instances:
+        if type(inst) is not dict or len(inst) != width:
+            return None
+        for name in names:
+            v: Any = inst.get(name)
+            t = type(v)
+            if t is float or (t is int and -16777215 <= v <= 16777215):
+                columns[name].append(v)
+            else:
+                return None
+    out = {}
+    for name in names:
+        col = columns[name]
+        if input_dtypes[name] == DT_FLOAT and not -_FLOAT32_MAX <= min(col) <= max(col) <= _FLOAT32_MAX:
+            return None  # out of float range, or NaN/Infinity literals: let the exact path judge
+        out[name] = np.array(col, dtype=_FAST_SCALAR[input_dtypes[name]])
+    return out
 
 
 def _check_item(item: Any, name: str, dtype: int, shapes: dict[str, tuple[int, list[int]]]) -> None:
@@ -688,6 +727,10 @@ def predict_response_json(outputs: Mapping[str, np.ndarray], row_format: bool) -
     if not outputs:
         raise invalid("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
+    if row_format:
+        fast = _fast_rows(outputs, names)
+        if fast is not None:
+            return fast
     leaves = {name: _leaf_writer(outputs[name], name) for name in names}
     writer = PrettyWriter()
     writer.start_object()
@@ -727,6 +770,45 @@ def predict_response_json(outputs: Mapping[str, np.ndarray], row_format: bool) -
             writer.end_object()
     writer.end_object()
     return writer.text().encode("utf-8")
+
+
+def _scalar_texts(arr: np.ndarray) -> list[str] | None:
+    if arr.dtype == np.float32:
+        return [write_decimal(v, True) for v in arr.tolist()]
+    if arr.dtype == np.float64:
+        return [write_decimal(v, False) for v in arr.tolist()]
+    if arr.dtype.kind in "iu":
+        return [str(v) for v in arr.tolist()]
+    if arr.dtype.kind == "b":
+        return ["true" if v else "false" for v in arr.tolist()]
+    return None
+
+
+def _fast_rows(outputs: Mapping[str, np.ndarray], names: list[str]) -> bytes | None:
+    """Row format when every output is a numeric vector: the PrettyWriter layout, built directly."""
+    batch = -1
+    for name in names:
+        arr = outputs[name]
+        if arr.ndim != 1 or (batch >= 0 and arr.shape[0] != batch):
+            return None
+        batch = arr.shape[0]
+    texts = []
+    for name in names:
+        col = _scalar_texts(outputs[name])
+        if col is None:
+            return None
+        texts.append(col)
+    if len(names) == 1:
+        if not batch:
+            return b'{\n    "predictions": []\n}'
+        return ('{\n    "predictions": [' + ", ".join(texts[0]) + "\n    ]\n}").encode()
+    keys = ["            " + json_string(name) + ": " for name in names]
+    rows = []
+    for i in range(batch):
+        rows.append("\n        {\n" + ",\n".join(k + col[i] for k, col in zip(keys, texts, strict=True))
+                    + "\n        }")
+    body = ",".join(rows)
+    return ('{\n    "predictions": [' + body + ("\n    ]" if batch else "]") + "\n}").encode()
 
 
 def regress_response_json(values: Sequence[float]) -> bytes:

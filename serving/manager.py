@@ -49,7 +49,7 @@ class ModelEntry:
 @dataclass(frozen=True)
 class ManagerOptions:
     allow_labels_for_unavailable: bool = False
-    load: LoadOptions = LoadOptions()
+    load: LoadOptions = field(default_factory=LoadOptions)
     max_num_load_retries: int = 0
     load_retry_interval_s: float = 60.0
     load_threads: int = 2
@@ -84,6 +84,7 @@ class ModelManager:
         self.models: dict[str, ModelEntry] = {}
         self.labels: dict[str, dict[str, int]] = {}
         self._closed = False
+        self._closing = threading.Event()
 
     # ----------------------------------------------------------------- config
 
@@ -219,7 +220,7 @@ class ModelManager:
                 return
             if attempt + 1 < attempts:
                 log.warning("Loading %s version %d failed, retrying: %s", entry.name, state.version, error)
-                time.sleep(self.options.load_retry_interval_s)
+                self._closing.wait(self.options.load_retry_interval_s)  # shutdown cuts the wait short
         assert error is not None or self._closed
         with self._lock:
             state.state = END
@@ -242,6 +243,7 @@ class ModelManager:
 
     def close(self) -> None:
         self._closed = True
+        self._closing.set()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             for entry in self.models.values():
@@ -269,10 +271,10 @@ class ModelManager:
                 if best is None:
                     raise not_found(f"Servable not found for request: Latest({name})")
                 return best
-            state = entry.versions.get(version) if entry is not None else None
-            if state is None or state.servable is None:
+            found = entry.versions.get(version) if entry is not None else None
+            if found is None or found.servable is None:
                 raise not_found(f"Servable not found for request: Specific({name}, {version})")
-            return state.servable
+            return found.servable
 
     def version_states(self, name: str, version: int | None = None) -> list[VersionState]:
         """GetModelStatus: every version seen, newest first; errors as TF Serving words them."""

@@ -7,6 +7,7 @@ and are awaited, so a slow model never blocks status calls, metrics or other con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -19,6 +20,7 @@ from urllib.parse import unquote
 
 from serving import jsontensor as jt
 from serving.api import ServingApi, parse_version
+from serving.dispatch import Dispatcher
 from serving.metrics import Metrics
 from serving.status import ServingError, invalid
 
@@ -57,150 +59,54 @@ class RestServer:
         self.metrics = metrics
         self.options = options
         self._server: asyncio.base_events.Server | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        self._connections: set[_Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.dispatcher: Dispatcher | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._serve_connection, host, port, limit=_MAX_HEADER_BYTES,
-                                                  backlog=1024)
+    async def start(self, host: str, port: int, dispatcher: Dispatcher) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.dispatcher = dispatcher
+        self._server = await self.loop.create_server(lambda: _Connection(self), host, port, backlog=1024)
+        self._sweeper = self.loop.call_later(_IDLE_TIMEOUT_S / 4, self._sweep)
         return int(self._server.sockets[0].getsockname()[1])
 
+    def _sweep(self) -> None:
+        """Closes connections idle past the timeout (a slow or stalled client cannot hold one forever)."""
+        now = time.monotonic()
+        for conn in list(self._connections):
+            if not conn.busy and now - conn.last_activity > _IDLE_TIMEOUT_S:
+                conn.close()
+        assert self.loop is not None
+        self._sweeper = self.loop.call_later(_IDLE_TIMEOUT_S / 4, self._sweep)
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
-        for writer in list(self._connections):
-            writer.close()
+        for conn in list(self._connections):
+            conn.close()
         if self._server is not None:
-            try:
+            with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
-            except (TimeoutError, asyncio.TimeoutError):
-                pass
-
-    # ----------------------------------------------------------------- HTTP
-
-    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._connections.add(writer)
-        try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _IDLE_TIMEOUT_S)
-                except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, asyncio.TimeoutError):
-                    return
-                except asyncio.LimitOverrunError:
-                    await self._send(writer, 431, b"text/plain", b"Request header fields too large", True)
-                    return
-                keep_alive = await self._one_request(head, reader, writer)
-                if not keep_alive:
-                    return
-        except Exception:  # noqa: BLE001 - one broken connection must never affect the server
-            log.exception("REST connection failed")
-        finally:
-            self._connections.discard(writer)
-            writer.close()
-
-    async def _one_request(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        try:
-            method, target, version, headers = _parse_head(head)
-        except _HttpError as exc:
-            await self._send(writer, exc.status, b"text/plain", exc.message.encode(), True)
-            return False
-        keep_alive = version == "HTTP/1.1"
-        connection = headers.get("connection", "").lower()
-        if "close" in connection:
-            keep_alive = False
-        elif "keep-alive" in connection:
-            keep_alive = True
-        try:
-            body = await self._read_body(headers, reader, writer)
-        except _HttpError as exc:
-            await self._send(writer, exc.status, _JSON, jt.error_body(exc.message), True)
-            return False
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, asyncio.TimeoutError):
-            return False
-        path = target.split("?", 1)[0]
-        status, ctype, payload, extra = await self._dispatch(method, path, body, headers)
-        await self._send(writer, status, ctype, payload, not keep_alive, extra)
-        return keep_alive
-
-    async def _read_body(self, headers: dict[str, str], reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> bytes:
-        limit = self.options.max_request_bytes
-        encoding = headers.get("transfer-encoding", "").lower()
-        if "chunked" in encoding:
-            body = await self._read_chunked(reader, limit)
-        else:
-            try:
-                length = int(headers.get("content-length", "0") or "0")
-            except ValueError:
-                raise _HttpError(400, "Invalid Content-Length") from None
-            if length < 0:
-                raise _HttpError(400, "Invalid Content-Length")
-            if length > limit:
-                raise _HttpError(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
-            if headers.get("expect", "").lower() == "100-continue":
-                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = await asyncio.wait_for(reader.readexactly(length), _IDLE_TIMEOUT_S) if length else b""
-        if headers.get("content-encoding", "").lower() == "gzip" and body:
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            try:
-                body = inflater.decompress(body, limit + 1)
-            except zlib.error:
-                raise _HttpError(400, "Failed to decompress gzip request body") from None
-            if len(body) > limit or inflater.unconsumed_tail:
-                raise _HttpError(413, f"Decompressed request body exceeds the limit of {limit} bytes")
-        return body
-
-    async def _read_chunked(self, reader: asyncio.StreamReader, limit: int) -> bytes:
-        parts: list[bytes] = []
-        total = 0
-        while True:
-            line = await asyncio.wait_for(reader.readuntil(b"\r\n"), _IDLE_TIMEOUT_S)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _HttpError(400, "Invalid chunk size") from None
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass
-                return b"".join(parts)
-            total += size
-            if total > limit:
-                raise _HttpError(413, f"Request body exceeds the limit of {limit} bytes")
-            parts.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-
-    async def _send(self, writer: asyncio.StreamWriter, status: int, ctype: bytes, payload: bytes, close: bool,
-                    extra: list[tuple[str, str]] | None = None) -> None:
-        try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Client Closed Request" if status == 499 else "Unknown"
-        lines = [f"HTTP/1.1 {status} {reason}\r\nContent-Type: ".encode(), ctype,
-                 f"\r\nContent-Length: {len(payload)}\r\n".encode()]
-        for name, value in extra or ():
-            lines.append(f"{name}: {value}\r\n".encode())
-        if close:
-            lines.append(b"Connection: close\r\n")
-        lines.append(b"\r\n")
-        lines.append(payload)
-        writer.write(b"".join(lines))
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass
 
     # ----------------------------------------------------------------- routing
 
-    async def _dispatch(self, method: str, path: str, body: bytes, headers: dict[str, str]
-                        ) -> tuple[int, bytes, bytes, list[tuple[str, str]]]:
-        cors = self._cors_headers()
+    def handle(self, conn: _Connection, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        """Answers through conn.respond(), now or when the model run completes."""
         if self.options.metrics_path is not None and path == self.options.metrics_path and method == "GET":
-            return 200, b"text/plain; version=0.0.4", self.metrics.render().encode(), []
+            conn.respond(200, b"text/plain; version=0.0.4", self.metrics.render().encode())
+            return
         if not _V1_RE.fullmatch(path):
-            return 404, b"text/plain", b"Not Found", []
+            conn.respond(404, b"text/plain", b"Not Found")
+            return
+        cors = self._cors_headers()
         if method == "OPTIONS" and self.options.enable_cors:
             origin = headers.get("origin", "")
             ok = "http://" in origin or "https://" in origin
-            return (200 if ok else 400), _JSON, b"", cors
+            conn.respond(200 if ok else 400, _JSON, b"", cors)
+            return
         start = time.perf_counter()
         model = api = ""
         try:
@@ -209,8 +115,19 @@ class RestServer:
                 api = m.group(4).lower()
                 version = parse_version(m.group(2)) if m.group(2) else None
                 label = unquote(m.group(3)) if m.group(3) else None
-                payload = await self._run_model(api, model, version, label, body)
-            elif method == "GET" and (m := _STATUS_RE.fullmatch(path)):
+                prepare: Callable[..., Any] = {
+                    "predict": self.api.rest_predict, "classify": self.api.rest_classify,
+                    "regress": self.api.rest_regress,
+                }[api]
+                runner, feeds, finish = prepare(model, version, label, body)
+                assert self.dispatcher is not None
+                self.dispatcher.run(
+                    runner, feeds,
+                    lambda result: self._answer(conn, result, finish, model, api, start, cors),
+                    self.options.timeout_s,
+                )
+                return
+            if method == "GET" and (m := _STATUS_RE.fullmatch(path)):
                 if not m.group(1):
                     raise invalid("Missing model name in request.")
                 model = unquote(m.group(1))
@@ -220,19 +137,34 @@ class RestServer:
                     payload = self.api.rest_metadata(model, version, label)
                 else:
                     payload = self.api.rest_status(model, version)
-            else:
-                raise invalid(f"Malformed request: {method} {path}")
-            status = 200
-        except ServingError as exc:
-            status, payload = exc.http_status, jt.error_body(exc.message)
-            self._record(model, api, exc.code, start)
-            return status, _JSON, payload, cors
+                conn.respond(200, _JSON, payload, cors)
+                return
+            raise invalid(f"Malformed request: {method} {path}")
         except Exception as exc:  # noqa: BLE001 - never let a request take the server down
-            log.exception("REST request failed: %s %s", method, path)
-            self._record(model, api, "INTERNAL", start)
-            return 500, _JSON, jt.error_body(f"{type(exc).__name__}: {exc}"), cors
+            self._fail(conn, exc, model, api, start, cors)
+
+    def _fail(self, conn: _Connection, exc: BaseException, model: str, api: str, start: float,
+              cors: list[tuple[str, str]]) -> None:
+        if isinstance(exc, RecursionError):
+            exc = ServingError("INVALID_ARGUMENT", "JSON value is nested too deeply")
+        elif not isinstance(exc, ServingError):
+            log.error("REST request failed", exc_info=exc)
+            exc = ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
+        self._record(model, api, exc.code, start)
+        conn.respond(exc.http_status, _JSON, jt.error_body(exc.message), cors)
+
+    def _answer(self, conn: _Connection, result: Any, finish: Callable[[Any], bytes], model: str, api: str,
+                start: float, cors: list[tuple[str, str]]) -> None:
+        if isinstance(result, BaseException):
+            self._fail(conn, result, model, api, start, cors)
+            return
+        try:
+            payload = finish(result)
+        except Exception as exc:  # noqa: BLE001 - encoding errors become the response
+            self._fail(conn, exc, model, api, start, cors)
+            return
         self._record(model, api, "OK", start)
-        return status, _JSON, payload, cors
+        conn.respond(200, _JSON, payload, cors)
 
     def _record(self, model: str, api: str, code: str, start: float) -> None:
         if api:
@@ -244,18 +176,190 @@ class RestServer:
         return [("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "POST, GET"),
                 ("Access-Control-Allow-Headers", "Content-Type")]
 
-    async def _run_model(self, api: str, model: str, version: int | None, label: str | None, body: bytes) -> bytes:
-        prepare: Callable[..., Any] = {
-            "predict": self.api.rest_predict, "classify": self.api.rest_classify, "regress": self.api.rest_regress,
-        }[api]
-        future, finish = prepare(model, version, label, body)
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection; requests on it are answered in order, one at a time."""
+
+    def __init__(self, server: RestServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.busy = False
+        self.closed = False
+        self.keep_alive = True
+        self.continue_sent = False
+        self.last_activity = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server._connections.discard(self)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        self.buf += data
+        if self.busy:
+            if len(self.buf) > 4 * _MAX_HEADER_BYTES and self.transport is not None:
+                self.transport.pause_reading()  # pipelined flood: wait until the current answer is out
+            return
+        self._process()
+
+    def _process(self) -> None:
+        while not self.busy and not self.closed and self.buf:
+            try:
+                request = self._parse()
+            except _HttpError as exc:
+                ctype = b"text/plain" if exc.status == 431 else _JSON
+                body = exc.message.encode() if exc.status == 431 else jt.error_body(exc.message)
+                self.keep_alive = False
+                self.busy = True
+                self.respond(exc.status, ctype, body)
+                return
+            if request is None:
+                return
+            method, path, headers, body = request
+            self.busy = True
+            try:
+                self.server.handle(self, method, path, headers, body)
+            except Exception:  # handle() answers its own errors; this is a last resort
+                log.exception("REST handler failed")
+                if self.busy:
+                    self.respond(500, _JSON, jt.error_body("Internal error"))
+
+    def _parse(self) -> tuple[str, str, dict[str, str], bytes] | None:
+        buf = self.buf
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > _MAX_HEADER_BYTES:
+                raise _HttpError(431, "Request header fields too large")
+            return None
+        if end > _MAX_HEADER_BYTES:
+            raise _HttpError(431, "Request header fields too large")
+        method, target, version, headers = _parse_head(bytes(buf[:end]))
+        limit = self.server.options.max_request_bytes
+        start = end + 4
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            parsed = _parse_chunked(buf, start, limit)
+            if parsed is None:
+                return None
+            body, consumed = parsed
+        else:
+            try:
+                length = int(headers.get("content-length", "0") or "0")
+            except ValueError:
+                raise _HttpError(400, "Invalid Content-Length") from None
+            if length < 0:
+                raise _HttpError(400, "Invalid Content-Length")
+            if length > limit:
+                raise _HttpError(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
+            if len(buf) - start < length:
+                if not self.continue_sent and headers.get("expect", "").lower() == "100-continue":
+                    self.continue_sent = True
+                    assert self.transport is not None
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                return None
+            body = bytes(buf[start:start + length])
+            consumed = start + length
+        del buf[:consumed]
+        self.continue_sent = False
+        keep_alive = version == "HTTP/1.1"
+        connection = headers.get("connection", "").lower()
+        if "close" in connection:
+            keep_alive = False
+        elif "keep-alive" in connection:
+            keep_alive = True
+        self.keep_alive = keep_alive
+        if body and headers.get("content-encoding", "").lower() == "gzip":
+            body = _gunzip(body, limit)
+        return method, target.split("?", 1)[0], headers, body
+
+    def respond(self, status: int, ctype: bytes, payload: bytes, extra: list[tuple[str, str]] | None = None) -> None:
+        if not self.busy:
+            return
+        self.busy = False
+        if self.closed or self.transport is None:
+            return
+        reason = _REASONS.get(status) or _reason(status)
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+            status, reason, ctype, len(payload))
+        if extra:
+            head += b"".join(f"{name}: {value}\r\n".encode() for name, value in extra)
+        if not self.keep_alive:
+            head += b"Connection: close\r\n"
+        self.transport.write(head + b"\r\n" + payload)
+        self.last_activity = time.monotonic()
+        if not self.keep_alive:
+            self.close()
+            return
+        self.transport.resume_reading()
+        if self.buf:
+            loop = self.server.loop
+            assert loop is not None
+            loop.call_soon(self._process)
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Client Closed Request" if status == 499 else b"Unknown"
+
+
+_REASONS = {code: _reason(code) for code in (200, 400, 401, 403, 404, 409, 413, 429, 431, 499, 500, 501, 503, 504)}
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise _HttpError(400, "Failed to decompress gzip request body") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise _HttpError(413, f"Decompressed request body exceeds the limit of {limit} bytes")
+    return out
+
+
+def _parse_chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes, int] | None:
+    """A complete chunked body starting at pos, or None while it is still arriving."""
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            if len(buf) - pos > 1024:
+                raise _HttpError(400, "Invalid chunk size")
+            return None
         try:
-            outputs = await asyncio.wait_for(asyncio.wrap_future(future), self.options.timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
-            future.cancel()
-            raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
-        result: bytes = finish(outputs)
-        return result
+            size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise _HttpError(400, "Invalid chunk size") from None
+        if size < 0:
+            raise _HttpError(400, "Invalid chunk size")
+        pos = eol + 2
+        if size == 0:
+            while True:  # trailers, then the blank line
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    return None
+                if eol == pos:
+                    return b"".join(parts), eol + 2
+                pos = eol + 2
+        total += size
+        if total > limit:
+            raise _HttpError(413, f"Request body exceeds the limit of {limit} bytes")
+        if len(buf) < pos + size + 2:
+            return None
+        parts.append(bytes(buf[pos:pos + size]))
+        pos += size + 2
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:

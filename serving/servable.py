@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.batching import BatchingOptions, SignatureBatcher
+from serving.batching import BatchingOptions, SignatureBatcher, run_merged
 from serving.jsontensor import DT_FLOAT, DT_STRING, NUMPY_DTYPES, dtype_string
 from serving.status import ServingError, failed_precondition, from_tf_exception, invalid
 
@@ -22,6 +22,8 @@ log = logging.getLogger("serving")
 DEFAULT_SIGNATURE = "serving_default"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
+# Signatures that run faster than this on average are run on the REST event loop directly.
+INLINE_RUN_LIMIT_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,43 @@ class Runner:
         self.output_names = sorted(signature_def.outputs)
         self._fn = fn
         self._executor = executor
+        self.batching = batching
         self._batcher = SignatureBatcher(self.run, batching) if batching else None
+        # Cost estimate: the fastest run in the current window of runs. The minimum ignores runs slowed by
+        # contention; the window lets the estimate follow a model whose cost really changed.
+        self.run_cost_s = INLINE_RUN_LIMIT_S  # unknown until measured: assume too slow to run inline
+        self._window_min_s = float("inf")
+        self._window_runs = 0
+
+    @property
+    def inline_ok(self) -> bool:
+        """Cheap enough to run on the REST event loop itself (no thread hand-offs, no GIL ping-pong)."""
+        return self.run_cost_s < INLINE_RUN_LIMIT_S
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs the signature in the calling thread; errors come back as ServingError."""
+        start = time.perf_counter()
         try:
             result = self._fn(**feeds)
+            outputs = {k: v.numpy() for k, v in result.items()}
         except Exception as exc:  # noqa: BLE001 - any runtime failure is the caller's error status
             raise from_tf_exception(exc) from None
-        return {k: v.numpy() for k, v in result.items()}
+        finally:
+            self._observe(time.perf_counter() - start)
+        return outputs
+
+    def _observe(self, elapsed: float) -> None:
+        self._window_min_s = min(self._window_min_s, elapsed)
+        self._window_runs += 1
+        if self._window_runs >= 200 or self._window_min_s < self.run_cost_s:
+            self.run_cost_s = self._window_min_s
+        if self._window_runs >= 200:
+            self._window_min_s, self._window_runs = float("inf"), 0
+
+    def submit_merged(self, feeds_list: list[Mapping[str, np.ndarray]]) -> Future[list[Any]]:
+        """One batch formed by the caller (the REST loop), run on a worker thread."""
+        assert self.batching is not None
+        return self._executor.submit(run_merged, self.run, feeds_list, self.batching)
 
     def submit(self, feeds: Mapping[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
         if self._batcher is not None and self._batcher.accepts(feeds):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -42,7 +43,7 @@ class Flags:
     saved_model_tags: str = "serve"
     max_num_load_retries: int = 0
     load_retry_interval_micros: int = 60_000_000
-    grpc_max_threads: int = 0
+    grpc_max_threads: int = 0  # accepted; gRPC runs on the event loop (grpc.aio), not a thread pool
     grpc_channel_arguments: str = ""
     grpc_socket_path: str = ""
     enable_signature_method_name_check: bool = False
@@ -63,6 +64,15 @@ _IGNORED = {
     "mixed_precision", "use_tflite_model", "use_alts_credentials", "skip_initialize_tpu",
     "enable_model_warmup_on_startup", "thread_pool_factory_config_file", "batching_policy",
 }
+
+
+def usage() -> str:
+    lines = ["usage: python -m serving [--flag=value | --flag value | --bool_flag[=true|false]] ...", "", "Flags:"]
+    for f in fields(Flags):
+        lines.append(f"  --{f.name}  (default: {getattr(Flags(), f.name)!r})")
+    lines.append("")
+    lines.append("Accepted and ignored: " + ", ".join(f"--{name}" for name in sorted(_IGNORED)))
+    return "\n".join(lines)
 
 
 class FlagError(ValueError):
@@ -236,7 +246,7 @@ class ModelServer:
         while not self._stop.wait(wait):
             try:
                 self.manager.poll_file_system()
-            except Exception:  # noqa: BLE001 - polling must go on
+            except Exception:
                 log.exception("file system poll failed")
 
     def start_pollers(self) -> None:
@@ -248,13 +258,16 @@ class ModelServer:
             thread.start()
 
     async def serve(self, ready: threading.Event | None = None) -> None:
+        from serving.dispatch import Dispatcher
         from serving.grpc_service import start_grpc_server
         from serving.rest import RestOptions, RestServer
 
         flags = self.flags
-        grpc_server, self.grpc_port = start_grpc_server(
-            self.api, self.manager, self.metrics, self.reload, f"{_host_for(flags.host)}:{flags.port}",
-            flags.grpc_max_threads or max(64, 4 * (os.cpu_count() or 1)), flags.max_request_bytes,
+        dispatcher = Dispatcher(asyncio.get_running_loop())
+        grpc_server, self.grpc_port = await start_grpc_server(
+            self.api, self.metrics, dispatcher, self.reload, f"{_host_for(flags.host)}:{flags.port}",
+            flags.max_request_bytes, socket_path=flags.grpc_socket_path,
+            health=flags.enable_grpc_healthcheck_service,
         )
         log.info("Running gRPC ModelServer at %s:%d ...", flags.host, self.grpc_port)
         rest = None
@@ -267,15 +280,14 @@ class ModelServer:
                 metrics_path=_metrics_path(flags),
                 enable_cors=flags.rest_api_enable_cors_support,
             ))
-            self.rest_port = await rest.start(flags.host, flags.rest_api_port)
+            self.rest_port = await rest.start(flags.host, flags.rest_api_port, dispatcher)
             log.info("Exporting HTTP/REST API at:%s:%d ...", flags.host, self.rest_port)
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # Not possible off the main thread (tests run the server in a thread).
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stopped.set)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread (tests run the server in a thread)
         self._async_stop = (loop, stopped)
         if ready is not None:
             ready.set()
@@ -284,7 +296,7 @@ class ModelServer:
         self._stop.set()
         if rest is not None:
             await rest.close()
-        grpc_server.stop(1.0).wait(2.0)
+        await grpc_server.stop(1.0)
         self.manager.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -299,6 +311,9 @@ def _host_for(host: str) -> str:
 
 
 def _configure_tensorflow(flags: Flags) -> None:
+    if not (flags.tensorflow_intra_op_parallelism or flags.tensorflow_inter_op_parallelism
+            or flags.tensorflow_session_parallelism):
+        return  # importing TF is slow; a bad config file should fail fast
     import tensorflow as tf
 
     if flags.tensorflow_intra_op_parallelism:
@@ -312,6 +327,9 @@ def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if any(arg in ("-h", "--help", "-help", "--helpfull") for arg in argv):
+        print(usage())
+        return 0
     try:
         flags = parse_flags(argv)
     except FlagError as exc:

@@ -62,20 +62,11 @@ def from_tf_exception(exc: BaseException) -> ServingError:
     if isinstance(exc, ServingError):
         return exc
     if isinstance(exc, tf.errors.OpError):
-        name = tf.errors.exception_type_from_error_code(exc.error_code).__name__
-        code = _TF_ERROR_NAMES.get(name, "UNKNOWN")
+        code = _CODE_NAMES.get(int(exc.error_code), "UNKNOWN")
         return ServingError(code, exc.message)
     if isinstance(exc, (ValueError, TypeError)):
         return ServingError("INVALID_ARGUMENT", str(exc))
     return ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
 
 
-_TF_ERROR_NAMES = {
-    "CancelledError": "CANCELLED", "UnknownError": "UNKNOWN", "InvalidArgumentError": "INVALID_ARGUMENT",
-    "DeadlineExceededError": "DEADLINE_EXCEEDED", "NotFoundError": "NOT_FOUND",
-    "AlreadyExistsError": "ALREADY_EXISTS", "PermissionDeniedError": "PERMISSION_DENIED",
-    "ResourceExhaustedError": "RESOURCE_EXHAUSTED", "FailedPreconditionError": "FAILED_PRECONDITION",
-    "AbortedError": "ABORTED", "OutOfRangeError": "OUT_OF_RANGE", "UnimplementedError": "UNIMPLEMENTED",
-    "InternalError": "INTERNAL", "UnavailableError": "UNAVAILABLE", "DataLossError": "DATA_LOSS",
-    "UnauthenticatedError": "UNAUTHENTICATED",
-}
+_CODE_NAMES = {value: name for name, value in CODE_VALUES.items()}

@@ -109,3 +109,54 @@ def corrupt_model(path: Path) -> Path:
     return path
 
 
+
+
+def save_counter_model(path: Path) -> Path:
+    """Counts its calls: `calls` is how many predicts (warmup included) this version has run."""
+    import tensorflow as tf
+
+    class Counter(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = tf.Variable(0, dtype=tf.int64)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            calls = self.count.assign_add(1)
+            return {"calls": tf.fill(tf.shape(x), calls)}
+
+    module = Counter()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def predict_log_x(model: str, x: float) -> bytes:
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    entry = prediction_log_pb2.PredictionLog()
+    request = entry.predict_log.request
+    request.model_spec.name = model
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
+    return entry.SerializeToString()
+
+
+def save_slow_model(path: Path, matmuls: int = 40) -> Path:
+    """Takes tens of milliseconds per call (chained 256x256 matmuls), for deadline tests."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = tf.Variable(tf.eye(256) * 0.5)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            acc = tf.eye(256)
+            for _ in range(matmuls):
+                acc = tf.matmul(acc, self.m) + tf.eye(256)
+            return {"y": x + tf.reduce_sum(acc) * 0.0}
+
+    module = Slow()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path

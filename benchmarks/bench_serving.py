@@ -1,0 +1,402 @@
+"""Predict latency and throughput of the local model server against the same signature in-process.
+
+    python benchmarks/bench_serving.py [--seconds 2] [--max-requests 60000] [--pairs 3]
+
+Prints one table: for 1, 8 and 64 concurrent clients, p50/p99 latency and throughput of
+  * in-process: the SavedModel's serving signature called directly (one instance per call),
+  * in-process batched: the same calls merged by the server's batcher (no transport),
+  * REST and gRPC against `python -m serving` started in a subprocess, batching off and on.
+Each cell is bounded by --seconds and --max-requests. Clients send one instance per request; the
+REST and gRPC clients are asyncio tasks in this process (cheap load generators), the in-process
+callers are threads. A last reference row runs the REST client against a do-nothing asyncio HTTP
+server: the most any Python HTTP server can do on this machine with this client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+BATCHING = "max_batch_size {{ value: 64 }}\nbatch_timeout_micros {{ value: {timeout} }}\nnum_batch_threads {{ value: {threads} }}\n"
+
+
+def build_model(path: Path) -> None:
+    """A small MLP like the pipeline's: named inputs x, y -> probability and class."""
+    import tensorflow as tf
+
+    class Mlp(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w1 = tf.Variable(tf.random.stateless_normal([2, 10], seed=[1, 2]))
+            self.b1 = tf.Variable(tf.zeros([10]))
+            self.w2 = tf.Variable(tf.random.stateless_normal([10, 1], seed=[3, 4]))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
+                                      tf.TensorSpec([None], tf.float32, name="y")])
+        def serve(self, x: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+            h = tf.nn.relu(tf.stack([x, y], axis=1) @ self.w1 + self.b1)
+            p = tf.sigmoid(h @ self.w2)[:, 0]
+            return {"probability": p, "class": tf.cast(p > 0.5, tf.int64)}
+
+    module = Mlp()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def measure(call: Callable[[int], None], clients: int, seconds: float, max_requests: int) -> dict[str, float]:
+    """Runs `clients` threads calling call(i) until the time or request budget is spent."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    per_client = max(1, max_requests // clients)
+    start_gate = threading.Barrier(clients + 1)
+    deadline = [0.0]
+
+    def worker(slot: int) -> None:
+        for i in range(3):  # warm the connection / path
+            call(i)
+        start_gate.wait()
+        own = latencies[slot]
+        i = 0
+        while i < per_client and time.perf_counter() < deadline[0]:
+            t0 = time.perf_counter()
+            call(i)
+            own.append(time.perf_counter() - t0)
+            i += 1
+
+    threads = [threading.Thread(target=worker, args=(s,), daemon=True) for s in range(clients)]
+    for t in threads:
+        t.start()
+    deadline[0] = time.perf_counter() + 3600
+    time.sleep(0.05)
+    deadline[0] = time.perf_counter() + seconds
+    begin = time.perf_counter()
+    start_gate.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - begin
+    flat = sorted(v for own in latencies for v in own)
+    if not flat:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "rps": 0.0, "n": 0}
+    return {
+        "p50_ms": statistics.median(flat) * 1e3,
+        "p99_ms": flat[min(len(flat) - 1, int(len(flat) * 0.99))] * 1e3,
+        "rps": len(flat) / elapsed,
+        "n": len(flat),
+    }
+
+
+def measure_async(make_client: Callable[[], Any], clients: int, seconds: float,
+                  max_requests: int) -> dict[str, float]:
+    """Like measure(), with `clients` asyncio tasks on one loop: a load generator that costs little CPU."""
+    import asyncio
+
+    async def run() -> tuple[list[float], float]:
+        latencies: list[float] = []
+        per_client = max(1, max_requests // clients)
+        go = asyncio.Event()
+        deadline = [0.0]
+
+        async def worker() -> None:
+            call, close = await make_client()
+            try:
+                for i in range(3):
+                    await call(i)
+                await go.wait()
+                i = 0
+                while i < per_client and time.perf_counter() < deadline[0]:
+                    t0 = time.perf_counter()
+                    await call(i)
+                    latencies.append(time.perf_counter() - t0)
+                    i += 1
+            finally:
+                await close()
+
+        tasks = [asyncio.create_task(worker()) for _ in range(clients)]
+        await asyncio.sleep(0.2)
+        deadline[0] = time.perf_counter() + seconds
+        begin = time.perf_counter()
+        go.set()
+        await asyncio.gather(*tasks)
+        return latencies, time.perf_counter() - begin
+
+    flat, elapsed = asyncio.run(run())
+    flat.sort()
+    if not flat:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "rps": 0.0, "n": 0}
+    return {
+        "p50_ms": statistics.median(flat) * 1e3,
+        "p99_ms": flat[min(len(flat) - 1, int(len(flat) * 0.99))] * 1e3,
+        "rps": len(flat) / elapsed,
+        "n": len(flat),
+    }
+
+
+def inputs(i: int) -> tuple[float, float]:
+    return ((i % 97) / 97.0 - 0.5, (i % 89) / 89.0 - 0.5)
+
+
+def in_process_calls(model_dir: Path, batching: str) -> tuple[Callable[[int], None], Callable[[int], None], Any]:
+    import numpy as np
+    import tensorflow as tf
+
+    from serving.batching import BatchingOptions, SignatureBatcher
+
+    fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+
+    def run(feeds: Any) -> dict[str, Any]:
+        return {k: v.numpy() for k, v in fn(**feeds).items()}
+
+    def direct(i: int) -> None:
+        x, y = inputs(i)
+        run({"x": np.array([x], np.float32), "y": np.array([y], np.float32)})
+
+    batcher = SignatureBatcher(run, BatchingOptions.from_text(batching))
+
+    def batched(i: int) -> None:
+        x, y = inputs(i)
+        batcher.submit({"x": np.array([x], np.float32), "y": np.array([y], np.float32)}).result()
+
+    return direct, batched, batcher
+
+
+class ServerProcess:
+    def __init__(self, base: Path, batching_file: Path | None, extra: list[str] | None = None) -> None:
+        self.rest_port, self.grpc_port = free_port(), free_port()
+        args = [sys.executable, "-m", "serving", f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
+                "--model_name=bench", f"--model_base_path={base}"]
+        if batching_file is not None:
+            args += ["--enable_batching=true", f"--batching_parameters_file={batching_file}"]
+        args += extra or []
+        self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.rest_port, timeout=2)
+                conn.request("GET", "/v1/models/bench")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def rest_client(self) -> Callable[[], Any]:
+        """Keep-alive HTTP/1.1 over a raw asyncio stream, requests pre-serialized."""
+        import asyncio
+
+        requests = []
+        for i in range(97):
+            body = json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode()
+            requests.append(b"POST /v1/models/bench:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        port = self.rest_port
+
+        async def make() -> Any:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+            async def call(i: int) -> None:
+                writer.write(requests[i % len(requests)])
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(head)
+                start = head.index(b"Content-Length: ") + 16
+                length = int(head[start:head.index(b"\r\n", start)])
+                await reader.readexactly(length)
+
+            async def close() -> None:
+                writer.close()
+
+            return call, close
+
+        return make
+
+    def grpc_client(self) -> Callable[[], Any]:
+        """grpc.aio stub calls, one channel per client (as separate client processes would have)."""
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        requests = []
+        for i in range(97):
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "bench"
+            x, y = inputs(i)
+            req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
+            req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
+            requests.append(req)
+        target = f"127.0.0.1:{self.grpc_port}"
+
+        async def make() -> Any:
+            channel = grpc.aio.insecure_channel(target)
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+            async def call(i: int) -> None:
+                await stub.Predict(requests[i % len(requests)], timeout=30)
+
+            async def close() -> None:
+                await channel.close()
+
+            return call, close
+
+        return make
+
+
+_NOOP_SERVER = r"""
+import asyncio, sys
+RESP = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t, self.buf = t, b''
+    def data_received(self, d):
+        self.buf += d
+        while (i := self.buf.find(b'\r\n\r\n')) >= 0:
+            j = self.buf.find(b'Content-Length: ', 0, i)
+            n = int(self.buf[j + 16:self.buf.find(b'\r\n', j)]) if j >= 0 else 0
+            if len(self.buf) < i + 4 + n: return
+            self.buf = self.buf[i + 4 + n:]
+            self.t.write(RESP)
+async def main():
+    await asyncio.get_running_loop().create_server(P, '127.0.0.1', int(sys.argv[1]))
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def transport_ceiling(clients: int, seconds: float, max_requests: int) -> dict[str, float]:
+    """The same client against a do-nothing asyncio HTTP server: what transport alone allows here."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _NOOP_SERVER, str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        fake = ServerProcess.__new__(ServerProcess)
+        fake.rest_port, fake.grpc_port = port, 0
+        return measure_async(fake.rest_client(), clients, seconds, max_requests)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="time budget per cell")
+    parser.add_argument("--max-requests", type=int, default=60000, help="request budget per cell")
+    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="back-to-back in-process/REST batched measurements at the top client count")
+    parser.add_argument("--batch-timeout-us", type=int, default=0,
+                        help="batch_timeout_micros for the server and the in-process batcher alike")
+    parser.add_argument("--batch-threads", type=int, default=os.cpu_count() or 1,
+                        help="num_batch_threads for both (TF's CPU guidance: the number of cores)")
+    parser.add_argument("--only", default="", help="comma-separated subset: inproc,rest,grpc,off,on,ceiling")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m serving")
+    opts = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    clients = [int(c) for c in opts.clients.split(",")]
+
+    rows: list[tuple[str, int, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "bench"
+        build_model(base / "1")
+        batching_file = Path(tmp) / "batching.pbtxt"
+        batching_text = BATCHING.format(timeout=opts.batch_timeout_us, threads=opts.batch_threads)
+        batching_file.write_text(batching_text)
+
+        only = set(filter(None, opts.only.split(","))) or {"inproc", "rest", "grpc", "off", "on", "ceiling"}
+        if "inproc" in only:
+            direct, batched, batcher = in_process_calls(base / "1", batching_text)
+            for n in clients:
+                rows.append(("in-process", n, measure(direct, n, opts.seconds, opts.max_requests)))
+            for n in clients:
+                rows.append(("in-process batched", n, measure(batched, n, opts.seconds, opts.max_requests)))
+
+        if "ceiling" in only:
+            rows.append(("no-op HTTP server", max(clients), transport_ceiling(max(clients), opts.seconds,
+                                                                               opts.max_requests)))
+        for label, batching in (("off", None), ("on", batching_file)):
+            if label not in only:
+                continue
+            server = ServerProcess(base, batching, opts.server_arg)
+            try:
+                rest, grpc_client = server.rest_client(), server.grpc_client()
+                for n in clients if "rest" in only else []:
+                    rows.append((f"REST, batching {label}", n,
+                                 measure_async(rest, n, opts.seconds, opts.max_requests)))
+                for n in clients if "grpc" in only else []:
+                    rows.append((f"gRPC, batching {label}", n,
+                                 measure_async(grpc_client, n, opts.seconds, opts.max_requests)))
+            finally:
+                server.stop()
+
+        # This machine's cores are shared, so single cells swing with neighbours' load. Pair the two
+        # numbers the batching target compares, measured back to back, and report the median ratio.
+        paired: list[float] = []
+        if opts.pairs and {"inproc", "rest", "on"} <= only:
+            top = max(clients)
+            server = ServerProcess(base, batching_file, opts.server_arg)
+            try:
+                rest = server.rest_client()
+                for _ in range(opts.pairs):
+                    inproc = measure(batched, top, opts.seconds, opts.max_requests)["rps"]
+                    served = measure_async(rest, top, opts.seconds, opts.max_requests)["rps"]
+                    paired.append(served / inproc)
+                    print(f"pair: in-process batched {inproc:.0f} req/s, REST batching on {served:.0f} req/s, "
+                          f"ratio {served / inproc:.2f}")
+            finally:
+                server.stop()
+        if "inproc" in only:
+            batcher.close()
+
+    print(f"\n{'path':<22} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'requests':>9}")
+    for name, n, r in rows:
+        print(f"{name:<22} {n:>7} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['rps']:>9.0f} {int(r['n']):>9}")
+    table = {(name, n): r for name, n, r in rows}
+    if ("REST, batching off", 1) in table and ("in-process", 1) in table:
+        gap = table[("REST, batching off", 1)]["p50_ms"] - table[("in-process", 1)]["p50_ms"]
+        print(f"\nREST p50 overhead at 1 client (batching off): {gap:.3f} ms (target <= 2 ms)")
+    top = max(clients)
+    if ("REST, batching on", top) in table and ("in-process batched", top) in table:
+        ratio = table[("REST, batching on", top)]["rps"] / table[("in-process batched", top)]["rps"]
+        print(f"REST throughput at {top} clients, batching on / in-process batched: {ratio:.2f} (target >= 0.7)")
+    if paired:
+        print(f"REST/in-process batched at {top} clients, median of {len(paired)} back-to-back pairs: "
+              f"{statistics.median(paired):.2f} (each: {', '.join(f'{r:.2f}' for r in paired)})")
+    if ("gRPC, batching on", top) in table and ("in-process batched", top) in table:
+        ratio = table[("gRPC, batching on", top)]["rps"] / table[("in-process batched", top)]["rps"]
+        print(f"gRPC throughput at {top} clients, batching on / in-process batched: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
