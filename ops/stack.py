@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -30,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from aviary.process import alive
 from ops import deployments
 
 DEFAULT_HOME = Path(".aviary/prefect")
@@ -46,19 +46,6 @@ WORKER_QUERY_S = 2
 
 class StackError(RuntimeError):
     """The stack could not be brought up or down; the message says what and where its log is."""
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):  # not our child: nothing to reap
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our child, exited: reap it, or it lingers as a zombie
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -122,7 +109,7 @@ class Stack:
             pid = int(json.loads(path.read_text())["pid"])
         except (ValueError, KeyError, json.JSONDecodeError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start `python -m prefect ARGS` in its own session, so `down` can stop it and its children together."""
@@ -192,9 +179,9 @@ class Stack:
         except ProcessLookupError:
             return False
         deadline = time.monotonic() + STOP_S
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(POLL_S)
-        if _alive(pid):
+        if alive(pid):
             os.killpg(pid, signal.SIGKILL)
         return True
 

@@ -23,22 +23,13 @@ import requests
 
 from aviary.config import LocalConfig
 from aviary.model_config import ModelEntry, build_model_config, render_model_configs
+from aviary.process import alive
 from aviary.store import write_json_atomic
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.1
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class LocalTarget:
@@ -119,7 +110,7 @@ class LocalTarget:
             pid = int(json.loads(self.pid_file.read_text())["pid"])
         except (ValueError, KeyError, json.JSONDecodeError):
             return None
-        return pid if _alive(pid) and self._answers() else None
+        return pid if alive(pid) and self._answers() else None
 
     def _answers(self) -> bool:
         try:
@@ -172,13 +163,13 @@ class LocalTarget:
             return False
         pid = int(json.loads(self.pid_file.read_text())["pid"])
         self.pid_file.unlink()
-        if not _alive(pid):
+        if not alive(pid):
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(POLL_S)
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
         return True
 
