@@ -16,11 +16,14 @@ A crashed holder frees its slot when its lease lapses (`LEASE_S`), so a dead run
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 
+import httpx
 from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings
@@ -28,8 +31,7 @@ from prefect.settings import get_current_settings
 from aviary.lock import Busy
 
 LEASE_S = 60.0
-MIN_WAIT_S = 2.0
-"""Acquiring takes a round trip to the API: a zero wait would refuse even a free slot."""
+POLL_S = 0.5
 
 
 def rollout_limit_name(model: str) -> str:
@@ -68,11 +70,22 @@ def rollout_slot(model: str, timeout_s: float) -> Iterator[str | None]:
     name = rollout_limit_name(model)
     with get_client(sync_client=True) as client:
         _create_if_missing(client, name)
+    deadline = time.monotonic() + timeout_s
     with ExitStack() as held:
-        try:
-            held.enter_context(
-                concurrency(name, occupy=1, timeout_seconds=max(timeout_s, MIN_WAIT_S), lease_duration=LEASE_S, strict=True)
-            )
-        except TimeoutError:
-            raise Busy(f"model '{model}': another rollout holds the Prefect limit '{name}'; waited {timeout_s:g} s") from None
+        while True:
+            # One request per try (max_retries=0): a try cut off by a timeout while its request is in
+            # flight can be granted a lease after all, which nobody releases until it lapses.
+            try:
+                held.enter_context(
+                    concurrency(name, occupy=1, max_retries=0, lease_duration=LEASE_S, strict=True)
+                )
+                break
+            except ConcurrencySlotAcquisitionError as error:
+                cause = error.__cause__
+                taken = isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+                if not taken:
+                    raise
+            if time.monotonic() >= deadline:
+                raise Busy(f"model '{model}': another rollout holds the Prefect limit '{name}'; waited {timeout_s:g} s")
+            time.sleep(POLL_S)
         yield name
