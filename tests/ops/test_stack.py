@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -15,7 +18,6 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
-from aviary.lock import Busy
 from ops.limits import rollout_slot
 from tests.ops.conftest import RunningStack, wait_for
 
@@ -121,28 +123,45 @@ def test_a_rolled_back_canary_notifies_the_webhook(running_stack: RunningStack) 
     assert "p95 612 ms" in message["body"] and "stable v40 keeps serving" in message["body"]
 
 
+HOLD_SLOT = """
+import sys
+from ops.limits import rollout_slot
+with rollout_slot(sys.argv[1], timeout_s=float(sys.argv[2])) as name:
+    print("held", name, flush=True)
+    sys.stdin.read()
+print("released", flush=True)
+"""
+
+
+def hold_slot(running: RunningStack, model: str, timeout_s: float) -> subprocess.Popen[str]:
+    """A rollout slot held by another process, as another machine's run would hold it."""
+    env = {**os.environ, "PREFECT_API_URL": running.stack.api_url}
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD_SLOT, model, str(timeout_s)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def release(process: subprocess.Popen[str]) -> str:
+    out, _ = process.communicate("", timeout=60)
+    return out
+
+
 def test_one_rollout_per_model_through_the_prefect_limit(running_stack: RunningStack) -> None:
-    held = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with api(running_stack), rollout_slot("circle", timeout_s=10):
-            held.set()
-            release.wait(30)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
+    first = hold_slot(running_stack, "circle", 10)
     try:
-        assert held.wait(30)
-        with api(running_stack), pytest.raises(Busy, match="rollout-circle"), rollout_slot("circle", timeout_s=1):
-            pass
-        with api(running_stack), rollout_slot("another-model", timeout_s=5) as name:  # created on first use
-            assert name == "rollout-another-model"
+        assert first.stdout is not None and first.stdout.readline().strip() == "held rollout-circle"
+        second = hold_slot(running_stack, "circle", 1)
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 1
+        assert "model 'circle': another rollout holds the Prefect limit 'rollout-circle'; waited 1 s" in err
+        other = hold_slot(running_stack, "another-model", 5)  # the limit is created on first use
+        assert "held rollout-another-model" in release(other)
     finally:
-        release.set()
-        thread.join(30)
-    with api(running_stack), rollout_slot("circle", timeout_s=10) as name:
-        assert name == "rollout-circle"
+        assert "released" in release(first)
+    again = hold_slot(running_stack, "circle", 10)
+    assert "held rollout-circle" in release(again)
 
 
 def test_without_an_api_the_file_lock_is_the_guard() -> None:
