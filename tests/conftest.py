@@ -6,13 +6,14 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pandas as pd
 import pytest
 
-from aviary.config import DataConfig, SplitConfig, TrainConfig
+from aviary.config import DataConfig, PipelineConfig, SplitConfig, TrainConfig
 from aviary.types import Dataset, Split, TrainedModel
 
 FAST_TRAIN = TrainConfig(epochs=25, batch_size=32, learning_rate=0.02, patience=5, seed=7)
@@ -22,6 +23,20 @@ def circle_frame(rows: int, seed: int) -> pd.DataFrame:
     from data.generate import generate
 
     return generate(rows=rows, seed=seed, noise=0.0)
+
+
+def small_pipeline(tmp_path: Path, data: Path, **sections: dict[str, Any]) -> PipelineConfig:
+    """The pipeline on small data with fast training, writing under `tmp_path`; `sections` override config parts."""
+    base: dict[str, Any] = {
+        "data": {"path": data, "min_rows": 100},
+        "train": FAST_TRAIN.model_dump(),
+        "export": {"store": tmp_path / "store", "warmup_records": 10, "golden_rows": 40},
+        "runs_dir": tmp_path / "runs",
+        "rollout": {"target": "none"},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return PipelineConfig.model_validate(base)
 
 
 def free_port() -> int:

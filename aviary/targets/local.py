@@ -199,8 +199,8 @@ class LocalTarget:
         while time.monotonic() < deadline:
             state, detail = self._status(model, version)
             if state == "AVAILABLE":
-                labels = self._models()[model]["labels"]
-                self._apply(model, self._models()[model]["versions"], {**labels, "canary": version})
+                current = self._models()[model]
+                self._apply(model, current["versions"], {**current["labels"], "canary": version})
                 return
             if state == "END":
                 raise NotReady(f"{model} v{version} failed to load: {detail}")

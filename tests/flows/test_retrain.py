@@ -13,22 +13,13 @@ from aviary.config import PipelineConfig
 from aviary.store import ModelStore
 from data.generate import generate, write_csv
 from flows.retrain import main, retrain
-from tests.conftest import FAST_TRAIN, free_port
+from tests.conftest import FAST_TRAIN, free_port, small_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def config(tmp_path: Path, data: Path, **gate: float) -> PipelineConfig:
-    return PipelineConfig.model_validate(
-        {
-            "data": {"path": data, "min_rows": 100},
-            "train": FAST_TRAIN.model_dump(),
-            "gate": gate,
-            "export": {"store": tmp_path / "store", "warmup_records": 10, "golden_rows": 40},
-            "runs_dir": tmp_path / "runs",
-            "rollout": {"target": "none"},
-        }
-    )
+    return small_pipeline(tmp_path, data, gate=gate)
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,13 @@ from aviary.store import ModelStore
 from data.generate import generate, write_csv
 from flows import retrain as retrain_module
 from flows.retrain import retrain
-from tests.conftest import FAST_TRAIN
+from tests.conftest import FAST_TRAIN, small_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def config(tmp_path: Path, data: Path, **train: Any) -> PipelineConfig:
-    return PipelineConfig.model_validate(
-        {
-            "data": {"path": data, "min_rows": 100},
-            "train": {**FAST_TRAIN.model_dump(), **train},
-            "export": {"store": tmp_path / "store", "warmup_records": 5, "golden_rows": 20},
-            "runs_dir": tmp_path / "runs",
-            "rollout": {"target": "none"},
-        }
-    )
+    return small_pipeline(tmp_path, data, train=train)
 
 
 @pytest.fixture(scope="module")

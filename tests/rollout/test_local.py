@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import threading
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from aviary.config import EvalConfig, PipelineConfig
 from aviary.lock import Busy, model_lock
 from aviary.rollout import Phase
 from aviary.store import GOLDEN_FILE, ModelStore
+from aviary.targets.base import Serving
 from aviary.targets.local import LocalTarget
 from aviary.types import Split, TrainedModel, Verdict
 from flows.rollback import rollback
@@ -145,7 +145,7 @@ def test_wrong_canary_is_rolled_back_while_stable_answers_every_request(
         worker.join()
     assert len(codes) > 5 and set(codes) == {200}
     assert store.aliases() == {"production": 1}
-    assert target(cfg).serving("circle") == target(cfg).serving("circle").__class__(stable=1, canary=None)
+    assert target(cfg).serving("circle") == Serving(stable=1, canary=None)
 
 
 def test_a_killed_server_is_restarted_and_brought_back_to_the_aliases(
@@ -174,9 +174,8 @@ def test_two_rollouts_of_one_model_never_interleave(
     assert store.aliases() == {}
 
 
-def test_rollout_of_a_version_not_in_the_store_is_refused(cfg: PipelineConfig, tmp_path: Path) -> None:
+def test_rollout_of_a_version_not_in_the_store_is_refused(cfg: PipelineConfig) -> None:
     store = ModelStore(cfg.export.store, "circle")
     store.record_rejected(4, {"why": "gate"})
     with pytest.raises(ValueError, match="version 4 cannot be deployed: it was rejected by the gate"):
         rollout(4, cfg)
-    shutil.rmtree(tmp_path / "serving", ignore_errors=True)
