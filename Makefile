@@ -20,12 +20,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 data/circle.csv: data/generate.py | $(STAMP)
-	$(PY) -m data.generate --rows $(ROWS) --seed 0 --out $@
+	$(PY) -m aviary.data.generate --rows $(ROWS) --seed 0 --out $@
 
 data: data/circle.csv
 
 run: setup data
-	$(PY) -m flows.retrain $(ARGS)
+	$(PY) -m aviary.flows.retrain $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -56,16 +56,16 @@ POOL ?= process
 .PHONY: stack-up stack-down stack-status stack-deploy bench-prefect
 
 stack-up: setup data
-	$(PY) -m ops.stack up $(STACK_ARGS)
+	$(PY) -m aviary.ops.stack up $(STACK_ARGS)
 
 stack-down: setup
-	$(PY) -m ops.stack down $(STACK_ARGS)
+	$(PY) -m aviary.ops.stack down $(STACK_ARGS)
 
 stack-status: setup
-	$(PY) -m ops.stack status $(STACK_ARGS)
+	$(PY) -m aviary.ops.stack status $(STACK_ARGS)
 
 stack-deploy: setup
-	$(PY) -m ops.stack deploy --pool $(POOL) $(STACK_ARGS)
+	$(PY) -m aviary.ops.stack deploy --pool $(POOL) $(STACK_ARGS)
 
 bench-prefect: setup
 	$(PY) benchmarks/bench_prefect.py

@@ -41,7 +41,7 @@ def _variant(name: str, csv: Path, scratch: Path) -> Callable[[int], object]:
         return lambda _: pd.read_csv(csv, engine="pyarrow")
 
     from aviary.config import DataConfig
-    from tasks.ingest import ingest_csv
+    from aviary.tasks.ingest import ingest_csv
 
     cfg = DataConfig(path=csv, features=("x", "y"), label="class", min_rows=100)
     if name == "ingest-cold":
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(run_variant(args.variant, args.csv, args.repeat)))
         return 0
 
-    from data.generate import generate, write_csv
+    from aviary.data.generate import generate, write_csv
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         csv = write_csv(generate(args.rows, seed=0, noise=0.05), Path(tmp) / "circle.csv")

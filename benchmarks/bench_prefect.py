@@ -35,12 +35,12 @@ GOAL_S = 1.5
 def plain_retrain(config: Any) -> bool:
     """The retrain flow's work without Prefect; True when the gate blessed (and it exported)."""
     from aviary.store import ModelStore
-    from tasks.evaluate import evaluate_model
-    from tasks.export import export_model
-    from tasks.gate import gate_model
-    from tasks.ingest import ingest_csv
-    from tasks.split import split_dataset
-    from tasks.train import train_model
+    from aviary.tasks.evaluate import evaluate_model
+    from aviary.tasks.export import export_model
+    from aviary.tasks.gate import gate_model
+    from aviary.tasks.ingest import ingest_csv
+    from aviary.tasks.split import split_dataset
+    from aviary.tasks.train import train_model
 
     model = config.export.model_name
     store = ModelStore(config.export.store, model)
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     from aviary.config import PipelineConfig
-    from data.generate import generate, write_csv
-    from flows.retrain import retrain
-    from ops.stack import Stack
+    from aviary.data.generate import generate, write_csv
+    from aviary.flows.retrain import retrain
+    from aviary.ops.stack import Stack
     from tests.ops.conftest import free_port
 
     work = Path(tempfile.mkdtemp(prefix="bench-prefect-"))

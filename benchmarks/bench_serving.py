@@ -157,7 +157,7 @@ def in_process_calls(model_dir: Path, batching: str) -> tuple[Callable[[int], No
     import numpy as np
     import tensorflow as tf
 
-    from serving.batching import BatchingOptions, SignatureBatcher
+    from aviary.serving.batching import BatchingOptions, SignatureBatcher
 
     fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
 
@@ -180,7 +180,7 @@ def in_process_calls(model_dir: Path, batching: str) -> tuple[Callable[[int], No
 class ServerProcess:
     def __init__(self, base: Path, batching_file: Path | None, extra: list[str] | None = None) -> None:
         self.rest_port, self.grpc_port = free_port(), free_port()
-        args = [sys.executable, "-m", "serving", f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
+        args = [sys.executable, "-m", "aviary.serving", f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
                 "--model_name=bench", f"--model_base_path={base}"]
         if batching_file is not None:
             args += ["--enable_batching=true", f"--batching_parameters_file={batching_file}"]

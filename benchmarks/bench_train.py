@@ -25,8 +25,8 @@ def variant(name: str, parquet: Path, epochs: int, batch_size: int, run_dir: Pat
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
     from aviary.config import TrainConfig
+    from aviary.tasks.train import VALIDATION_SPLIT, build_model, load_arrays, train_model
     from aviary.types import Dataset
-    from tasks.train import VALIDATION_SPLIT, build_model, load_arrays, train_model
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, patience=epochs)
     dataset = Dataset(path=parquet, source=parquet, rows=0, fingerprint="bench", features=("x", "y"), label="class")
@@ -60,7 +60,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
-    from data.generate import generate
+    from aviary.data.generate import generate
 
     with tempfile.TemporaryDirectory() as tmp:
         parquet = Path(tmp) / "train.parquet"

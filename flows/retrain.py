@@ -16,17 +16,17 @@ from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
 from aviary.config import PipelineConfig
+from aviary.flows.cli import add_config_arguments, config_from_args, one_line
+from aviary.flows.rollout import rollout
+from aviary.ops.cache import result_storage
 from aviary.store import ModelStore
+from aviary.tasks.evaluate import evaluate_model_task, evaluate_version_task
+from aviary.tasks.export import export_model_task
+from aviary.tasks.gate import gate_model_task
+from aviary.tasks.ingest import ingest_csv_task
+from aviary.tasks.split import split_dataset_task
+from aviary.tasks.train import train_model_task
 from aviary.types import EvalReport, Verdict
-from flows.cli import add_config_arguments, config_from_args, one_line
-from flows.rollout import rollout
-from ops.cache import result_storage
-from tasks.evaluate import evaluate_model_task, evaluate_version_task
-from tasks.export import export_model_task
-from tasks.gate import gate_model_task
-from tasks.ingest import ingest_csv_task
-from tasks.split import split_dataset_task
-from tasks.train import train_model_task
 
 EXPORTED_EVENT = "aviary.model.exported"
 

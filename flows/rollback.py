@@ -8,10 +8,10 @@ import sys
 from prefect import flow
 
 from aviary.config import PipelineConfig
+from aviary.flows.cli import add_config_arguments, config_from_args, one_line
+from aviary.flows.rollout import RolloutResult, deploy_version
 from aviary.store import History, ModelStore
 from aviary.targets import build_target
-from flows.cli import add_config_arguments, config_from_args, one_line
-from flows.rollout import RolloutResult, deploy_version
 
 
 @flow(name="rollback")

@@ -12,14 +12,14 @@ from prefect.events import emit_event
 from pydantic import BaseModel, ConfigDict
 
 from aviary.config import PipelineConfig
+from aviary.flows.cli import add_config_arguments, config_from_args, one_line
 from aviary.lock import model_lock
+from aviary.ops.limits import rollout_slot
 from aviary.rollout import CheckOutcome, Phase, RolloutState, run_rollout
 from aviary.store import History, ModelStore
 from aviary.targets import build_target
 from aviary.targets.base import Endpoint, Target
-from flows.cli import add_config_arguments, config_from_args, one_line
-from ops.limits import rollout_slot
-from tasks.check import check_predictions_task
+from aviary.tasks.check import check_predictions_task
 
 OUTCOME_EVENTS = {Phase.PROMOTED: "promoted", Phase.ROLLED_BACK: "rolled-back", Phase.FAILED: "failed"}
 """The suffix of the event a finished rollout emits, by its last phase."""

@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
+from aviary.ops import deployments
 from aviary.process import alive
-from ops import deployments
 
 DEFAULT_HOME = Path(".aviary/prefect")
 DEFAULT_PORT = 4200
@@ -193,9 +193,9 @@ class Stack:
 
     async def configure(self, pool: str, models: set[str], notify_url: str | None) -> list[str]:
         """Work pool, one rollout limit per model, notifications: what `prefect deploy` does not create."""
-        from ops.limits import ensure_rollout_limit, rollout_limit_name
-        from ops.notify import ensure_notifications, ensure_zombie_detection
-        from ops.pools import ensure_work_pool
+        from aviary.ops.limits import ensure_rollout_limit, rollout_limit_name
+        from aviary.ops.notify import ensure_notifications, ensure_zombie_detection
+        from aviary.ops.pools import ensure_work_pool
 
         done = []
         async with self.client() as client:

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from serving import jsontensor as jt
-from serving.manager import ModelManager
-from serving.servable import Runner, Servable, check_output_dtype
-from serving.status import ServingError, invalid
+from aviary.serving import jsontensor as jt
+from aviary.serving.manager import ModelManager
+from aviary.serving.servable import Runner, Servable, check_output_dtype
+from aviary.serving.status import ServingError, invalid
 
 Outputs = dict[str, np.ndarray]
 Finish = Callable[[Outputs], Any]
@@ -442,7 +442,7 @@ class ServingApi:
 
 
 def _error_code_number(name: str) -> int:
-    from serving.status import CODE_VALUES
+    from aviary.serving.status import CODE_VALUES
 
     return CODE_VALUES.get(name, 2)
 

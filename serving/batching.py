@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.status import ServingError, invalid
+from aviary.serving.status import ServingError, invalid
 
 Feeds = Mapping[str, np.ndarray]
 Outputs = dict[str, np.ndarray]
@@ -37,7 +37,7 @@ class BatchingOptions:
     @classmethod
     def from_text(cls, text: str) -> BatchingOptions:
         """Parses a `BatchingParameters` text proto (the --batching_parameters_file)."""
-        from serving import textproto
+        from aviary.serving import textproto
 
         params = textproto.parse(text)
         kwargs: dict[str, Any] = {}

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from serving.batching import batchable, task_key
-from serving.servable import Runner
-from serving.status import ServingError, invalid
+from aviary.serving.batching import batchable, task_key
+from aviary.serving.servable import Runner
+from aviary.serving.status import ServingError, invalid
 
 Done = Callable[[Any], None]  # receives the outputs dict or a ServingError, exactly once
 # A call waiting for its batch: feeds, completion callback, rows, batch-compatibility key.

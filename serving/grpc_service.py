@@ -19,10 +19,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.api import Prepared, ServingApi
-from serving.dispatch import Dispatcher
-from serving.metrics import Metrics
-from serving.status import CODE_VALUES, ServingError
+from aviary.serving.api import Prepared, ServingApi
+from aviary.serving.dispatch import Dispatcher
+from aviary.serving.metrics import Metrics
+from aviary.serving.status import CODE_VALUES, ServingError
 
 log = logging.getLogger("serving")
 _MAX_MESSAGE = 1024

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.status import ServingError, invalid
+from aviary.serving.status import ServingError, invalid
 
 # tensorflow.DataType enum values used below (tensorflow/core/framework/types.proto).
 DT_FLOAT, DT_DOUBLE, DT_INT32, DT_UINT8, DT_INT16, DT_INT8, DT_STRING = 1, 2, 3, 4, 5, 6, 7

@@ -16,8 +16,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.servable import LoadOptions, Servable, load_servable
-from serving.status import ServingError, failed_precondition, invalid, not_found
+from aviary.serving.servable import LoadOptions, Servable, load_servable
+from aviary.serving.status import ServingError, failed_precondition, invalid, not_found
 
 log = logging.getLogger("serving")
 

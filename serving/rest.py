@@ -18,11 +18,11 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
-from serving import jsontensor as jt
-from serving.api import ServingApi, parse_version
-from serving.dispatch import Dispatcher
-from serving.metrics import Metrics
-from serving.status import ServingError, invalid
+from aviary.serving import jsontensor as jt
+from aviary.serving.api import ServingApi, parse_version
+from aviary.serving.dispatch import Dispatcher
+from aviary.serving.metrics import Metrics
+from aviary.serving.status import ServingError, invalid
 
 log = logging.getLogger("serving")
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.batching import BatchingOptions, SignatureBatcher, run_merged
-from serving.jsontensor import DT_FLOAT, DT_STRING, NUMPY_DTYPES, dtype_string
-from serving.status import ServingError, failed_precondition, from_tf_exception, invalid
+from aviary.serving.batching import BatchingOptions, SignatureBatcher, run_merged
+from aviary.serving.jsontensor import DT_FLOAT, DT_STRING, NUMPY_DTYPES, dtype_string
+from aviary.serving.status import ServingError, failed_precondition, from_tf_exception, invalid
 
 log = logging.getLogger("serving")
 

@@ -1,4 +1,4 @@
-"""`python -m serving`: flags as tensorflow_model_server spells them, start-up, polling, clean shutdown."""
+"""`python -m aviary.serving`: flags as tensorflow_model_server spells them, start-up, polling, clean shutdown."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ _IGNORED = {
 
 
 def usage() -> str:
-    lines = ["usage: python -m serving [--flag=value | --flag value | --bool_flag[=true|false]] ...", "", "Flags:"]
+    lines = ["usage: python -m aviary.serving [--flag=value | --flag value | --bool_flag[=true|false]] ...", "", "Flags:"]
     for f in fields(Flags):
         lines.append(f"  --{f.name}  (default: {getattr(Flags(), f.name)!r})")
     lines.append("")
@@ -153,7 +153,7 @@ def _read_model_config(flags: Flags) -> Any:
 def _metrics_path(flags: Flags) -> str | None:
     if not flags.monitoring_config_file:
         return None
-    from serving import textproto
+    from aviary.serving import textproto
 
     with open(flags.monitoring_config_file, encoding="utf-8") as fh:
         parsed = textproto.parse(fh.read())
@@ -167,11 +167,11 @@ class ModelServer:
     """Owns the manager, the two front ends and the pollers; `run()` blocks until SIGTERM/SIGINT."""
 
     def __init__(self, flags: Flags) -> None:
-        from serving.api import ServingApi
-        from serving.batching import BatchingOptions
-        from serving.manager import ManagerOptions, ModelManager
-        from serving.metrics import Metrics
-        from serving.servable import LoadOptions
+        from aviary.serving.api import ServingApi
+        from aviary.serving.batching import BatchingOptions
+        from aviary.serving.manager import ManagerOptions, ModelManager
+        from aviary.serving.metrics import Metrics
+        from aviary.serving.servable import LoadOptions
 
         self.flags = flags
         batching = None
@@ -209,7 +209,7 @@ class ModelServer:
 
     def reload(self, config: Any) -> None:
         """Apply a config; like ServerCore, fail if a model ends up with no available version."""
-        from serving.status import ServingError
+        from aviary.serving.status import ServingError
 
         self.manager.apply_config(config)
         available = {name for name, _ in self.manager.available()}
@@ -225,7 +225,7 @@ class ModelServer:
         self.manager.apply_config(config)
 
     def _poll_config(self) -> None:
-        from serving.status import ServingError
+        from aviary.serving.status import ServingError
 
         wait = self.flags.model_config_file_poll_wait_seconds
         while not self._stop.wait(wait):
@@ -258,9 +258,9 @@ class ModelServer:
             thread.start()
 
     async def serve(self, ready: threading.Event | None = None) -> None:
-        from serving.dispatch import Dispatcher
-        from serving.grpc_service import start_grpc_server
-        from serving.rest import RestOptions, RestServer
+        from aviary.serving.dispatch import Dispatcher
+        from aviary.serving.grpc_service import start_grpc_server
+        from aviary.serving.rest import RestOptions, RestServer
 
         flags = self.flags
         dispatcher = Dispatcher(asyncio.get_running_loop())
@@ -341,7 +341,7 @@ def main(argv: Sequence[str]) -> int:
     if not flags.model_config_file and not flags.model_base_path:
         print("Either --model_config_file or --model_base_path must be given", file=sys.stderr)
         return 2
-    from serving.status import ServingError
+    from aviary.serving.status import ServingError
 
     _configure_tensorflow(flags)
     try:

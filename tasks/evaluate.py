@@ -19,8 +19,8 @@ from sklearn.metrics import (
 )
 
 from aviary.config import EvalConfig
+from aviary.tasks.train import load_arrays
 from aviary.types import Dataset, EvalReport, TrainedModel
-from tasks.train import load_arrays
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -32,8 +32,8 @@ from prefect import task
 from pydantic import ValidationError
 
 from aviary.config import DataConfig
+from aviary.ops.cache import ingest_cache_key
 from aviary.types import Dataset
-from ops.cache import ingest_cache_key
 
 SHOWN = 3
 """How many bad lines a message quotes."""

@@ -11,8 +11,8 @@ import pandas as pd
 from prefect import task
 
 from aviary.config import TrainConfig
+from aviary.ops.cache import train_cache_key
 from aviary.types import Dataset, TrainedModel
-from ops.cache import train_cache_key
 
 MODEL_FILE = "model.keras"
 VALIDATION_SPLIT = 0.1

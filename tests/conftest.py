@@ -20,7 +20,7 @@ FAST_TRAIN = TrainConfig(epochs=25, batch_size=32, learning_rate=0.02, patience=
 
 
 def circle_frame(rows: int, seed: int) -> pd.DataFrame:
-    from data.generate import generate
+    from aviary.data.generate import generate
 
     return generate(rows=rows, seed=seed, noise=0.0)
 
@@ -53,7 +53,7 @@ def parquet_dataset(frame: pd.DataFrame, path: Path, fingerprint: str = "test") 
 
 @pytest.fixture(scope="session")
 def circle_split(tmp_path_factory: pytest.TempPathFactory) -> Split:
-    from tasks.split import split_dataset
+    from aviary.tasks.split import split_dataset
 
     root = tmp_path_factory.mktemp("circle")
     dataset = parquet_dataset(circle_frame(3000, seed=1), root / "all.parquet")
@@ -62,7 +62,7 @@ def circle_split(tmp_path_factory: pytest.TempPathFactory) -> Split:
 
 @pytest.fixture(scope="session")
 def trained(circle_split: Split, tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
-    from tasks.train import train_model
+    from aviary.tasks.train import train_model
 
     return train_model(circle_split.train, FAST_TRAIN, tmp_path_factory.mktemp("run"))
 

@@ -131,7 +131,7 @@ class LocalTarget:
         monitoring = self.state_dir / "monitoring.config"
         monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
         command = [
-            self.python, "-m", "serving",
+            self.python, "-m", "aviary.serving",
             f"--host={self.cfg.host}",
             f"--port={self.cfg.grpc_port}",
             f"--rest_api_port={self.cfg.rest_port}",

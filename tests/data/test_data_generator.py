@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.generate import HALF_WIDTH, generate, inside_circle, write_csv
+from aviary.data.generate import HALF_WIDTH, generate, inside_circle, write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +70,7 @@ def test_written_csv_rereads_identically(tmp_path: Path) -> None:
 def test_cli_writes_the_same_data_as_the_function(tmp_path: Path) -> None:
     out = tmp_path / "circle.csv"
     done = subprocess.run(
-        [sys.executable, "-m", "data.generate", "--rows", "500", "--seed", "4", "--noise", "0.1", "--out", str(out)],
+        [sys.executable, "-m", "aviary.data.generate", "--rows", "500", "--seed", "4", "--noise", "0.1", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )
     assert done.returncode == 0, done.stderr
@@ -80,7 +80,7 @@ def test_cli_writes_the_same_data_as_the_function(tmp_path: Path) -> None:
 
 def test_cli_rejects_bad_noise(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "data.generate", "--rows", "10", "--noise", "2", "--out", str(tmp_path / "c.csv")],
+        [sys.executable, "-m", "aviary.data.generate", "--rows", "10", "--noise", "2", "--out", str(tmp_path / "c.csv")],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )
     assert done.returncode == 2

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from aviary.config import DataConfig
-from data.generate import inside_circle
-from tasks.ingest import read_validated
+from aviary.data.generate import inside_circle
+from aviary.tasks.ingest import read_validated
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "classification.csv"
 

@@ -10,9 +10,9 @@ import requests
 from prefect.artifacts import Artifact
 
 from aviary.config import PipelineConfig
+from aviary.data.generate import generate, write_csv
+from aviary.flows.retrain import main, retrain
 from aviary.store import ModelStore
-from data.generate import generate, write_csv
-from flows.retrain import main, retrain
 from tests.conftest import FAST_TRAIN, free_port, small_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

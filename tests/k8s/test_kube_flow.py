@@ -27,17 +27,17 @@ import pytest
 import requests
 from kubernetes.client import ApiClient
 
-import flows.rollout as rollout_module
+import aviary.flows.rollout as rollout_module
 from aviary.config import EvalConfig, ExportConfig, PipelineConfig
+from aviary.flows.rollout import RolloutFailed, RolloutResult, rollout
 from aviary.rollout import Phase
 from aviary.store import GOLDEN_FILE, History, ModelStore
 from aviary.targets.base import Serving
 from aviary.targets.kube_status import rollout_state
 from aviary.targets.kubernetes import KubernetesTarget
+from aviary.tasks.evaluate import evaluate_model
+from aviary.tasks.export import export_model
 from aviary.types import Split, TrainedModel, Verdict
-from flows.rollout import RolloutFailed, RolloutResult, rollout
-from tasks.evaluate import evaluate_model
-from tasks.export import export_model
 
 from .conftest import KubeReader
 from .emulator import EmulatorThread, Proxied
@@ -99,7 +99,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     log = root / "serving.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "serving", "--host=127.0.0.1", f"--port={free_port()}", f"--rest_api_port={rest}",
+            [sys.executable, "-m", "aviary.serving", "--host=127.0.0.1", f"--port={free_port()}", f"--rest_api_port={rest}",
              f"--model_config_file={config}", "--file_system_poll_wait_seconds=1"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from ops import deployments
-from ops.stack import Stack
+from aviary.ops import deployments
+from aviary.ops.stack import Stack
 
 COPIED = ("aviary", "flows", "tasks", "ops", "serving", "data", "prefect.yaml", "pyproject.toml")
 T = TypeVar("T")
@@ -117,7 +117,7 @@ def small_parameters(doc: dict[str, Any], rest_port: int, grpc_port: int) -> dic
 
 @pytest.fixture(scope="session")
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    from data.generate import generate, write_csv
+    from aviary.data.generate import generate, write_csv
 
     project = tmp_path_factory.mktemp("project")
     for name in COPIED:

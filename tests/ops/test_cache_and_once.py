@@ -12,10 +12,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from aviary.config import PipelineConfig
+from aviary.data.generate import generate, write_csv
+from aviary.flows import retrain as retrain_module
+from aviary.flows.retrain import retrain
 from aviary.store import ModelStore
-from data.generate import generate, write_csv
-from flows import retrain as retrain_module
-from flows.retrain import retrain
 from tests.conftest import FAST_TRAIN, small_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

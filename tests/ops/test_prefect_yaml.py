@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 from aviary.config import PipelineConfig
-from ops import deployments
+from aviary.ops import deployments
 
 DOC = deployments.load()
 BY_NAME = {d["name"]: d for d in DOC["deployments"]}
@@ -152,7 +152,7 @@ def test_every_deployment_has_its_kubernetes_variant() -> None:
 
     doc = deployments.for_pool(DOC, "kubernetes")
     assert [d["name"] for d in doc["deployments"]] == [d["name"] for d in DOC["deployments"]]
-    from ops.pools import base_job_template
+    from aviary.ops.pools import base_job_template
 
     template = base_job_template("kubernetes")
     allowed = set(KubernetesWorker.get_default_base_job_template()["variables"]["properties"])

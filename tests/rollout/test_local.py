@@ -13,16 +13,16 @@ import pytest
 import requests
 
 from aviary.config import EvalConfig, PipelineConfig
+from aviary.flows.rollback import rollback
+from aviary.flows.rollout import RolloutFailed, rollout
 from aviary.lock import Busy, model_lock
 from aviary.rollout import Phase
 from aviary.store import GOLDEN_FILE, ModelStore
 from aviary.targets.base import Serving
 from aviary.targets.local import LocalTarget
+from aviary.tasks.evaluate import evaluate_model
+from aviary.tasks.export import export_model
 from aviary.types import Split, TrainedModel, Verdict
-from flows.rollback import rollback
-from flows.rollout import RolloutFailed, rollout
-from tasks.evaluate import evaluate_model
-from tasks.export import export_model
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]

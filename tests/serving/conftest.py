@@ -90,7 +90,7 @@ class Running:
 
 def start_server(args: list[str]) -> Running:
     """Runs ModelServer in a thread exactly as `python -m serving <args>` would, minus signals."""
-    from serving.server import ModelServer, parse_flags
+    from aviary.serving.server import ModelServer, parse_flags
 
     flags = parse_flags(["--port", str(free_port()), "--rest_api_port", str(free_port()), *args])
     server = ModelServer(flags)

@@ -15,8 +15,8 @@ from google.protobuf import text_format
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.server import FlagError, parse_flags
-from serving.status import ServingError
+from aviary.serving.server import FlagError, parse_flags
+from aviary.serving.status import ServingError
 
 
 def circle_config(base: Path, versions: list[int], labels: dict[str, int] | None = None,

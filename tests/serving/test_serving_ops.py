@@ -17,7 +17,7 @@ import pytest
 import requests
 from conftest import Running, Store, free_port, start_server, wait_for
 
-from serving.batching import BatchingOptions, SignatureBatcher
+from aviary.serving.batching import BatchingOptions, SignatureBatcher
 
 
 def test_metrics_count_requests_by_model_and_status(server: Running, http: Any) -> None:
@@ -197,7 +197,7 @@ def test_process_runs_until_sigterm_and_exits_zero(store: Store, tmp_path: Path)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving", f"--port={grpc_port}", "--rest_api_port", str(rest_port),
+        [sys.executable, "-m", "aviary.serving", f"--port={grpc_port}", "--rest_api_port", str(rest_port),
          "--model_name=circle", f"--model_base_path={base}"],
         cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -218,7 +218,7 @@ def test_bad_config_file_fails_startup(tmp_path: Path) -> None:
     config = tmp_path / "bad.pbtxt"
     config.write_text("model_config_list { nonsense }")
     proc = subprocess.run(
-        [sys.executable, "-m", "serving", f"--model_config_file={config}", f"--port={free_port()}",
+        [sys.executable, "-m", "aviary.serving", f"--model_config_file={config}", f"--port={free_port()}",
          f"--rest_api_port={free_port()}"],
         cwd=Path(__file__).resolve().parents[2], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
         capture_output=True, text=True, timeout=60, check=False,

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from aviary.config import EvalConfig
+from aviary.tasks.evaluate import DEFAULT_THRESHOLD, choose_threshold, evaluate_model_task, report
 from aviary.types import Split, TrainedModel
-from tasks.evaluate import DEFAULT_THRESHOLD, choose_threshold, evaluate_model_task, report
 
 LABELS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
 SCORES = np.array([0.1, 0.2, 0.35, 0.6, 0.4, 0.7, 0.8, 0.9])

@@ -9,10 +9,10 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from aviary.config import EvalConfig, ExportConfig
 from aviary.store import GOLDEN_FILE, METADATA_FILE, WARMUP_FILE, ModelStore
+from aviary.tasks.evaluate import evaluate_model, predict_keras
+from aviary.tasks.export import ExportError, export_model, export_model_task
+from aviary.tasks.train import load_arrays
 from aviary.types import EvalReport, Split, TrainedModel, Verdict
-from tasks.evaluate import evaluate_model, predict_keras
-from tasks.export import ExportError, export_model, export_model_task
-from tasks.train import load_arrays
 
 BLESSED = Verdict(blessed=True, reasons=("precision 0.95 >= floor 0.80",))
 

@@ -1,6 +1,6 @@
 from aviary.config import GateConfig
+from aviary.tasks.gate import gate_model, gate_model_task
 from aviary.types import EvalReport
-from tasks.gate import gate_model, gate_model_task
 
 
 def evaluation(precision: float, recall: float, f1: float | None = None) -> EvalReport:

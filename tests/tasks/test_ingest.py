@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from aviary.config import DataConfig
+from aviary.tasks.ingest import DataError, ingest_csv, ingest_csv_task
 from aviary.types import Dataset
-from tasks.ingest import DataError, ingest_csv, ingest_csv_task
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,7 +223,7 @@ def test_task_runs_the_step_under_its_name(tmp_path: Path, clean_dataset: Datase
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tasks.ingest", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "aviary.tasks.ingest", *args], cwd=ROOT, capture_output=True, text=True, check=False
     )
 
 

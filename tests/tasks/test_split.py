@@ -3,7 +3,7 @@ from pathlib import Path
 import pandas as pd
 
 from aviary.config import SplitConfig
-from tasks.split import split_dataset, split_dataset_task
+from aviary.tasks.split import split_dataset, split_dataset_task
 from tests.conftest import circle_frame, parquet_dataset
 
 

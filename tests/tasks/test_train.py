@@ -2,9 +2,9 @@ from pathlib import Path
 
 import numpy as np
 
+from aviary.tasks.evaluate import predict_keras
+from aviary.tasks.train import load_arrays, train_model_task
 from aviary.types import Split, TrainedModel
-from tasks.evaluate import predict_keras
-from tasks.train import load_arrays, train_model_task
 from tests.conftest import FAST_TRAIN
 
 
