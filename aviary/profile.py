@@ -39,6 +39,9 @@ class FeatureProfile(BaseModel):
         default_factory=dict, description="Most frequent values with their counts (categorical only), most frequent first."
     )
     distinct: int | None = Field(None, description="Distinct non-missing values, where counted.")
+    quantiles: tuple[float, ...] = Field(
+        (), description="Decile edges (0%, 10%, ..., 100%) of a seeded sample, for drift checks (numeric only)."
+    )
 
     @property
     def missing_rate(self) -> float:
