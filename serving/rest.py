@@ -44,6 +44,7 @@ class RestOptions:
     max_request_bytes: int = 64 * 1024 * 1024
     metrics_path: str | None = None
     enable_cors: bool = False
+    instance_id: str = ""
 
 
 class _HttpError(Exception):
@@ -293,6 +294,8 @@ class _Connection(asyncio.Protocol):
             status, reason, ctype, len(payload))
         if extra:
             head += b"".join(f"{name}: {value}\r\n".encode() for name, value in extra)
+        if self.server.options.instance_id:
+            head += b"X-Aviary-Instance: %s\r\n" % self.server.options.instance_id.encode("latin-1")
         if not self.keep_alive:
             head += b"Connection: close\r\n"
         self.transport.write(head + b"\r\n" + payload)

@@ -21,7 +21,7 @@ VERSION = "2.21.0-aviary"
 
 @dataclass
 class Flags:
-    """tensorflow_model_server's flags (main.cc), plus --host and --max_request_bytes of our own."""
+    """tensorflow_model_server's flags (main.cc), plus --host, --max_request_bytes and --instance_id of our own."""
 
     port: int = 8500
     rest_api_port: int = 8501
@@ -52,6 +52,7 @@ class Flags:
     tensorflow_session_parallelism: int = 0
     enable_grpc_healthcheck_service: bool = False
     max_request_bytes: int = 64 * 1024 * 1024
+    instance_id: str = ""  # ours: echoed as X-Aviary-Instance, so a client can tell which server answers
     version: bool = False
 
 
@@ -279,6 +280,7 @@ class ModelServer:
                 max_request_bytes=flags.max_request_bytes,
                 metrics_path=_metrics_path(flags),
                 enable_cors=flags.rest_api_enable_cors_support,
+                instance_id=flags.instance_id,
             ))
             self.rest_port = await rest.start(flags.host, flags.rest_api_port, dispatcher)
             log.info("Exporting HTTP/REST API at:%s:%d ...", flags.host, self.rest_port)
@@ -338,6 +340,9 @@ def main(argv: Sequence[str]) -> int:
     if flags.version:
         print(f"TensorFlow ModelServer: {VERSION}\nTensorFlow Library: 2.21")
         return 0
+    if not all(c.isalnum() or c in "._-" for c in flags.instance_id):
+        print("--instance_id may hold only letters, digits, '.', '_' and '-'", file=sys.stderr)
+        return 2
     if not flags.model_config_file and not flags.model_base_path:
         print("Either --model_config_file or --model_base_path must be given", file=sys.stderr)
         return 2
