@@ -1,0 +1,269 @@
+"""The local model server process: started once, known for sure, stopped only when it is ours.
+
+A server is ours when it answers on the configured REST port with the instance id we gave it
+(`--instance_id`, echoed as the `X-Aviary-Instance` header) and its process runs with that id and
+this state directory's model config file. The pid file is written only once such a server answers,
+and records what identifies it: pid, ports, start time and instance id. Starting holds a file lock,
+so two rollouts that both find no server start one between them and the other uses it. A server
+that came up while its starter was killed (before the pid file was written) is found again by its
+command line and adopted; anything else on the port is refused with one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import requests
+
+from aviary import faults
+from aviary.config import LocalConfig
+from aviary.durable import write_json_atomic
+from aviary.lock import Busy, model_lock
+from aviary.process import alive
+from aviary.targets.base import TargetError
+
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 20.0
+POLL_S = 0.1
+INSTANCE_HEADER = "X-Aviary-Instance"
+PROBE_PATH = "/v1/models/_aviary_probe"
+PORT_ADVICE = "choose another with rollout.local.rest_port and rollout.local.grpc_port (--rest-port/--grpc-port)"
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """What identifies a running server; the content of the pid file."""
+
+    pid: int
+    host: str
+    rest_port: int
+    grpc_port: int
+    started: float
+    instance: str
+
+    @property
+    def rest(self) -> str:
+        return f"http://{self.host}:{self.rest_port}"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class LocalServer:
+    def __init__(self, cfg: LocalConfig, config_file: Path, python: str = sys.executable) -> None:
+        self.cfg = cfg
+        self.state_dir = cfg.state_dir
+        self.config_file = config_file
+        self.python = python
+        self.rest = f"http://{cfg.host}:{cfg.rest_port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "server.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "server.log"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "server.lock"
+
+    # -- what answers ------------------------------------------------------
+    def probe(self) -> str | None:
+        """The instance id of whatever answers HTTP on the REST port: '' for a server that gives none, None for nothing."""
+        try:
+            response = requests.get(f"{self.rest}{PROBE_PATH}", timeout=2)
+        except requests.RequestException:
+            return None
+        return response.headers.get(INSTANCE_HEADER, "")
+
+    def record(self) -> ServerRecord | None:
+        """The pid file, as written; None when there is none or it cannot be read."""
+        try:
+            return ServerRecord(**json.loads(self.pid_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _ours(self, pid: int, instance: str) -> bool:
+        """Whether `pid` runs the server we started with `instance`, from this state directory."""
+        args = _cmdline(pid)
+        return f"--instance_id={instance}" in args and f"--model_config_file={self.config_file.resolve()}" in args
+
+    def running(self, patience_s: float = 10.0) -> ServerRecord | None:
+        """The recorded server, if it runs, is ours, listens on the configured ports and answers as itself.
+
+        A busy server may miss one probe: it has `patience_s` to answer before it counts as hung.
+        """
+        rec = self.record()
+        if rec is None or (rec.host, rec.rest_port, rec.grpc_port) != (self.cfg.host, self.cfg.rest_port, self.cfg.grpc_port):
+            return None
+        deadline = time.monotonic() + patience_s
+        while alive(rec.pid) and self._ours(rec.pid, rec.instance):
+            answer = self.probe()
+            if answer == rec.instance:
+                return rec
+            if answer is not None or time.monotonic() >= deadline:
+                return None
+            time.sleep(POLL_S)
+        return None
+
+    def check(self) -> ServerRecord:
+        """The server to talk to, or a one-line refusal; called before every reload."""
+        rec = self.running()
+        if rec is None:
+            raise TargetError(self.describe())
+        return rec
+
+    def _orphan(self, instance: str) -> int | None:
+        """A process of ours serving `instance` that no pid file records (its starter was killed)."""
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and self._ours(int(entry.name), instance) and alive(int(entry.name)):
+                return int(entry.name)
+        return None
+
+    def describe(self) -> str:
+        """One line of truth about the server this config names."""
+        rec = self.record()
+        answer = self.probe()
+        mismatch = rec is not None and (rec.rest_port, rec.grpc_port) != (self.cfg.rest_port, self.cfg.grpc_port)
+        if mismatch and rec is not None and alive(rec.pid) and self._ours(rec.pid, rec.instance):
+            return (f"the server of {self.state_dir} runs on REST port {rec.rest_port} and gRPC port {rec.grpc_port}, "
+                    f"not the configured {self.cfg.rest_port} and {self.cfg.grpc_port}; stop it first")
+        live = self.running()
+        if live is not None:
+            return f"running, pid {live.pid}, instance {live.instance}, REST {live.rest}, gRPC port {live.grpc_port}"
+        if answer is not None:
+            return (f"port {self.cfg.rest_port} is taken by a server this target did not start"
+                    f"{f' (instance {answer})' if answer else ''}; stop it or {PORT_ADVICE}")
+        return "not running"
+
+    # -- start and stop ------------------------------------------------------
+    def ensure(self) -> ServerRecord:
+        """The running server, started if there is none; one start at a time per state directory."""
+        rec = self.running()
+        if rec is not None:
+            return rec
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with model_lock(self.lock_file, f"the local server in {self.state_dir}", START_TIMEOUT_S + 10):
+                return self._ensure_locked()
+        except Busy as error:
+            raise TargetError(str(error)) from error
+
+    def _ensure_locked(self) -> ServerRecord:
+        rec = self.running()
+        if rec is not None:
+            return rec  # another rollout started it while we waited for the lock
+        answer = self.probe()
+        if answer:
+            pid = self._orphan(answer)
+            if pid is not None:  # ours, started by a run killed before it wrote the pid file
+                return self._write_record(pid, answer, started=time.time())
+        if answer is not None:
+            raise TargetError(self.describe())
+        old = self.record()
+        if old is not None and alive(old.pid) and self._ours(old.pid, old.instance):
+            # Ours but not answering on the configured ports (hung, or started with other ports): replace it.
+            self._terminate(old.pid)
+        self.pid_file.unlink(missing_ok=True)
+        if not _port_free(self.cfg.host, self.cfg.grpc_port):
+            raise TargetError(f"gRPC port {self.cfg.grpc_port} is taken by another process; stop it or {PORT_ADVICE}")
+        return self._start()
+
+    def _start(self) -> ServerRecord:
+        instance = uuid.uuid4().hex
+        monitoring = self.state_dir / "monitoring.config"
+        monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+        command = [
+            self.python, "-m", "aviary.serving",
+            f"--host={self.cfg.host}",
+            f"--port={self.cfg.grpc_port}",
+            f"--rest_api_port={self.cfg.rest_port}",
+            f"--model_config_file={self.config_file.resolve()}",
+            "--allow_version_labels_for_unavailable_models=true",
+            f"--monitoring_config_file={monitoring.resolve()}",
+            f"--instance_id={instance}",
+        ]
+        started = time.time()
+        with open(self.log_file, "ab") as log:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=Path(__file__).resolve().parents[2],
+            )
+        faults.crash_point("server-started")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise TargetError(f"local server exited with code {process.returncode} before it answered; see {self.log_file}")
+            answer = self.probe()
+            if answer == instance:
+                return self._write_record(process.pid, instance, started)
+            if answer is not None:  # someone else took the port while ours started
+                self._terminate(process.pid)
+                raise TargetError(self.describe())
+            time.sleep(POLL_S)
+        self._terminate(process.pid)
+        raise TargetError(f"local server did not answer on {self.rest} within {START_TIMEOUT_S:.0f} s; see {self.log_file}")
+
+    def _write_record(self, pid: int, instance: str, started: float) -> ServerRecord:
+        rec = ServerRecord(pid=pid, host=self.cfg.host, rest_port=self.cfg.rest_port, grpc_port=self.cfg.grpc_port,
+                           started=started, instance=instance)
+        write_json_atomic(self.pid_file, asdict(rec))
+        return rec
+
+    def _terminate(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while alive(pid):
+                time.sleep(POLL_S)
+
+    def stop(self) -> str:
+        """Stop this state directory's server; says what it did. A server that is not ours is never signalled."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with model_lock(self.lock_file, f"the local server in {self.state_dir}", START_TIMEOUT_S + 10):
+            rec = self.record()
+            if rec is not None and alive(rec.pid) and self._ours(rec.pid, rec.instance):
+                self._terminate(rec.pid)
+                self.pid_file.unlink(missing_ok=True)
+                return f"stopped pid {rec.pid} (instance {rec.instance})"
+            self.pid_file.unlink(missing_ok=True)
+            answer = self.probe()
+            if answer:
+                pid = self._orphan(answer)
+                if pid is not None:
+                    self._terminate(pid)
+                    return f"stopped pid {pid} (instance {answer}), which no pid file recorded"
+            if answer is not None:
+                return f"not running; port {self.cfg.rest_port} is taken by a server this target did not start, left alone"
+            return "not running"
