@@ -161,7 +161,8 @@ class LocalTarget:
         if rec is not None:
             return rec
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._record(self._models())  # a restart serves the last accepted config, written whole
+        # A restart serves the last accepted config: the file is rendered again from its record.
+        write_bytes_atomic(self.config_file, render_model_configs(self._entries(self._models())).encode())
         return self.server.ensure()
 
     def ensure_running(self) -> int:

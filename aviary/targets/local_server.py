@@ -138,11 +138,37 @@ class LocalServer:
             raise TargetError(self.describe())
         return rec
 
+    def _unrecorded(self) -> list[tuple[int, str]]:
+        """(pid, instance) of each server process started from this state directory, recorded or not."""
+        config = f"--model_config_file={self.config_file.resolve()}"
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            args = _cmdline(int(entry.name))
+            if config in args:
+                ids = [a.split("=", 1)[1] for a in args if a.startswith("--instance_id=")]
+                if ids and alive(int(entry.name)):
+                    found.append((int(entry.name), ids[0]))
+        return found
+
     def _orphan(self, instance: str) -> int | None:
         """A process of ours serving `instance` that no pid file records (its starter was killed)."""
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and self._ours(int(entry.name), instance) and alive(int(entry.name)):
-                return int(entry.name)
+        return next((pid for pid, found in self._unrecorded() if found == instance), None)
+
+    def _adopt(self) -> ServerRecord | None:
+        """A server of ours that a killed run started: wait for it to answer, then record it."""
+        for pid, instance in self._unrecorded():
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while alive(pid) and time.monotonic() < deadline:
+                answer = self.probe()
+                if answer == instance:
+                    return self._write_record(pid, instance, started=time.time())
+                if answer is not None:
+                    break  # the port answers as someone else: this one will never bind it
+                time.sleep(POLL_S)
+            if alive(pid):
+                self._terminate(pid)
         return None
 
     def describe(self) -> str:
@@ -156,6 +182,10 @@ class LocalServer:
         live = self.running()
         if live is not None:
             return f"running, pid {live.pid}, instance {live.instance}, REST {live.rest}, gRPC port {live.grpc_port}"
+        orphan = self._orphan(answer) if answer else None
+        if orphan is not None:
+            return (f"running, pid {orphan}, instance {answer}, REST {self.rest}, but no pid file records it "
+                    "(its starter was killed); `start` or the next rollout adopts it")
         if answer is not None:
             return (f"port {self.cfg.rest_port} is taken by a server this target did not start"
                     f"{f' (instance {answer})' if answer else ''}; stop it or {PORT_ADVICE}")
@@ -178,18 +208,16 @@ class LocalServer:
         rec = self.running()
         if rec is not None:
             return rec  # another rollout started it while we waited for the lock
-        answer = self.probe()
-        if answer:
-            pid = self._orphan(answer)
-            if pid is not None:  # ours, started by a run killed before it wrote the pid file
-                return self._write_record(pid, answer, started=time.time())
-        if answer is not None:
-            raise TargetError(self.describe())
         old = self.record()
         if old is not None and alive(old.pid) and self._ours(old.pid, old.instance):
             # Ours but not answering on the configured ports (hung, or started with other ports): replace it.
             self._terminate(old.pid)
         self.pid_file.unlink(missing_ok=True)
+        adopted = self._adopt()  # ours, started by a run killed before it wrote the pid file
+        if adopted is not None:
+            return adopted
+        if self.probe() is not None:
+            raise TargetError(self.describe())
         if not _port_free(self.cfg.host, self.cfg.grpc_port):
             raise TargetError(f"gRPC port {self.cfg.grpc_port} is taken by another process; stop it or {PORT_ADVICE}")
         return self._start()
