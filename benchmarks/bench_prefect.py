@@ -46,7 +46,7 @@ def plain_retrain(config: Any) -> bool:
     store = ModelStore(config.export.store, model)
     key = uuid.uuid4().hex
     run_dir = config.runs_dir / model / key
-    dataset = ingest_csv(config.data.path, config.data, config.runs_dir / "datasets")
+    dataset = ingest_csv(config.data, config.runs_dir / "datasets")
     split = split_dataset(dataset, config.split, run_dir / "split")
     trained = train_model(split.train, config.train, run_dir)
     evaluation = evaluate_model(trained, split.eval, config.evaluate)

@@ -15,10 +15,10 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
+from aviary.cache import result_storage
 from aviary.config import PipelineConfig
 from aviary.flows.cli import add_config_arguments, config_from_args, one_line
 from aviary.flows.rollout import rollout
-from aviary.ops.cache import result_storage
 from aviary.store import ModelStore
 from aviary.tasks.evaluate import evaluate_model_task, evaluate_version_task
 from aviary.tasks.export import export_model_task
@@ -69,7 +69,7 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
     run_dir = config.runs_dir / model / run_key
 
     results = result_storage(config.runs_dir)  # ingest and training are cached across runs, under runs_dir
-    dataset = ingest_csv_task.with_options(result_storage=results)(config.data.path, config.data, config.runs_dir / "datasets")
+    dataset = ingest_csv_task.with_options(result_storage=results)(config.data, config.runs_dir / "datasets")
     split = split_dataset_task(dataset, config.split, run_dir / "split")
     trained = train_model_task.with_options(result_storage=results)(split.train, config.train, run_dir)
     evaluation = evaluate_model_task(trained, split.eval, config.evaluate)

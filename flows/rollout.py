@@ -13,8 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from aviary.config import PipelineConfig
 from aviary.flows.cli import add_config_arguments, config_from_args, one_line
-from aviary.lock import model_lock
-from aviary.ops.limits import rollout_slot
+from aviary.lock import model_lock, rollout_slot
 from aviary.rollout import CheckOutcome, Phase, RolloutState, run_rollout
 from aviary.store import History, ModelStore
 from aviary.targets import build_target

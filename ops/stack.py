@@ -193,7 +193,7 @@ class Stack:
 
     async def configure(self, pool: str, models: set[str], notify_url: str | None) -> list[str]:
         """Work pool, one rollout limit per model, notifications: what `prefect deploy` does not create."""
-        from aviary.ops.limits import ensure_rollout_limit, rollout_limit_name
+        from aviary.lock import ensure_rollout_limit, rollout_limit_name
         from aviary.ops.notify import ensure_notifications, ensure_zombie_detection
         from aviary.ops.pools import ensure_work_pool
 

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
-from aviary.ops.limits import rollout_slot
+from aviary.lock import rollout_slot
 from tests.ops.conftest import RunningStack, wait_for
 
 pytestmark = pytest.mark.slow
@@ -125,7 +125,7 @@ def test_a_rolled_back_canary_notifies_the_webhook(running_stack: RunningStack) 
 
 HOLD_SLOT = """
 import sys
-from aviary.ops.limits import rollout_slot
+from aviary.lock import rollout_slot
 with rollout_slot(sys.argv[1], timeout_s=float(sys.argv[2])) as name:
     print("held", name, flush=True)
     sys.stdin.read()
