@@ -63,7 +63,9 @@ class Step:
 
 
 @dataclass(frozen=True)
-class RolloutState:
+class Rollout:
+    """One canary rollout of `version` beside `stable`: its phase now and every step that led there."""
+
     model: str
     version: int
     stable: int | None
@@ -84,7 +86,7 @@ class RolloutState:
         return ""
 
 
-def advance(state: RolloutState, event: Event, reason: str = "", at: float | None = None) -> RolloutState:
+def advance(state: Rollout, event: Event, reason: str = "", at: float | None = None) -> Rollout:
     """The one place where phases change."""
     target = TRANSITIONS.get((state.phase, event))
     if target is None:
@@ -100,10 +102,10 @@ class CheckOutcome:
 
 
 Check = Callable[[Endpoint], CheckOutcome]
-Observer = Callable[[RolloutState], None]
+Observer = Callable[[Rollout], None]
 
 
-def _act(state: RolloutState, target: Target, check: Check, ready_timeout_s: float) -> tuple[Event, str]:
+def _act(state: Rollout, target: Target, check: Check, ready_timeout_s: float) -> tuple[Event, str]:
     """Perform the current phase's side effect; return the event it produced."""
     model, version = state.model, state.version
     try:
@@ -137,8 +139,8 @@ def run_rollout(
     check: Check,
     ready_timeout_s: float,
     observe: Observer | None = None,
-) -> RolloutState:
-    state = RolloutState(model=model, version=version, stable=stable)
+) -> Rollout:
+    state = Rollout(model=model, version=version, stable=stable)
     while not state.done:
         event, reason = _act(state, target, check, ready_timeout_s)
         state = advance(state, event, reason)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from aviary.config import PipelineConfig
 from aviary.flows.cli import add_config_arguments, config_from_args, one_line
 from aviary.lock import model_lock, rollout_slot
-from aviary.rollout import CheckOutcome, Phase, RolloutState, run_rollout
+from aviary.rollout import CheckOutcome, Phase, Rollout, run_rollout
 from aviary.store import History, ModelStore
 from aviary.targets import build_target
 from aviary.targets.base import Endpoint, Target
@@ -39,7 +39,7 @@ class RolloutResult(BaseModel):
     stable_after: int | None
 
 
-def timeline_markdown(state: RolloutState) -> str:
+def timeline_markdown(state: Rollout) -> str:
     rows = [f"# Rollout of {state.model} v{state.version}: {state.phase}", "", "| at (UTC) | phase | why |", "|---|---|---|"]
     for step in state.history:
         at = datetime.fromtimestamp(step.at, UTC).strftime("%H:%M:%S.%f")[:-3]
@@ -84,7 +84,7 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
             report = check_predictions_task(endpoint, golden, config.rollout.check, model, version)
             return CheckOutcome(passed=report.passed, summary=report.summary)
 
-        def observe(state: RolloutState) -> None:
+        def observe(state: Rollout) -> None:
             logger.info("%s v%s: %s (%s)", model, version, state.phase, state.reason)
 
         state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe)

@@ -16,24 +16,20 @@ from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import task
 
 from aviary.config import ExportConfig, PipelineConfig
+from aviary.files import file_digest
+from aviary.saved_model import SIGNATURE, predict_saved_model
 from aviary.store import GOLDEN_FILE, METADATA_FILE, WARMUP_FILE, ModelStore, write_json_atomic
 from aviary.types import Dataset, EvalReport, ModelVersion, TrainedModel, Verdict
 
-SIGNATURE = "serving_default"
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "prefect", "pandas", "scikit-learn", "numpy")
 
 
 class ExportError(RuntimeError):
     pass
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -74,15 +70,6 @@ def write_saved_model(model_path: Path, features: tuple[str, ...], threshold: fl
         input_signature=[tf.TensorSpec([None], tf.float32, name=name) for name in features],
     )
     archive.write_out(str(out), verbose=False)
-
-
-def serve_rows(version_dir: Path, rows: pd.DataFrame, features: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """What the exported signature answers for these rows."""
-    import tensorflow as tf
-
-    signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
-    inputs = {name: tf.constant(rows[name].to_numpy(dtype=np.float32)) for name in features}
-    return {key: value.numpy() for key, value in signature(**inputs).items()}
 
 
 def write_warmup(path: Path, model: str, rows: pd.DataFrame, features: tuple[str, ...]) -> int:
@@ -130,7 +117,7 @@ def export_model(
         write_saved_model(trained.path, eval_set.features, evaluation.threshold, tmp)
         rows = pd.read_parquet(eval_set.path)
         golden = rows.head(cfg.golden_rows)
-        served = serve_rows(tmp, golden, eval_set.features)
+        served = predict_saved_model(tmp, golden, eval_set.features)
         write_json_atomic(
             tmp / GOLDEN_FILE,
             {
