@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from aviary.data.generate import generate, write_csv
     from aviary.flows.retrain import retrain
     from aviary.ops.stack import Stack
-    from tests.ops.conftest import free_port
+    from tests.helpers import free_port
 
     work = Path(tempfile.mkdtemp(prefix="bench-prefect-"))
     csv = write_csv(generate(rows=args.rows, seed=0), work / "circle.csv")

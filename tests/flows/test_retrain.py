@@ -13,7 +13,7 @@ from aviary.config import PipelineConfig
 from aviary.data.generate import generate, write_csv
 from aviary.flows.retrain import main, retrain
 from aviary.store import ModelStore
-from tests.conftest import FAST_TRAIN, free_port, small_pipeline
+from tests.helpers import FAST_TRAIN, free_port, small_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -19,7 +19,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from aviary.lock import rollout_slot
-from tests.ops.conftest import RunningStack, wait_for
+from tests.helpers import wait_for
+from tests.ops.helpers import RunningStack
 
 pytestmark = pytest.mark.slow
 

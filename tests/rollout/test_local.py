@@ -23,7 +23,7 @@ from aviary.targets.local import LocalTarget
 from aviary.tasks.evaluate import evaluate_model
 from aviary.tasks.export import export_model
 from aviary.types import Split, TrainedModel, Verdict
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 BLESSED = Verdict(blessed=True, reasons=("test",))
