@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aviary.types import GoldenSet, VersionMetadata
+
 ALIASES_FILE = "aliases.json"
 RESERVED_DIR = ".reserved"
 REJECTED_DIR = "rejected"
@@ -49,11 +51,11 @@ class ModelStore:
             return []
         return sorted(int(p.name) for p in self.base.iterdir() if p.name.isdigit() and p.is_dir())
 
-    def metadata(self, version: int) -> dict[str, Any]:
-        return json.loads((self.version_dir(version) / METADATA_FILE).read_text())
+    def metadata(self, version: int) -> VersionMetadata:
+        return VersionMetadata.model_validate_json((self.version_dir(version) / METADATA_FILE).read_bytes())
 
-    def golden(self, version: int) -> dict[str, Any]:
-        return json.loads((self.version_dir(version) / GOLDEN_FILE).read_text())
+    def golden(self, version: int) -> GoldenSet:
+        return GoldenSet.model_validate_json((self.version_dir(version) / GOLDEN_FILE).read_bytes())
 
     # -- aliases ---------------------------------------------------------
     def aliases(self) -> dict[str, int]:

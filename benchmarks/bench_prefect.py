@@ -41,6 +41,7 @@ def plain_retrain(config: Any) -> bool:
     from aviary.tasks.ingest import ingest_csv
     from aviary.tasks.split import split_dataset
     from aviary.tasks.train import train_model
+    from aviary.types import Provenance
 
     model = config.export.model_name
     store = ModelStore(config.export.store, model)
@@ -54,7 +55,8 @@ def plain_retrain(config: Any) -> bool:
     verdict = gate_model(evaluation, config.gate, None, baseline_version)
     version = store.reserve_version(key)
     if verdict.blessed:
-        export_model(trained, split.eval, evaluation, verdict, version, config.export, config, baseline_version)
+        provenance = Provenance(parameters=config.model_dump(mode="json"), parent_version=baseline_version)
+        export_model(trained, split.eval, evaluation, verdict, version, config.export, provenance)
     return verdict.blessed
 
 
