@@ -111,7 +111,8 @@ def _act(state: Rollout, target: Target, check: Check, ready_timeout_s: float) -
     try:
         match state.phase:
             case Phase.PENDING:
-                return Event.START, f"{target.name}: canary v{version} beside stable v{state.stable}"
+                beside = f"beside stable v{state.stable}" if state.stable is not None else "with no stable version"
+                return Event.START, f"{target.name}: canary v{version} {beside}"
             case Phase.DEPLOYING:
                 target.deploy_canary(model, version, state.stable)
                 target.wait_ready(model, version, ready_timeout_s)
@@ -124,7 +125,8 @@ def _act(state: Rollout, target: Target, check: Check, ready_timeout_s: float) -
                 return Event.PROMOTED, f"v{version} is stable"
             case Phase.ROLLING_BACK:
                 target.roll_back(model, state.stable)
-                return Event.ROLLED_BACK, f"canary v{version} removed; stable v{state.stable} serving"
+                left = f"stable v{state.stable} serving" if state.stable is not None else "nothing else was serving"
+                return Event.ROLLED_BACK, f"canary v{version} removed; {left}"
     except Exception as error:  # noqa: BLE001 - whatever breaks, the rollback path must run
         detail = str(error) if isinstance(error, TargetError) else f"{type(error).__name__}: {error}"
         return Event.FAILED, detail

@@ -104,7 +104,8 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
     result = RolloutResult(model=model, version=version, phase=state.phase, reason=state.reason,
                            stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable)
     if state.phase is not Phase.PROMOTED:
-        raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; stable v{stable} keeps serving")
+        left = f"stable v{stable} keeps serving" if stable is not None else "no stable version was serving"
+        raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; {left}")
     return result
 
 
