@@ -135,7 +135,7 @@ class ModelStore:
 
 
 class History:
-    """Promotions and rollbacks of one model, oldest first: where `rollback` finds the version to return to."""
+    """Promotions and withdrawals of one model, oldest first: where `withdraw` finds the version to return to."""
 
     def __init__(self, store: ModelStore) -> None:
         self.path = store.base / "history.json"
@@ -150,7 +150,7 @@ class History:
         write_json_atomic(self.path, [*self.events(), entry])
 
     def previous_production(self, current: int | None) -> int | None:
-        """The newest version promoted before `current` that was not itself rolled back."""
+        """The newest version promoted before `current` that was not itself withdrawn."""
         events = self.events()
         withdrawn = {e["version"] for e in events if e["event"] == "withdrawn"}
         for entry in reversed(events):

@@ -12,7 +12,7 @@ from prefect.events import emit_event
 from pydantic import BaseModel, ConfigDict
 
 from aviary.config import PipelineConfig
-from aviary.flows.cli import add_config_arguments, config_from_args, one_line
+from aviary.flows.cli import add_config_arguments, config_from_args, run_main
 from aviary.lock import model_lock, rollout_slot
 from aviary.rollout import CheckOutcome, Phase, Rollout, run_rollout
 from aviary.store import History, ModelStore
@@ -120,13 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("version", type=int, help="the exported version to deploy")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        result = rollout(args.version, config_from_args(args))
-    except Exception as error:  # noqa: BLE001 - one line, not a traceback
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    print(f"{result.model} v{result.version}: {result.phase} ({result.reason})")
-    return 0
+    return run_main(
+        lambda: rollout(args.version, config_from_args(args)),
+        lambda result: f"{result.model} v{result.version}: {result.phase} ({result.reason})",
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from prefect import flow
 
 from aviary.config import PipelineConfig
-from aviary.flows.cli import add_config_arguments, config_from_args, one_line
+from aviary.flows.cli import add_config_arguments, config_from_args, run_main
 from aviary.flows.rollout import RolloutResult, deploy_version
 from aviary.store import History, ModelStore
 from aviary.targets import build_target
@@ -40,13 +40,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.withdraw") 
     parser = argparse.ArgumentParser(prog=prog, description=withdraw.__doc__)
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        result = withdraw(config_from_args(args))
-    except Exception as error:  # noqa: BLE001 - one line, not a traceback
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    print(f"{result.model}: v{result.version} is production again (was v{result.stable_before})")
-    return 0
+    return run_main(
+        lambda: withdraw(config_from_args(args)),
+        lambda result: f"{result.model}: v{result.version} is production again (was v{result.stable_before})",
+    )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +39,33 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 120.0,
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(every_s)
+
+
+JsonAnswer = Callable[[Any, dict[str, str]], tuple[int, Any]]
+"""From a POSTed JSON body and its headers to (HTTP status, JSON answer, or None for no body)."""
+
+
+def json_server(answer: JsonAnswer) -> ThreadingHTTPServer:
+    """A JSON-over-POST server on 127.0.0.1, serving from a daemon thread until `.shutdown()`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, reply = answer(json.loads(body or b"{}"), dict(self.headers))
+            data = b"" if reply is None else json.dumps(reply).encode()
+            self.send_response(status)
+            if data:
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def circle_frame(rows: int, seed: int) -> pd.DataFrame:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from aviary.ops.stack import Stack
-from tests.helpers import wait_for
+from tests.helpers import json_server, wait_for
 
 
 @dataclass
@@ -21,20 +20,11 @@ class Receiver:
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> Receiver:
-        messages = self.messages
+        def keep(body: Any, _: dict[str, str]) -> tuple[int, None]:
+            self.messages.append(body)
+            return 204, None
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                messages.append(json.loads(body or b"{}"))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = json_server(keep)
         return self
 
     @property

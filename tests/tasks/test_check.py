@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,6 +14,7 @@ from aviary.config import CheckConfig
 from aviary.targets.base import Endpoint
 from aviary.tasks.check import check_predictions, check_predictions_task, report_markdown
 from aviary.types import GoldenSet
+from tests.helpers import json_server
 
 Answer = Callable[[list[dict[str, float]]], tuple[int, Any]]
 """From a request's instances to (HTTP status, JSON body)."""
@@ -45,25 +44,11 @@ class Stub:
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> Stub:
-        stub = self
+        def answer(body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+            self.requests.append((body, headers))
+            return self.answer(body["instances"])
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                stub.requests.append((body, dict(self.headers)))
-                status, answer = stub.answer(body["instances"])
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = json_server(answer)
         return self
 
     @property
