@@ -20,6 +20,7 @@ import pandas as pd
 from prefect import task
 
 from aviary.config import ExportConfig
+from aviary.durable import commit_rename, fsync_tree, temp_prefix
 from aviary.files import file_digest
 from aviary.saved_model import SIGNATURE, predict_saved_model
 from aviary.store import GOLDEN_FILE, METADATA_FILE, WARMUP_FILE, ModelStore, write_json_atomic
@@ -122,7 +123,8 @@ def export_model(
         return ModelVersion(model=cfg.model_name, version=version, path=final)
 
     store.base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=store.base))
+    store.remove_stale_temps()  # what killed exports left behind
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(str(version)), dir=store.base))
     try:
         write_saved_model(trained.path, eval_set.features, evaluation.threshold, tmp)
         rows = pd.read_parquet(eval_set.path)
@@ -158,7 +160,8 @@ def export_model(
             exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
         write_json_atomic(tmp / METADATA_FILE, metadata.model_dump(mode="json"))
-        os.rename(tmp, final)  # atomic; fails if a concurrent export won the race
+        fsync_tree(tmp)  # the version's bytes are on disk before its name is
+        commit_rename(tmp, final, "version")  # atomic; fails if a concurrent export won the race
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,11 +11,11 @@ command line and adopted; anything else on the port is refused with one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -26,9 +26,8 @@ import requests
 
 from aviary import faults
 from aviary.config import LocalConfig
-from aviary.durable import write_json_atomic
 from aviary.lock import Busy, model_lock
-from aviary.process import alive
+from aviary.process import Background, alive
 from aviary.targets.base import TargetError
 
 START_TIMEOUT_S = 90.0
@@ -87,6 +86,10 @@ class LocalServer:
     @property
     def log_file(self) -> Path:
         return self.state_dir / "server.log"
+
+    @property
+    def process(self) -> Background:
+        return Background(self.pid_file, self.log_file)
 
     @property
     def lock_file(self) -> Path:
@@ -237,11 +240,7 @@ class LocalServer:
             f"--instance_id={instance}",
         ]
         started = time.time()
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=Path(__file__).resolve().parents[2],
-            )
+        process = self.process.start(command, cwd=Path(__file__).resolve().parents[2], write_pid=False)
         faults.crash_point("server-started")
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -260,19 +259,21 @@ class LocalServer:
     def _write_record(self, pid: int, instance: str, started: float) -> ServerRecord:
         rec = ServerRecord(pid=pid, host=self.cfg.host, rest_port=self.cfg.rest_port, grpc_port=self.cfg.grpc_port,
                            started=started, instance=instance)
-        write_json_atomic(self.pid_file, asdict(rec))
+        self.process.write(pid, asdict(rec))
         return rec
 
     def _terminate(self, pid: int) -> None:
+        """SIGTERM the server's process group (it leads its own session), SIGKILL it after the deadline."""
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(POLL_S)
         if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
             while alive(pid):
                 time.sleep(POLL_S)
 

@@ -139,9 +139,10 @@ def test_canary_deploy_is_triggered_by_the_export_event_for_that_version_and_sto
         "aviary.model.name": "circle",
         "aviary.model.version": "7",
         "aviary.model.path": "/srv/aviary/models/circle/7",
+        "aviary.idempotency-key": "aviary.model.circle.7",
     }
     rendered = render_trigger_parameters(spec["parameters"], resource)
-    assert rendered["version"] == 7
+    assert rendered["version"] == 7 and rendered["idempotency_key"] == "aviary.model.circle.7"
     config = PipelineConfig.model_validate(rendered["config"])
     assert (config.export.model_name, str(config.export.store), config.rollout.target) == ("circle", "/srv/aviary/models", "local")
     assert_valid_parameters(rendered, deployment["entrypoint"], complete=True)
