@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict
 from aviary.cache import result_storage
 from aviary.config import PipelineConfig
 from aviary.faults import crash_point
-from aviary.prefect_api import own_prefect_api
 from aviary.flows.cli import add_config_arguments, config_from_args, one_line
 from aviary.flows.rollout import rollout
+from aviary.prefect_api import own_prefect_api
 from aviary.store import ModelStore
 from aviary.tasks.evaluate import evaluate_model_task, evaluate_version_task
 from aviary.tasks.export import export_model_task
