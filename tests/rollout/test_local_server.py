@@ -18,7 +18,7 @@ from aviary.config import LocalConfig
 from aviary.process import alive
 from aviary.targets.base import TargetError
 from aviary.targets.local import LocalTarget
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
