@@ -115,21 +115,21 @@ class LocalTarget:
             try:
                 self._reload(rec, config)
             except TargetError as refused:
-                self._restore(rec, accepted, refused)
-                loading = sorted(set(versions) - set(accepted.get(model, {}).get("versions", [])))
-                for version in loading:
+                restored = self._restore(rec, accepted)
+                for version in sorted(set(versions), reverse=True):
                     state, detail = self._status(model, version)
                     if state == "END" and detail:
-                        raise NotReady(f"{model} v{version} failed to load: {detail}") from refused
-                raise
+                        raise NotReady(f"{model} v{version} failed to load: {detail}{restored}") from refused
+                raise TargetError(f"{refused}{restored}") from refused
             self._record(proposed)
 
-    def _restore(self, rec: ServerRecord, accepted: dict[str, dict[str, Any]], refused: TargetError) -> None:
-        """Send the last accepted config back, so the server is where the files say it is."""
+    def _restore(self, rec: ServerRecord, accepted: dict[str, dict[str, Any]]) -> str:
+        """Send the last accepted config back, so the server is where the files say it is; '' or what went wrong."""
         try:
             self._reload(rec, build_model_config(self._entries(accepted)))
         except TargetError as again:
-            raise TargetError(f"{refused}; restoring the last accepted config failed too: {again}") from refused
+            return f" (the last accepted config could not be restored either: {again})"
+        return ""
 
     def _reload(self, rec: ServerRecord, config: Any) -> None:
         import grpc

@@ -33,6 +33,7 @@ from aviary.targets.base import TargetError
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.1
+PORT_WAIT_S = 10.0
 INSTANCE_HEADER = "X-Aviary-Instance"
 PROBE_PATH = "/v1/models/_aviary_probe"
 PORT_ADVICE = "choose another with rollout.local.rest_port and rollout.local.grpc_port (--rest-port/--grpc-port)"
@@ -221,8 +222,11 @@ class LocalServer:
             return adopted
         if self.probe() is not None:
             raise TargetError(self.describe())
-        if not _port_free(self.cfg.host, self.cfg.grpc_port):
-            raise TargetError(f"gRPC port {self.cfg.grpc_port} is taken by another process; stop it or {PORT_ADVICE}")
+        deadline = time.monotonic() + PORT_WAIT_S  # a server that was just killed lets go of its port a moment later
+        while not _port_free(self.cfg.host, self.cfg.grpc_port):
+            if time.monotonic() >= deadline:
+                raise TargetError(f"gRPC port {self.cfg.grpc_port} is taken by another process; stop it or {PORT_ADVICE}")
+            time.sleep(POLL_S)
         return self._start()
 
     def _start(self) -> ServerRecord:
