@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -178,3 +180,29 @@ def test_a_rollout_never_goes_backwards(cfg: PipelineConfig, trained: TrainedMod
     assert (back.version, back.stable_before) == (3, 4)
     assert requests.get(f"http://127.0.0.1:{cfg.rollout.local.rest_port}/v1/models/circle/labels/stable/metadata",
                         timeout=5).json()["model_spec"]["version"] == "3"
+
+
+def test_two_first_rollouts_at_once_both_succeed_on_one_server(
+    cfg: PipelineConfig, trained: TrainedModel, circle_split: Split
+) -> None:
+    waits = cfg.model_copy(update={"rollout": cfg.rollout.model_copy(update={"lock_timeout_s": 300})})
+    other = waits.model_copy(update={"export": waits.export.model_copy(update={"model_name": "square"})})
+    for config in (waits, other):
+        export(config, trained, circle_split, 1)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda c: rollout(1, c), [waits, other, waits]))  # two models, one of them twice
+    assert sorted((r.model, r.phase, r.reason == "already production") for r in results) == [
+        ("circle", Phase.PROMOTED, False), ("circle", Phase.PROMOTED, True), ("square", Phase.PROMOTED, False)]
+    local = target(cfg)
+    assert local.serving("circle") == local.serving("square") == Serving(stable=1, canary=None)
+    state = cfg.rollout.local.state_dir
+    servers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _serves_from(p, state)]
+    assert [int(p.name) for p in servers] == [local.pid()], "one server, recorded in the pid file"
+
+
+def _serves_from(proc: Path, state_dir: Path) -> bool:
+    try:
+        args = (proc / "cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return False
+    return f"--model_config_file={(state_dir / 'models.config').resolve()}" in args
