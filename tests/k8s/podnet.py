@@ -1,0 +1,124 @@
+"""Pod addresses that answer: a network namespace owning a block of 192.0.2.0/24 (a documentation
+range), with `python -m aviary.serving` listening inside on every address of the block.
+
+The API server's service proxy dials a pod IP from the host; a veth pair routes the block into the
+namespace, where a local route makes every address of it the namespace's own. One TF-Serving-compatible
+server there answers for every pod IP (see kubelet.py for how readiness stays per pod). Needs root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from .control_plane import wait_for
+
+POD_RANGE = ipaddress.ip_network("192.0.2.0/24")
+REST_PORT = 8501
+GRPC_PORT = 8500
+SERVER_START_S = 180.0
+
+
+def unavailable() -> str:
+    """Why pod addresses cannot be served here, or ''."""
+    if os.geteuid() != 0:
+        return "serving pod IPs needs a network namespace, which needs root"
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is missing"
+    return ""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)  # noqa: S603,S607
+
+
+@dataclass
+class PodNetwork:
+    namespace: str
+    pods: list[str]  # addresses the kubelet hands out
+    volume: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def url(self, ip: str) -> str:
+        return f"http://{ip}:{REST_PORT}"
+
+    def answers(self) -> bool:
+        assert self.process.poll() is None, f"pod server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}"
+        try:
+            return requests.get(f"{self.url(self.pods[0])}/v1/models/none", timeout=2).status_code == 404
+        except requests.RequestException:
+            return False
+
+
+def _free_block() -> int:
+    """A /26 of the range whose route nobody holds, so two test sessions on one machine keep apart."""
+    taken = _ip("route", "show").stdout
+    for block in range(4):
+        if f"192.0.2.{block * 64}/27" not in taken:
+            return block * 64
+    raise RuntimeError("every /26 of 192.0.2.0/24 is routed already; remove stale test namespaces (ip netns list)")
+
+
+@contextmanager
+def pod_network(root: Path, volume: Path, model: str) -> Iterator[PodNetwork]:
+    base = _free_block()
+    name = f"aviary-test-{os.getpid()}"
+    host_if, ns_if = f"avh{os.getpid() % 100000}", f"avn{os.getpid() % 100000}"
+    host_ip, ns_ip = f"192.0.2.{base + 62}", f"192.0.2.{base + 61}"
+    pods_net = f"192.0.2.{base}/27"
+    process: subprocess.Popen[bytes] | None = None
+    _ip("netns", "add", name)
+    try:
+        _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _ip("link", "set", ns_if, "netns", name)
+        _ip("addr", "add", f"{host_ip}/32", "dev", host_if)
+        _ip("link", "set", host_if, "up")
+        _ip("route", "add", pods_net, "via", ns_ip, "dev", host_if, "onlink")
+        inside = ("netns", "exec", name, "ip")
+        _ip(*inside, "link", "set", "lo", "up")
+        _ip(*inside, "addr", "add", f"{ns_ip}/32", "dev", ns_if)
+        _ip(*inside, "link", "set", ns_if, "up")
+        _ip(*inside, "route", "add", host_ip, "dev", ns_if)
+        _ip(*inside, "route", "add", "local", pods_net, "dev", "lo")
+        (volume / model).mkdir(parents=True, exist_ok=True)
+        config = root / "pods.config"
+        config.write_text(
+            f'model_config_list {{ config {{ name: "{model}" base_path: "{volume / model}" '
+            'model_platform: "tensorflow" model_version_policy { all {} } } }\n'
+        )
+        log = root / "pods-serving.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                ["ip", "netns", "exec", name, sys.executable, "-m", "aviary.serving", "--host=0.0.0.0",
+                 f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}", f"--model_config_file={config}",
+                 "--file_system_poll_wait_seconds=1"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, start_new_session=True,
+            )
+        pods = [f"192.0.2.{base + i}" for i in range(1, 31)]
+        yield PodNetwork(name, pods, volume, process, log)
+    finally:
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        _ip("link", "del", host_if, check=False)  # takes its peer and the route with it
+        _ip("netns", "del", name, check=False)
+
+
+def wait_answering(network: PodNetwork) -> None:
+    wait_for(network.answers, SERVER_START_S, "pod server in the network namespace", interval=0.2)
