@@ -114,7 +114,13 @@ class RolloutConfig(_Frozen):
     target: Literal["none", "local", "kubernetes"] = Field(
         "local", description="Where the new version goes: none stops after export."
     )
-    ready_timeout_s: float = Field(120.0, gt=0, description="Deadline for the canary to become available.")
+    hand_off: bool = Field(
+        False,
+        description="Leave the rollout to the canary-deploy deployment: the export event carries these settings to it.",
+    )
+    ready_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline for the canary (and a promotion) to become available; on Kubernetes also the progress deadline."
+    )
     lock_timeout_s: float = Field(
         60.0, ge=0, description="How long a rollout waits for another rollout of the same model before refusing."
     )

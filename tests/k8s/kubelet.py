@@ -43,6 +43,7 @@ class TestKubelet(threading.Thread):
         self.session = plane.admin()
         self.unpullable: set[str] = set()
         self.errors: list[str] = []
+        self.job_output: list[str] = []
         self._stop_event = threading.Event()
         self._ips: dict[str, str] = {}
         self._reported: dict[str, Obj] = {}
@@ -233,10 +234,10 @@ class TestKubelet(threading.Thread):
             mounts = self._volumes(pod, Path(scratch))
             paths = {m["mountPath"]: mounts[m["name"]] for m in container.get("volumeMounts") or []}
 
-            def local(text: str) -> str:
-                for mount, folder in sorted(paths.items(), key=lambda kv: -len(kv[0])):
-                    text = text.replace(mount, str(folder))
-                return text
+            pattern = re.compile("|".join(re.escape(m) for m in sorted(paths, key=len, reverse=True)))
+
+            def local(text: str) -> str:  # one pass, so a replaced path is never replaced again
+                return pattern.sub(lambda match: str(paths[match.group(0)]), text) if paths else text
 
             env = {"PATH": "/usr/bin:/bin", "HOSTNAME": pod["metadata"]["name"]}
             env.update({e["name"]: local(str(e.get("value", ""))) for e in container.get("env") or []})
@@ -245,8 +246,7 @@ class TestKubelet(threading.Thread):
         code = result.returncode
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                       "startedAt": _now(), "finishedAt": _now()}
-        if code:
-            self.errors.append(f"job pod {pod['metadata']['name']} exited {code}: {result.stderr[-500:]}")
+        self.job_output.append(f"{pod['metadata']['name']} exit {code}: {result.stdout[-300:]} {result.stderr[-300:]}")
         status = {"phase": "Succeeded" if code == 0 else "Failed", "hostIP": "127.0.0.1",
                   "conditions": self._conditions(False),
                   "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
