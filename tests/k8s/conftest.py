@@ -118,13 +118,13 @@ def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     from .podnet import wait_answering
     from .real import MODEL, RealCluster, start
 
+    request.getfixturevalue("prefect_harness")  # first: its server starts slowly on a busy machine
     root = tmp_path_factory.mktemp("real-k8s")
     world = start(root)
     plane, network, kubelet, volume = next(world)
     try:
         trained = request.getfixturevalue("trained")  # trains while the pod server imports TensorFlow
         split = request.getfixturevalue("circle_split")
-        request.getfixturevalue("prefect_harness")
         store = root / "exported"
         cfg = ExportConfig(store=store, model_name=MODEL, golden_rows=20, warmup_records=2)
         evaluation = evaluate_model(trained, split.eval, EvalConfig())

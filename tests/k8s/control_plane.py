@@ -228,7 +228,7 @@ def control_plane(root: Path, binaries: dict[str, Path]) -> Iterator[ControlPlan
             f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
             f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
             f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-cluster=test=http://127.0.0.1:{peer_port}", 
+            f"--initial-cluster=test=http://127.0.0.1:{peer_port}",
         ], root))
         plane.processes.append(_start("kube-apiserver", [
             str(binaries["kube-apiserver"]), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",

@@ -1,8 +1,8 @@
 """A small test kubelet: binds every pod to one fake Node and reports it through `pods/status`.
 
-- A serving pod gets an address of the pod network and is Ready once the version its model-config
-  ConfigMap pins is AVAILABLE on the pod network's server (unpinned: the newest on the volume), as
-  TF Serving with that config would be; a pod whose ConfigMap is missing waits in ContainerCreating.
+- A serving pod gets an address of the pod network, which answers as TF Serving started with the
+  pod's model-config ConfigMap would (read once, at start; see podproxy.py). It is Ready while its
+  readinessProbe's httpGet answers 2xx there. A pod whose ConfigMap is missing waits in ContainerCreating.
 - A pod whose image is in `unpullable` stays Pending in ImagePullBackOff.
 - A run-to-completion pod (a Job's) runs its shell command on this machine, its volumes mapped to
   folders: the claim to the store volume, projected ConfigMaps to files, emptyDirs to temp folders.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import re
 import subprocess
 import tempfile
@@ -48,6 +49,7 @@ class TestKubelet(threading.Thread):
         self._ips: dict[str, str] = {}
         self._reported: dict[str, Obj] = {}
         self._jobs: dict[str, threading.Thread] = {}
+        self._pod_configs: dict[str, str] = {}  # pod IP -> model config the pod started with
 
     # Lifecycle.
 
@@ -89,6 +91,9 @@ class TestKubelet(threading.Thread):
 
     def _sync(self) -> None:
         pods = self.session.get(self._url("/api/v1/pods"), timeout=10).json().get("items") or []
+        live = {p["metadata"]["uid"] for p in pods}
+        for uid in [uid for uid in self._ips if uid not in live]:
+            self._pod_configs.pop(self._ips.pop(uid), None)
         for pod in pods:
             meta = pod["metadata"]
             if meta.get("namespace", "").startswith("kube-"):
@@ -165,9 +170,7 @@ class TestKubelet(threading.Thread):
             assert self.network is not None, "no pod network: serving pods cannot get addresses"
             used = set(self._ips.values())
             free = [ip for ip in self.network.pods if ip not in used]
-            if not free:  # recycle the addresses of pods that are gone
-                self._ips.clear()
-                free = list(self.network.pods)
+            assert free, "the pod network is out of addresses"
             self._ips[uid] = free[0]
         return self._ips[uid]
 
@@ -176,7 +179,13 @@ class TestKubelet(threading.Thread):
         if config is None:
             return self._waiting(pod, "ContainerCreating", "")
         ip = self._ip(pod)
-        ready = self._available(ip, config)
+        if ip not in self._pod_configs:  # the container starts: TF Serving reads its config once
+            self._pod_configs[ip] = config
+            assert self.network is not None
+            tmp = self.network.pins.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._pod_configs))
+            tmp.replace(self.network.pins)
+        ready = self._probe(ip, pod)
         return {
             "phase": "Running", "hostIP": "127.0.0.1", "podIP": ip, "podIPs": [{"ip": ip}],
             "conditions": self._conditions(ready),
@@ -197,23 +206,17 @@ class TestKubelet(threading.Thread):
         response.raise_for_status()
         return "\n".join((response.json().get("data") or {}).values())
 
-    def _available(self, ip: str, config: str) -> bool:
-        """What TF Serving started with `config` would say: its pinned versions AVAILABLE."""
-        assert self.network is not None
-        names = re.findall(r'name:\s*"([^"]+)"', config)
-        if not names:
+    def _probe(self, ip: str, pod: Obj) -> bool:
+        """The container's readinessProbe, as the kubelet runs it (httpGet only; none: ready)."""
+        (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "serving"] or pod["spec"]["containers"][:1]
+        get = (container.get("readinessProbe") or {}).get("httpGet")
+        if not get:
             return True
-        pinned = [int(v) for v in re.findall(r"versions:\s*(\d+)", config)]
-        base = f"{self.network.url(ip)}/v1/models/{names[0]}"
+        port = get["port"]
+        if isinstance(port, str):
+            port = next(p["containerPort"] for p in container.get("ports") or [] if p.get("name") == port)
         try:
-            if not pinned:
-                return requests.get(base, timeout=2).status_code == 200
-            for version in pinned:
-                response = requests.get(f"{base}/versions/{version}", timeout=2)
-                states = [s.get("state") for s in (response.json() if response.ok else {}).get("model_version_status") or []]
-                if "AVAILABLE" not in states:
-                    return False
-            return True
+            return 200 <= requests.get(f"http://{ip}:{port}{get.get('path', '/')}", timeout=2).status_code < 400
         except requests.RequestException:
             return False
 

@@ -1,9 +1,10 @@
 """Pod addresses that answer: a network namespace owning a block of 192.0.2.0/24 (a documentation
-range), with `python -m aviary.serving` listening inside on every address of the block.
+range), with `python -m aviary.serving` inside.
 
 The API server's service proxy dials a pod IP from the host; a veth pair routes the block into the
 namespace, where a local route makes every address of it the namespace's own. One TF-Serving-compatible
-server there answers for every pod IP (see kubelet.py for how readiness stays per pod). Needs root.
+server there serves the whole volume; `podproxy.py` in front of it, on every pod address, answers
+as that pod's TF Serving would, from the config the kubelet started the pod with. Needs root.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import requests
 from .control_plane import wait_for
 
 POD_RANGE = ipaddress.ip_network("192.0.2.0/24")
-REST_PORT = 8501
-GRPC_PORT = 8500
+REST_PORT = 8501  # the pods' port: podproxy.py
+UPSTREAM_PORT = 8601  # the one server behind it
+HERE = Path(__file__).resolve().parent
 SERVER_START_S = 180.0
 
 
@@ -48,15 +50,18 @@ class PodNetwork:
     pods: list[str]  # addresses the kubelet hands out
     volume: Path
     process: subprocess.Popen[bytes]
+    proxy: subprocess.Popen[bytes]
     log: Path
+    pins: Path  # pod IP -> the model config its TF Serving started with (written by the kubelet)
 
     def url(self, ip: str) -> str:
         return f"http://{ip}:{REST_PORT}"
 
     def answers(self) -> bool:
         assert self.process.poll() is None, f"pod server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}"
+        assert self.proxy.poll() is None, f"pod proxy exited with {self.proxy.returncode}"
         try:
-            return requests.get(f"{self.url(self.pods[0])}/v1/models/none", timeout=2).status_code == 404
+            return requests.get(f"http://{self.pods[0]}:{UPSTREAM_PORT}/v1/models/none", timeout=2).status_code == 404
         except requests.RequestException:
             return False
 
@@ -77,7 +82,7 @@ def pod_network(root: Path, volume: Path, model: str) -> Iterator[PodNetwork]:
     host_if, ns_if = f"avh{os.getpid() % 100000}", f"avn{os.getpid() % 100000}"
     host_ip, ns_ip = f"192.0.2.{base + 62}", f"192.0.2.{base + 61}"
     pods_net = f"192.0.2.{base}/27"
-    process: subprocess.Popen[bytes] | None = None
+    processes: list[subprocess.Popen[bytes]] = []
     _ip("netns", "add", name)
     try:
         _ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
@@ -98,19 +103,26 @@ def pod_network(root: Path, volume: Path, model: str) -> Iterator[PodNetwork]:
             'model_platform: "tensorflow" model_version_policy { all {} } } }\n'
         )
         log = root / "pods-serving.log"
+        pins = root / "pins.json"
+        pins.write_text("{}")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         with open(log, "wb") as out:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                ["ip", "netns", "exec", name, sys.executable, "-m", "aviary.serving", "--host=0.0.0.0",
-                 f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}", f"--model_config_file={config}",
-                 "--file_system_poll_wait_seconds=1"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, start_new_session=True,
-            )
+            for argv in (
+                [sys.executable, "-m", "aviary.serving", "--host=0.0.0.0", f"--port={UPSTREAM_PORT - 1}",
+                 f"--rest_api_port={UPSTREAM_PORT}", f"--model_config_file={config}", "--file_system_poll_wait_seconds=1"],
+                [sys.executable, str(HERE / "podproxy.py"), str(REST_PORT), f"http://127.0.0.1:{UPSTREAM_PORT}", str(pins)],
+            ):
+                processes.append(subprocess.Popen(  # noqa: S603 - our own interpreter and scripts
+                    ["ip", "netns", "exec", name, *argv], stdout=out, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                ))
         pods = [f"192.0.2.{base + i}" for i in range(1, 31)]
-        yield PodNetwork(name, pods, volume, process, log)
+        yield PodNetwork(name, pods, volume, processes[0], processes[1], log, pins)
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:

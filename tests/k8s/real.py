@@ -22,7 +22,7 @@ from aviary.store import ModelStore
 
 from .control_plane import ControlPlane, assets, control_plane, kubeconfig, wait_for
 from .kubelet import TestKubelet
-from .podnet import PodNetwork, pod_network, unavailable, wait_answering
+from .podnet import PodNetwork, pod_network, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "circle"
