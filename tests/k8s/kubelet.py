@@ -45,6 +45,7 @@ class TestKubelet(threading.Thread):
         self.unpullable: set[str] = set()
         self.errors: list[str] = []
         self.job_output: list[str] = []
+        self.probe_failures: list[str] = []
         self._stop_event = threading.Event()
         self._ips: dict[str, str] = {}
         self._reported: dict[str, Obj] = {}
@@ -216,9 +217,14 @@ class TestKubelet(threading.Thread):
         if isinstance(port, str):
             port = next(p["containerPort"] for p in container.get("ports") or [] if p.get("name") == port)
         try:
-            return 200 <= requests.get(f"http://{ip}:{port}{get.get('path', '/')}", timeout=2).status_code < 400
-        except requests.RequestException:
+            answer = requests.get(f"http://{ip}:{port}{get.get('path', '/')}", timeout=2)
+        except requests.RequestException as error:
+            self.probe_failures.append(f"{pod['metadata']['name']} {ip}: {error}")
             return False
+        if not 200 <= answer.status_code < 400:
+            self.probe_failures.append(f"{pod['metadata']['name']} {ip}: {answer.status_code} {answer.text[:200]}")
+            del self.probe_failures[:-50]
+        return 200 <= answer.status_code < 400
 
     # Run-to-completion pods.
 

@@ -1,5 +1,5 @@
-"""Pod addresses that answer: a network namespace owning a block of 192.0.2.0/24 (a documentation
-range), with `python -m aviary.serving` inside.
+"""Pod addresses that answer: a network namespace owning a block of 203.0.113.0/24 (a documentation
+range, checked unused on this machine), with `python -m aviary.serving` inside.
 
 The API server's service proxy dials a pod IP from the host; a veth pair routes the block into the
 namespace, where a local route makes every address of it the namespace's own. One TF-Serving-compatible
@@ -10,6 +10,7 @@ as that pod's TF Serving would, from the config the kubelet started the pod with
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import requests
 
 from .control_plane import wait_for
 
-POD_RANGE = ipaddress.ip_network("192.0.2.0/24")
+POD_RANGE = ipaddress.ip_network("203.0.113.0/24")  # TEST-NET-3: only ever routed into the test's namespace
 REST_PORT = 8501  # the pods' port: podproxy.py
 UPSTREAM_PORT = 8601  # the one server behind it
 HERE = Path(__file__).resolve().parent
@@ -66,22 +67,40 @@ class PodNetwork:
             return False
 
 
-def _free_block() -> int:
-    """A /26 of the range whose route nobody holds, so two test sessions on one machine keep apart."""
-    taken = _ip("route", "show").stdout
-    for block in range(4):
-        if f"192.0.2.{block * 64}/27" not in taken:
-            return block * 64
-    raise RuntimeError("every /26 of 192.0.2.0/24 is routed already; remove stale test namespaces (ip netns list)")
+def _in_use() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network this machine has an address in or a route to (the gateway included)."""
+    used: list[ipaddress.IPv4Network] = []
+    for entry in json.loads(_ip("-j", "-4", "addr", "show").stdout or "[]"):
+        for info in entry.get("addr_info") or []:
+            used.append(ipaddress.ip_network(f"{info['local']}/{info.get('prefixlen', 32)}", strict=False))
+    for route in json.loads(_ip("-j", "-4", "route", "show", "table", "all").stdout or "[]"):
+        if route.get("gateway"):
+            used.append(ipaddress.ip_network(f"{route['gateway']}/32"))
+        if route.get("dst") not in (None, "default"):
+            network = ipaddress.ip_network(route["dst"] if "/" in route["dst"] else f"{route['dst']}/32", strict=False)
+            if isinstance(network, ipaddress.IPv4Network) and network.prefixlen > 0:
+                used.append(network)
+    return used
+
+
+def _free_block() -> ipaddress.IPv4Network:
+    """A /26 of a documentation range that nothing on this machine uses (some machines sit in
+    192.0.2.0/24 themselves), so the test never shadows a real address or the gateway."""
+    used = _in_use()
+    for block in POD_RANGE.subnets(new_prefix=26):
+        if not any(block.overlaps(net) for net in used):
+            return block
+    raise RuntimeError(f"no /26 of {POD_RANGE} is free on this machine; remove stale test namespaces (ip netns list)")
 
 
 @contextmanager
 def pod_network(root: Path, volume: Path, model: str) -> Iterator[PodNetwork]:
-    base = _free_block()
+    block = _free_block()
+    hosts = list(block.hosts())
     name = f"aviary-test-{os.getpid()}"
     host_if, ns_if = f"avh{os.getpid() % 100000}", f"avn{os.getpid() % 100000}"
-    host_ip, ns_ip = f"192.0.2.{base + 62}", f"192.0.2.{base + 61}"
-    pods_net = f"192.0.2.{base}/27"
+    host_ip, ns_ip = str(hosts[-1]), str(hosts[-2])  # the link, outside the pods' /27
+    pods_net = str(next(block.subnets(new_prefix=27)))
     processes: list[subprocess.Popen[bytes]] = []
     _ip("netns", "add", name)
     try:
@@ -116,7 +135,7 @@ def pod_network(root: Path, volume: Path, model: str) -> Iterator[PodNetwork]:
                     ["ip", "netns", "exec", name, *argv], stdout=out, stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
                 ))
-        pods = [f"192.0.2.{base + i}" for i in range(1, 31)]
+        pods = [str(ip) for ip in ipaddress.ip_network(pods_net).hosts()]
         yield PodNetwork(name, pods, volume, processes[0], processes[1], log, pins)
     finally:
         for process in processes:

@@ -46,7 +46,15 @@ def ns(real_cluster: RealCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def promoted(ns: Namespace, version: int, **kube: Any) -> None:
-    result = rollout(version, ns.config(**kube))
+    try:
+        result = rollout(version, ns.config(**kube))
+    except Exception:
+        import os
+        if os.environ.get("KDEBUG"):
+            print(ns.plane.kubectl("-n", ns.name, "get", "deploy,rs,pods,endpoints,events", "-o", "wide").stdout)
+            print(ns.plane.kubectl("-n", ns.name, "get", "deploy", "circle-stable", "-o", "yaml").stdout[-3000:])
+            print(ns.cluster.kubelet.errors, ns.cluster.kubelet.probe_failures[-10:], ns.cluster.network.pins.read_text())
+        raise
     assert result.phase == Phase.PROMOTED, result
     assert_stable(ns, version)
 
@@ -138,8 +146,8 @@ def test_real_export_event_canary_deploys_checks_and_promotes_on_kubernetes(
 
 @pytest.mark.parametrize("ns", ["prod"], indirect=True)
 def test_real_overlay_owns_sizing_and_reapplying_it_never_moves_the_pin(ns: Namespace) -> None:
-    promoted(ns, 1)
-    promoted(ns, 2)
+    promoted(ns, 1, rollout={"ready_timeout_s": 90})  # three replicas roll one at a time
+    promoted(ns, 2, rollout={"ready_timeout_s": 90})
     stable = ns.get("deployment", f"{MODEL}-stable")
     assert stable is not None
     spec = stable["spec"]
@@ -246,11 +254,12 @@ def test_real_copy_job_timeout_names_the_pods_reason(ns: Namespace, real_cluster
 
 def test_real_replica_failure_is_reported_and_rolled_back(ns: Namespace) -> None:
     promoted(ns, 1)
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods", "namespace": ns.name},
-             "spec": {"hard": {"pods": "1"}}}
+    # Room for stable (the dev overlay's 100m) and the copy Job (50m), none for a canary sized like stable.
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "cpu", "namespace": ns.name},
+             "spec": {"hard": {"requests.cpu": "150m"}}}
     ns.plane.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(quota))
-    wait_for(lambda: ((ns.get("resourcequota", "pods") or {}).get("status") or {}).get("used", {}).get("pods") == "1",
-             10, "quota usage")
+    wait_for(lambda: ((ns.get("resourcequota", "cpu") or {}).get("status") or {}).get("used", {}).get("requests.cpu")
+             == "100m", 10, "quota usage")
     with pytest.raises(RolloutFailed, match=r"ReplicaFailure.*exceeded quota"):
         rollout(2, ns.config(rollout={"ready_timeout_s": 15}))
     assert_no_canary(ns)
