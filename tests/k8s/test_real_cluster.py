@@ -264,3 +264,29 @@ def test_real_replica_failure_is_reported_and_rolled_back(ns: Namespace) -> None
         rollout(2, ns.config(rollout={"ready_timeout_s": 15}))
     assert_no_canary(ns)
     assert_stable(ns, 1)
+
+
+def test_real_api_refusals_are_one_clear_line(ns: Namespace, tmp_path: Path) -> None:
+    """401, 403 and 422 as the real API server gives them, through the target's one-line errors."""
+    from aviary.targets.base import TargetError
+
+    from .control_plane import kubeconfig
+
+    target = fast_target(ns.config())
+    with pytest.raises(TargetError, match=r'^forbidden: cannot list jobs.batch in namespace "t\d+-aviary" \(HTTP 403\)'):
+        target.api.list("Job", {})  # the Role reads single Jobs only
+    # The Role is namespaced: elsewhere, even a missing namespace is a 403 (never a 404).
+    elsewhere = fast_target(ns.config(namespace="nowhere"))
+    with pytest.raises(TargetError, match=r'^forbidden: cannot patch services "circle" in namespace "nowhere"'):
+        elsewhere.deploy_canary(MODEL, 1, None)
+    bogus = kubeconfig(tmp_path / "bogus", ns.plane.url, ns.plane.pki.ca, token="not-a-token", namespace=ns.name)
+    with pytest.raises(TargetError, match=r"^unauthorized: cannot get deployments.apps .*\(HTTP 401\)"):
+        fast_target(ns.config(kubeconfig=bogus)).serving(MODEL)
+    other = {"apiVersion": "apps/v1", "kind": "Deployment",
+             "metadata": {"name": f"{MODEL}-canary", "namespace": ns.name},
+             "spec": {"selector": {"matchLabels": {"app": "something-else"}},
+                      "template": {"metadata": {"labels": {"app": "something-else"}},
+                                   "spec": {"containers": [{"name": "x", "image": "busybox:1.36"}]}}}}
+    ns.plane.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(other))
+    with pytest.raises(TargetError, match=r'^invalid: cannot patch deployments.apps "circle-canary" .*immutable'):
+        target.deploy_canary(MODEL, 1, None)
