@@ -83,7 +83,8 @@ class Namespace:
     # Reading the cluster as an admin would (kubectl), never through the flow's eyes.
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
-        result = self.plane.kubectl("-n", self.name, "get", kind, name, "-o", "json", check=False)
+        result = self.plane.kubectl("-n", self.name, "get", kind, name, "-o", "json", "--show-managed-fields",
+                                   check=False)
         if result.returncode != 0:
             assert "NotFound" in result.stderr, result.stderr
             return None
