@@ -8,6 +8,7 @@ generator's state, so the same data and seed give the same answer at any batch s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -127,10 +128,8 @@ class ParquetSink:
 
     def discard(self) -> None:
         if self._writer is not None:
-            try:
+            with contextlib.suppress(OSError, pa.ArrowException):  # the disk may be full: the file goes anyway
                 self._writer.close()
-            except (OSError, pa.ArrowException):
-                pass  # the disk may be full: the file goes anyway
             self._writer = None
         self.tmp.unlink(missing_ok=True)
 

@@ -64,16 +64,6 @@ def predict_keras(model_path: Path, features: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(features, batch_size=8192, verbose=0)).reshape(-1)
 
 
-def predict_saved_model(version_dir: Path, features: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """Scores from an exported version's serving signature, as TF Serving would compute them."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    inputs = {name: tf.constant(features[:, i], dtype=tf.float32) for i, name in enumerate(names)}
-    return signature(**inputs)["probability"].numpy().reshape(-1)
-
-
 def score_keras(model_path: Path, eval_set: Dataset) -> np.ndarray:
     """The model's scores for every eval row in file order, streamed in batches: float32, 4 bytes a row."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -17,8 +17,8 @@ import argparse
 import hashlib
 import sys
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,9 @@ import pyarrow.csv as pa_csv
 from prefect import task
 from pydantic import ValidationError
 
+from aviary.cache import ingest_cache_key
 from aviary.config import DataConfig
 from aviary.dataio import ParquetSink
-from aviary.ops.cache import ingest_cache_key
 from aviary.tasks.ingest_errors import (
     FALSE_VALUES,
     NULL_VALUES,
@@ -176,24 +176,34 @@ def _convert_options(columns: list[str], column_types: dict[str, pa.DataType], b
 
 
 def _column_types(path: Path, header: Header, cfg: DataConfig) -> dict[str, pa.DataType]:
-    """Each feature's Arrow type, from the values in the first block of rows (and `categorical`)."""
+    """Each feature's Arrow type, from the values in the first block of rows (and `categorical`).
+
+    A column of text is a category, unless most of its values are numbers: then it is a numeric
+    column with a few bad cells, which the checks will name (declare it categorical to keep it as text).
+    """
     declared = dict.fromkeys(cfg.categorical, pa.string())
     options = _convert_options(list(cfg.features), declared, booleans=False)
     read = pa_csv.ReadOptions(block_size=_block_bytes(header, SAMPLE_BYTES))
     try:
         with pa_csv.open_csv(path, read_options=read, convert_options=options) as reader:
-            sample = reader.schema
+            try:
+                sample = reader.read_next_batch()
+            except StopIteration:
+                sample = None
+            schema = reader.schema
     except (pa.ArrowException, ValueError) as exc:
-        fallback = {c: pa.string() for c in cfg.features} | {cfg.label: pa.bool_()}
-        raise diagnose(path, header, {c: _rule(t) for c, t in fallback.items()} | {cfg.label: Rule.LABEL},
-                       cfg.missing == "impute", _detail(exc)) from None
+        fallback = dict.fromkeys(cfg.features, Rule.TEXT) | {cfg.label: Rule.LABEL}
+        raise diagnose(path, header, fallback, cfg.missing == "impute", _detail(exc)) from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
     types: dict[str, pa.DataType] = {}
     for column in cfg.features:
-        kind = sample.field(column).type
-        if column in declared or pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        kind = schema.field(column).type
+        if column in declared:
             types[column] = pa.string()
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            mostly_numbers = sample is not None and _numeric_share(sample.column(column)) > 0.5
+            types[column] = pa.float64() if mostly_numbers else pa.string()
         elif pa.types.is_boolean(kind):
             types[column] = pa.bool_()
         elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind) or pa.types.is_decimal(kind):
@@ -201,6 +211,19 @@ def _column_types(path: Path, header: Header, cfg: DataConfig) -> dict[str, pa.D
         else:
             types[column] = pa.string()  # dates and times: categories until the model knows better
     return types
+
+
+def _numeric_share(values: pa.Array) -> float:
+    """Share of the non-missing sample values that read as numbers."""
+    numbers = total = 0
+    for item in pc.value_counts(values.drop_null()).to_pylist():
+        total += item["counts"]
+        try:
+            float(item["values"])
+        except ValueError:
+            continue
+        numbers += item["counts"]
+    return numbers / total if total else 0.0
 
 
 def _rule(kind: pa.DataType) -> Rule:

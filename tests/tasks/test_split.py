@@ -14,7 +14,7 @@ from aviary.dataio import ParquetSink
 from aviary.profile import FeatureKind
 from aviary.tasks.split import eval_mask, split_dataset, split_dataset_task
 from aviary.types import Dataset
-from tests.conftest import circle_frame, parquet_dataset
+from tests.helpers import circle_frame, parquet_dataset
 
 
 def mixed_frame(rows: int, seed: int) -> pd.DataFrame:
