@@ -159,7 +159,7 @@ def _write_error(work_dir: Path, path: Path, exc: OSError) -> IngestWriteError:
 
 def _block_bytes(header: Header, least: int) -> int:
     """Room for the header line whole (pyarrow refuses a row that straddles two blocks), however long."""
-    return max(least, 2 * header.size + (1 << 20))
+    return max(least, 2 * header.size + 4096)
 
 
 def _convert_options(columns: list[str], column_types: dict[str, pa.DataType], booleans: bool) -> pa_csv.ConvertOptions:
