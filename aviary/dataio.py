@@ -339,8 +339,10 @@ def _row_groups(path: Path) -> list[tuple[int, int]]:
     """(first row, rows) of each row group."""
     with pq.ParquetFile(path) as file:
         sizes = [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int) if sizes else []
-    return list(zip((int(s) for s in starts), sizes, strict=True))
+    starts: list[int] = [0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size)
+    return list(zip(starts, sizes, strict=False))
 
 
 def _chunks(
