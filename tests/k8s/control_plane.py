@@ -13,10 +13,8 @@ import ipaddress
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from tests.helpers import free_port, wait_for
 
 ASSETS_ENV = "KUBEBUILDER_ASSETS"
 SERVICE_RANGE = "198.51.100.0/24"  # documentation range: only ever written into objects
@@ -48,20 +48,6 @@ def assets() -> tuple[dict[str, Path], str]:
             path = Path(on_path)
         found[name] = path
     return found, ""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g}s")
-        time.sleep(interval)
 
 
 # Certificates.
@@ -250,7 +236,7 @@ def control_plane(root: Path, binaries: dict[str, Path]) -> Iterator[ControlPlan
             except requests.RequestException:
                 return False
 
-        wait_for(healthy, START_TIMEOUT_S, "kube-apiserver /readyz", interval=0.2)
+        wait_for("kube-apiserver /readyz", healthy, timeout_s=START_TIMEOUT_S, every_s=0.2)
         plane.processes.append(_start("kube-controller-manager", [
             str(binaries["kube-controller-manager"]), f"--kubeconfig={admin_kubeconfig}",
             f"--authentication-kubeconfig={admin_kubeconfig}", f"--authorization-kubeconfig={admin_kubeconfig}",

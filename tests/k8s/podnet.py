@@ -23,7 +23,7 @@ from pathlib import Path
 
 import requests
 
-from .control_plane import wait_for
+from tests.helpers import wait_for
 
 POD_RANGE = ipaddress.ip_network("203.0.113.0/24")  # TEST-NET-3: only ever routed into the test's namespace
 REST_PORT = 8501  # the pods' port: podproxy.py
@@ -152,4 +152,4 @@ def pod_network(root: Path, volume: Path, model: str) -> Iterator[PodNetwork]:
 
 
 def wait_answering(network: PodNetwork) -> None:
-    wait_for(network.answers, SERVER_START_S, "pod server in the network namespace", interval=0.2)
+    wait_for("pod server in the network namespace", network.answers, timeout_s=SERVER_START_S, every_s=0.2)

@@ -19,8 +19,9 @@ import yaml
 
 from aviary.config import PipelineConfig
 from aviary.store import ModelStore
+from tests.helpers import wait_for
 
-from .control_plane import ControlPlane, assets, control_plane, kubeconfig, wait_for
+from .control_plane import ControlPlane, assets, control_plane, kubeconfig
 from .kubelet import TestKubelet
 from .podnet import PodNetwork, pod_network, unavailable
 
@@ -149,7 +150,7 @@ def new_namespace(cluster: RealCluster, tmp_path: Path, overlay: str = "dev") ->
         except requests.HTTPError:
             return None
 
-    wait_for(lambda: token() is not None, 30, f"service account {ROLE} in {name}")
+    wait_for(f"service account {ROLE} in {name}", lambda: token() is not None, timeout_s=30, every_s=0.1)
     config = kubeconfig(folder / "role.kubeconfig", plane.url, plane.pki.ca, token=token(), namespace=name)
     store_root = tmp_path / "store"
     shutil.copytree(cluster.exported, store_root)

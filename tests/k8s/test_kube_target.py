@@ -4,10 +4,6 @@ Plus the target's client-side rules, which need no server at all."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
-
 import pytest
 from kubernetes.client import ApiClient
 
@@ -16,27 +12,6 @@ from aviary.targets.kubernetes import KubernetesTarget
 
 from .conftest import KubeReader, make_target
 from .emulator import EmulatorThread, ready_status
-
-
-def in_thread(fn: Callable[[], None]) -> tuple[threading.Thread, list[Exception]]:
-    errors: list[Exception] = []
-
-    def run() -> None:
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001  (handed back to the test thread)
-            errors.append(e)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, errors
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def requests_to(kube: EmulatorThread, method: str, path_end: str) -> int:

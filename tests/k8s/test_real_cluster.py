@@ -20,8 +20,8 @@ from aviary.flows.rollout import RolloutFailed, rollout
 from aviary.rollout import Phase
 from aviary.targets.base import Target
 from aviary.targets.kubernetes import KubernetesTarget
+from tests.helpers import FAST_TRAIN, wait_for
 
-from .control_plane import wait_for
 from .real import MODEL, REPO, Namespace, RealCluster, new_namespace
 
 pytestmark = pytest.mark.slow
@@ -57,8 +57,10 @@ def assert_stable(ns: Namespace, version: int) -> None:
     assert (versions, annotation) == ([version], str(version))
     pods = ns.live_pods("stable")
     assert pods and {p["metadata"]["annotations"]["aviary.dev/config-hash"] for p in pods} == {config_hash}
-    wait_for(lambda: ns.endpoint_ips(MODEL) == {p["status"]["podIP"] for p in ns.live_pods("stable")}, 10,
-             "live traffic on stable pods only")
+    def stable_only() -> bool:
+        return ns.endpoint_ips(MODEL) == {p["status"]["podIP"] for p in ns.live_pods("stable")}
+
+    wait_for("live traffic on stable pods only", stable_only, timeout_s=10, every_s=0.1)
 
 
 def assert_no_canary(ns: Namespace) -> None:
@@ -102,7 +104,6 @@ def test_real_export_event_canary_deploys_checks_and_promotes_on_kubernetes(
     import aviary.flows.retrain as retrain_module
     from aviary.data.generate import generate
 
-    from ..conftest import FAST_TRAIN
 
     events: list[dict[str, Any]] = []
     monkeypatch.setattr(retrain_module, "emit_event", lambda **event: events.append(event))
@@ -153,8 +154,8 @@ def test_real_overlay_owns_sizing_and_reapplying_it_never_moves_the_pin(ns: Name
                   "f:containers"):
         assert field not in owned, f"the flow owns {field}"
     # A drain may still take one stable pod.
-    wait_for(lambda: ((ns.get("poddisruptionbudget", f"{MODEL}-stable") or {}).get("status") or {})
-             .get("disruptionsAllowed", 0) >= 1, 20, "the PDB to allow a disruption")
+    wait_for("the PDB to allow a disruption", lambda: ((ns.get("poddisruptionbudget", f"{MODEL}-stable") or {}).get("status") or {})
+             .get("disruptionsAllowed", 0) >= 1, timeout_s=20, every_s=0.1)
 
     before = ns.pinned()
     for how in ((), ("--server-side",)):  # the documented re-apply, either way
@@ -188,8 +189,8 @@ def test_real_stable_pin_is_verified_live_and_a_rolled_back_version_never_serves
 
     result = rollout(1, ns.config())  # the store says production v1; the cluster is asked
     assert result.phase == Phase.PROMOTED
-    wait_for(lambda: ns.pinned()[0] == [1], 10, "the pin restored")
-    wait_for(lambda: _settled(ns, 1), 20, "stable rolled back onto its pin")
+    wait_for("the pin restored", lambda: ns.pinned()[0] == [1], timeout_s=10, every_s=0.1)
+    wait_for("stable rolled back onto its pin", lambda: _settled(ns, 1), timeout_s=20, every_s=0.1)
     assert_stable(ns, 1)
 
 
@@ -226,7 +227,7 @@ def test_real_later_run_repairs_a_half_finished_one(ns: Namespace, real_cluster:
     target.wait_ready(MODEL, 2, 20)
     ns.store.set_aliases(canary=2)
     canary_ips = {p["status"]["podIP"] for p in ns.live_pods("canary")}
-    wait_for(lambda: canary_ips <= ns.endpoint_ips(MODEL), 10, "the canary in live traffic")
+    wait_for("the canary in live traffic", lambda: canary_ips <= ns.endpoint_ips(MODEL), timeout_s=10, every_s=0.1)
 
     with pytest.raises(Exception, match="Gateway API"):
         rollout(3, ns.config(canary_weight=20))
@@ -250,8 +251,8 @@ def test_real_replica_failure_is_reported_and_rolled_back(ns: Namespace) -> None
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "cpu", "namespace": ns.name},
              "spec": {"hard": {"requests.cpu": "150m"}}}
     ns.plane.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(quota))
-    wait_for(lambda: ((ns.get("resourcequota", "cpu") or {}).get("status") or {}).get("used", {}).get("requests.cpu")
-             == "100m", 10, "quota usage")
+    wait_for("quota usage", lambda: ((ns.get("resourcequota", "cpu") or {}).get("status") or {}).get("used", {}).get("requests.cpu")
+             == "100m", timeout_s=10, every_s=0.1)
     with pytest.raises(RolloutFailed, match=r"ReplicaFailure.*exceeded quota"):
         rollout(2, ns.config(rollout={"ready_timeout_s": 15}))
     assert_no_canary(ns)
