@@ -116,8 +116,9 @@ def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     from aviary.types import Verdict
 
     from .podnet import wait_answering
-    from .real import MODEL, RealCluster, start
+    from .real import MODEL, RealCluster, skip_unless_possible, start
 
+    skip_unless_possible()
     request.getfixturevalue("prefect_harness")  # first: its server starts slowly on a busy machine
     root = tmp_path_factory.mktemp("real-k8s")
     world = start(root)

@@ -47,6 +47,8 @@ def assets() -> tuple[dict[str, Path], str]:
                 return {}, f"{name} is not in ${ASSETS_ENV}={folder}" + (" nor on PATH" if name == "etcd" else "")
             path = Path(on_path)
         found[name] = path
+    if shutil.which("kubectl") is None:  # the tests bootstrap namespaces as users do, with kubectl apply -k
+        return {}, "kubectl is not on PATH"
     return found, ""
 
 

@@ -40,12 +40,18 @@ class RealCluster:
     exported: Path  # a store holding versions 1..3 of the session's model
 
 
-def start(root: Path) -> Iterator[tuple[ControlPlane, PodNetwork, TestKubelet, Path]]:
+def skip_unless_possible() -> None:
+    """Skip, with the reason, where the binaries (or root, for the pod network) are missing."""
     binaries, why = assets()
     if not binaries:
         pytest.skip(f"real control plane tier: {why}")
     if reason := unavailable():
         pytest.skip(f"real control plane tier: {reason}")
+
+
+def start(root: Path) -> Iterator[tuple[ControlPlane, PodNetwork, TestKubelet, Path]]:
+    skip_unless_possible()
+    binaries, _why = assets()
     volume = root / "volume"
     volume.mkdir()
     with control_plane(root / "plane", binaries) as plane, pod_network(root, volume, MODEL) as network, \
