@@ -1,14 +1,14 @@
 """The request logic REST and gRPC share: resolve the servable, check, run, shape the answer.
 
-Each call is split as `prepare -> Future -> finish` so the asyncio REST front end can await the
-model run while gRPC worker threads block on it; both end in the same checks and messages.
+Each model call is one `prepare` that checks the request and builds the feeds, returning
+`(runner, feeds, finish)`: the front ends run the feeds through the dispatcher (batched or not) and
+finish() shapes the answer; warmup runs the same calls in the loading thread.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from aviary.serving import jsontensor as jt
 from aviary.serving.manager import ModelManager
 from aviary.serving.servable import Runner, Servable, check_output_dtype
-from aviary.serving.status import ServingError, invalid
+from aviary.serving.status import invalid
 
 Outputs = dict[str, np.ndarray]
 Finish = Callable[[Outputs], Any]
@@ -173,22 +173,16 @@ class ServingApi:
         signature_name = jt.signature_name_of(doc)
         request_input = jt.input_from_json(doc)
         servable = self.manager.resolve(name, version, label)
-        _, runner = servable.prepare_classify(signature_name)
-        examples = serialized_examples(request_input)
-        n = len(examples)
-        return (runner, {"inputs": examples},
-                lambda outputs: jt.classify_response_json(classification_values(outputs, n)))
+        _, runner, feeds, n = _examples_call(servable.prepare_classify, signature_name, request_input)
+        return runner, feeds, lambda outputs: jt.classify_response_json(classification_values(outputs, n))
 
     def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         request_input = jt.input_from_json(doc)
         servable = self.manager.resolve(name, version, label)
-        _, runner = servable.prepare_regress(signature_name)
-        examples = serialized_examples(request_input)
-        n = len(examples)
-        return (runner, {"inputs": examples},
-                lambda outputs: jt.regress_response_json(regression_values(outputs, n)))
+        _, runner, feeds, n = _examples_call(servable.prepare_regress, signature_name, request_input)
+        return runner, feeds, lambda outputs: jt.regress_response_json(regression_values(outputs, n))
 
     def rest_status(self, name: str, version: int | None) -> bytes:
         response = self.model_status(name, version)
@@ -228,8 +222,8 @@ class ServingApi:
             return self.manager.resolve(spec.name, None, spec.version_label)
         return self.manager.resolve(spec.name)
 
-    def predict_prepare(self, request: Any, servable: Servable | None = None
-                        ) -> tuple[Runner, dict[str, np.ndarray], list[str]]:
+    def predict(self, request: Any, servable: Servable | None = None) -> Prepared:
+        """gRPC Predict (and warmup): checks done, feeds built; finish() makes the PredictResponse."""
         servable = servable or self._servable_for(request.model_spec)
         runner = servable.runner_for_predict(request.model_spec.signature_name)
         sig_inputs = set(runner.input_dtypes)
@@ -266,101 +260,53 @@ class ServingApi:
             if alias in wanted:
                 raise invalid(f"duplicate output tensor alias: {alias}")
             wanted.append(alias)
-        return runner, feeds, wanted
-
-    def predict_response(self, request: Any, servable_version: int, runner: Runner, outputs: Outputs,
-                         wanted: list[str]) -> Any:
-        from tensorflow_serving.apis import predict_pb2
-
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = servable_version
-        response.model_spec.signature_name = runner.name
-        for alias in wanted or sorted(outputs):
-            response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
-        return response
-
-    def predict(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
-                direct: bool = False) -> Any:
-        servable = servable or self._servable_for(request.model_spec)
-        runner, feeds, wanted = self.predict_prepare(request, servable)
-        outputs = runner.run(feeds) if direct else _result(runner.submit(feeds), timeout)
-        return self.predict_response(request, servable.version, runner, outputs, wanted)
-
-    def grpc_predict(self, request: Any) -> Prepared:
-        """Predict split for the loop: checks done, feeds built; finish() makes the response."""
-        servable = self._servable_for(request.model_spec)
-        runner, feeds, wanted = self.predict_prepare(request, servable)
         version = servable.version
-        return runner, feeds, lambda outputs: self.predict_response(request, version, runner, outputs, wanted)
 
-    def grpc_classify(self, request: Any) -> Prepared:
+        def finish(outputs: Outputs) -> Any:
+            from tensorflow_serving.apis import predict_pb2
+
+            response = predict_pb2.PredictResponse()
+            _fill_spec(response.model_spec, request.model_spec.name, version, runner.name)
+            for alias in wanted or sorted(outputs):
+                response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
+            return response
+
+        return runner, feeds, finish
+
+    def classify(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import classification_pb2
 
-        servable = self._servable_for(request.model_spec)
-        key, runner = servable.prepare_classify(request.model_spec.signature_name)
-        examples = serialized_examples(request.input)
+        servable = servable or self._servable_for(request.model_spec)
+        key, runner, feeds, n = _examples_call(servable.prepare_classify, request.model_spec.signature_name,
+                                               request.input)
         version = servable.version
 
         def finish(outputs: Outputs) -> Any:
             response = classification_pb2.ClassificationResponse()
             _fill_spec(response.model_spec, request.model_spec.name, version, key)
-            _fill_classifications(response.result, classification_values(outputs, len(examples)))
+            _fill_classifications(response.result, classification_values(outputs, n))
             return response
 
-        return runner, {"inputs": examples}, finish
+        return runner, feeds, finish
 
-    def grpc_regress(self, request: Any) -> Prepared:
+    def regress(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import regression_pb2
 
-        servable = self._servable_for(request.model_spec)
-        key, runner = servable.prepare_regress(request.model_spec.signature_name)
-        examples = serialized_examples(request.input)
+        servable = servable or self._servable_for(request.model_spec)
+        key, runner, feeds, n = _examples_call(servable.prepare_regress, request.model_spec.signature_name,
+                                               request.input)
         version = servable.version
 
         def finish(outputs: Outputs) -> Any:
             response = regression_pb2.RegressionResponse()
             _fill_spec(response.model_spec, request.model_spec.name, version, key)
-            for value in regression_values(outputs, len(examples)):
-                response.result.regressions.add().value = value
+            _fill_regressions(response.result, regression_values(outputs, n))
             return response
 
-        return runner, {"inputs": examples}, finish
+        return runner, feeds, finish
 
-    def _run_examples(self, runner: Runner, request_input: Any, timeout: float | None, direct: bool
-                      ) -> tuple[Outputs, int]:
-        examples = serialized_examples(request_input)
-        feeds = {"inputs": examples}
-        outputs = runner.run(feeds) if direct else _result(runner.submit(feeds), timeout)
-        return outputs, len(examples)
-
-    def classify(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
-                 direct: bool = False) -> Any:
-        from tensorflow_serving.apis import classification_pb2
-
-        servable = servable or self._servable_for(request.model_spec)
-        key, runner = servable.prepare_classify(request.model_spec.signature_name)
-        outputs, n = self._run_examples(runner, request.input, timeout, direct)
-        response = classification_pb2.ClassificationResponse()
-        _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
-        _fill_classifications(response.result, classification_values(outputs, n))
-        return response
-
-    def regress(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
-                direct: bool = False) -> Any:
-        from tensorflow_serving.apis import regression_pb2
-
-        servable = servable or self._servable_for(request.model_spec)
-        key, runner = servable.prepare_regress(request.model_spec.signature_name)
-        outputs, n = self._run_examples(runner, request.input, timeout, direct)
-        response = regression_pb2.RegressionResponse()
-        _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
-        for value in regression_values(outputs, n):
-            response.result.regressions.add().value = value
-        return response
-
-    def multi_inference(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
-                        direct: bool = False) -> Any:
+    def multi_inference(self, request: Any, servable: Servable | None = None) -> Any:
+        """Runs every task in the calling thread (a worker thread, or the loader during warmup)."""
         from tensorflow_serving.apis import inference_pb2
 
         tasks = list(request.tasks)
@@ -381,20 +327,18 @@ class ServingApi:
         response = inference_pb2.MultiInferenceResponse()
         for task in tasks:
             result = response.results.add()
-            if task.method_name == "tensorflow/serving/classify":
-                key, runner = servable.prepare_classify(task.model_spec.signature_name)
-                outputs, n = self._run_examples(runner, request.input, timeout, direct)
+            classify = task.method_name == "tensorflow/serving/classify"
+            prepare = servable.prepare_classify if classify else servable.prepare_regress
+            key, runner, feeds, n = _examples_call(prepare, task.model_spec.signature_name, request.input)
+            outputs = runner.run(feeds)
+            if classify:
                 _fill_classifications(result.classification_result, classification_values(outputs, n))
             else:
-                key, runner = servable.prepare_regress(task.model_spec.signature_name)
-                outputs, n = self._run_examples(runner, request.input, timeout, direct)
-                for value in regression_values(outputs, n):
-                    result.regression_result.regressions.add().value = value
+                _fill_regressions(result.regression_result, regression_values(outputs, n))
             _fill_spec(result.model_spec, task.model_spec.name, servable.version, key)
         return response
 
     def metadata(self, request: Any) -> Any:
-        from tensorflow.core.protobuf import meta_graph_pb2
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         fields = list(request.metadata_field)
@@ -410,7 +354,6 @@ class ServingApi:
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for key, sig in servable.signature_defs.items():
             sig_map.signature_def[key].CopyFrom(sig)
-        del meta_graph_pb2
         response.metadata["signature_def"].Pack(sig_map)
         return response
 
@@ -429,16 +372,15 @@ class ServingApi:
         return response
 
     def run_warmup_record(self, servable: Servable, record: Any) -> None:
-        """Replays one PredictionLog against a version that is not yet serving."""
+        """Replays one PredictionLog against a version that is not yet serving, in the calling thread."""
         kind = record.WhichOneof("log_type")
-        if kind == "predict_log":
-            self.predict(record.predict_log.request, servable=servable, direct=True)
-        elif kind == "classify_log":
-            self.classify(record.classify_log.request, servable=servable, direct=True)
-        elif kind == "regress_log":
-            self.regress(record.regress_log.request, servable=servable, direct=True)
-        elif kind == "multi_inference_log":
-            self.multi_inference(record.multi_inference_log.request, servable=servable, direct=True)
+        if kind == "multi_inference_log":
+            self.multi_inference(record.multi_inference_log.request, servable=servable)
+            return
+        prepare = {"predict_log": self.predict, "classify_log": self.classify, "regress_log": self.regress}.get(kind)
+        if prepare is not None:
+            runner, feeds, finish = prepare(getattr(record, kind).request, servable=servable)
+            finish(runner.run(feeds))
 
 
 def _error_code_number(name: str) -> int:
@@ -447,13 +389,12 @@ def _error_code_number(name: str) -> int:
     return CODE_VALUES.get(name, 2)
 
 
-def _result(future: Future[Outputs], timeout: float | None) -> Outputs:
-    from concurrent.futures import TimeoutError as FutureTimeout
-
-    try:
-        return future.result(timeout)
-    except FutureTimeout:
-        raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
+def _examples_call(prepare: Callable[[str], tuple[str, Runner]], signature_name: str, request_input: Any
+                   ) -> tuple[str, Runner, dict[str, np.ndarray], int]:
+    """Classify/regress: the checked signature, its runner, the serialized-Examples feed and its size."""
+    key, runner = prepare(signature_name)
+    examples = serialized_examples(request_input)
+    return key, runner, {"inputs": examples}, len(examples)
 
 
 def _fill_spec(spec: Any, name: str, version: int, signature_name: str) -> None:
@@ -471,6 +412,11 @@ def _fill_classifications(result: Any, values: list[list[tuple[str, float]]]) ->
             cls.score = score
 
 
+def _fill_regressions(result: Any, values: list[float]) -> None:
+    for value in values:
+        result.regressions.add().value = value
+
+
 def parse_version(text: str) -> int:
     value = int(text)
     if value >= 2**63:
@@ -479,4 +425,3 @@ def parse_version(text: str) -> int:
 
 
 __all__ = ["ServingApi", "array_to_tensor_proto", "parse_version", "tensor_proto_to_array"]
-_ = Mapping

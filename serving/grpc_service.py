@@ -74,21 +74,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._run("predict", request.model_spec.name, request, context, self.api.grpc_predict)
+        return await self._run("predict", request.model_spec.name, request, context, self.api.predict)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._run("classify", request.model_spec.name, request, context, self.api.grpc_classify)
+        return await self._run("classify", request.model_spec.name, request, context, self.api.classify)
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._run("regress", request.model_spec.name, request, context, self.api.grpc_regress)
+        return await self._run("regress", request.model_spec.name, request, context, self.api.regress)
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = request.tasks[0].model_spec.name if request.tasks else ""
         start = time.perf_counter()
         try:
-            timeout = context.time_remaining()
-            response = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self.api.multi_inference(request, timeout=timeout))
+            response = await asyncio.get_running_loop().run_in_executor(None, self.api.multi_inference, request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
             error = _as_serving_error(exc)
             self.metrics.record_request(model, "multi_inference", "GRPC", error.code,

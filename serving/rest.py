@@ -1,5 +1,7 @@
 """TF Serving's REST API on a lean asyncio HTTP/1.1 server (keep-alive, gzip bodies, size limits).
 
+Framing lives in `http1`; this module routes requests and writes answers.
+
 The event loop parses, converts and encodes; model runs happen on worker threads (or the batcher)
 and are awaited, so a slow model never blocks status calls, metrics or other connections.
 """
@@ -11,7 +13,6 @@ import contextlib
 import logging
 import re
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -21,6 +22,7 @@ from urllib.parse import unquote
 from aviary.serving import jsontensor as jt
 from aviary.serving.api import ServingApi, parse_version
 from aviary.serving.dispatch import Dispatcher
+from aviary.serving.http1 import MAX_HEADER_BYTES, HttpError, RequestReader
 from aviary.serving.metrics import Metrics
 from aviary.serving.status import ServingError, invalid
 
@@ -33,7 +35,6 @@ _STATUS_RE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?", re.IGNORECASE
 )
 _V1_RE = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
-_MAX_HEADER_BYTES = 64 * 1024
 _IDLE_TIMEOUT_S = 120.0
 _JSON = b"application/json"
 
@@ -44,13 +45,6 @@ class RestOptions:
     max_request_bytes: int = 64 * 1024 * 1024
     metrics_path: str | None = None
     enable_cors: bool = False
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class RestServer:
@@ -183,11 +177,10 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: RestServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.reader = RequestReader(server.options.max_request_bytes)
         self.busy = False
         self.closed = False
         self.keep_alive = True
-        self.continue_sent = False
         self.last_activity = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -206,18 +199,18 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        self.buf += data
+        self.reader.feed(data)
         if self.busy:
-            if len(self.buf) > 4 * _MAX_HEADER_BYTES and self.transport is not None:
+            if len(self.reader.buf) > 4 * MAX_HEADER_BYTES and self.transport is not None:
                 self.transport.pause_reading()  # pipelined flood: wait until the current answer is out
             return
         self._process()
 
     def _process(self) -> None:
-        while not self.busy and not self.closed and self.buf:
+        while not self.busy and not self.closed:
             try:
-                request = self._parse()
-            except _HttpError as exc:
+                request = self.reader.next_request()
+            except HttpError as exc:
                 ctype = b"text/plain" if exc.status == 431 else _JSON
                 body = exc.message.encode() if exc.status == 431 else jt.error_body(exc.message)
                 self.keep_alive = False
@@ -225,62 +218,18 @@ class _Connection(asyncio.Protocol):
                 self.respond(exc.status, ctype, body)
                 return
             if request is None:
+                if self.reader.continue_due and self.transport is not None:
+                    self.reader.continue_due = False
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return
-            method, path, headers, body = request
+            self.keep_alive = request.keep_alive
             self.busy = True
             try:
-                self.server.handle(self, method, path, headers, body)
+                self.server.handle(self, request.method, request.path, request.headers, request.body)
             except Exception:  # handle() answers its own errors; this is a last resort
                 log.exception("REST handler failed")
                 if self.busy:
                     self.respond(500, _JSON, jt.error_body("Internal error"))
-
-    def _parse(self) -> tuple[str, str, dict[str, str], bytes] | None:
-        buf = self.buf
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buf) > _MAX_HEADER_BYTES:
-                raise _HttpError(431, "Request header fields too large")
-            return None
-        if end > _MAX_HEADER_BYTES:
-            raise _HttpError(431, "Request header fields too large")
-        method, target, version, headers = _parse_head(bytes(buf[:end]))
-        limit = self.server.options.max_request_bytes
-        start = end + 4
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            parsed = _parse_chunked(buf, start, limit)
-            if parsed is None:
-                return None
-            body, consumed = parsed
-        else:
-            try:
-                length = int(headers.get("content-length", "0") or "0")
-            except ValueError:
-                raise _HttpError(400, "Invalid Content-Length") from None
-            if length < 0:
-                raise _HttpError(400, "Invalid Content-Length")
-            if length > limit:
-                raise _HttpError(413, f"Request body of {length} bytes exceeds the limit of {limit} bytes")
-            if len(buf) - start < length:
-                if not self.continue_sent and headers.get("expect", "").lower() == "100-continue":
-                    self.continue_sent = True
-                    assert self.transport is not None
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                return None
-            body = bytes(buf[start:start + length])
-            consumed = start + length
-        del buf[:consumed]
-        self.continue_sent = False
-        keep_alive = version == "HTTP/1.1"
-        connection = headers.get("connection", "").lower()
-        if "close" in connection:
-            keep_alive = False
-        elif "keep-alive" in connection:
-            keep_alive = True
-        self.keep_alive = keep_alive
-        if body and headers.get("content-encoding", "").lower() == "gzip":
-            body = _gunzip(body, limit)
-        return method, target.split("?", 1)[0], headers, body
 
     def respond(self, status: int, ctype: bytes, payload: bytes, extra: list[tuple[str, str]] | None = None) -> None:
         if not self.busy:
@@ -301,7 +250,7 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.transport.resume_reading()
-        if self.buf:
+        if self.reader.buf:
             loop = self.server.loop
             assert loop is not None
             loop.call_soon(self._process)
@@ -315,68 +264,3 @@ def _reason(status: int) -> bytes:
 
 
 _REASONS = {code: _reason(code) for code in (200, 400, 401, 403, 404, 409, 413, 429, 431, 499, 500, 501, 503, 504)}
-
-
-def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error:
-        raise _HttpError(400, "Failed to decompress gzip request body") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise _HttpError(413, f"Decompressed request body exceeds the limit of {limit} bytes")
-    return out
-
-
-def _parse_chunked(buf: bytearray, pos: int, limit: int) -> tuple[bytes, int] | None:
-    """A complete chunked body starting at pos, or None while it is still arriving."""
-    parts: list[bytes] = []
-    total = 0
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        if eol < 0:
-            if len(buf) - pos > 1024:
-                raise _HttpError(400, "Invalid chunk size")
-            return None
-        try:
-            size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise _HttpError(400, "Invalid chunk size") from None
-        if size < 0:
-            raise _HttpError(400, "Invalid chunk size")
-        pos = eol + 2
-        if size == 0:
-            while True:  # trailers, then the blank line
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    return None
-                if eol == pos:
-                    return b"".join(parts), eol + 2
-                pos = eol + 2
-        total += size
-        if total > limit:
-            raise _HttpError(413, f"Request body exceeds the limit of {limit} bytes")
-        if len(buf) < pos + size + 2:
-            return None
-        parts.append(bytes(buf[pos:pos + size]))
-        pos += size + 2
-
-
-def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-        raise _HttpError(400, "Bad request") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[1].startswith("/"):
-        raise _HttpError(400, "Bad request line")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise _HttpError(400, "Bad header line")
-        headers[name.lower()] = value.strip()
-    return parts[0], parts[1], parts[2], headers

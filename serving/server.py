@@ -140,7 +140,8 @@ def _read_model_config(flags: Flags) -> Any:
         try:
             text_format.Parse(text, config)
         except text_format.ParseError as exc:
-            raise ValueError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {exc}") from None
+            raise ValueError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: "
+                             f"'{flags.model_config_file}': {exc}") from None
         return config
     if flags.model_base_path:
         model = config.model_config_list.config.add()
@@ -153,14 +154,12 @@ def _read_model_config(flags: Flags) -> Any:
 def _metrics_path(flags: Flags) -> str | None:
     if not flags.monitoring_config_file:
         return None
-    from aviary.serving import textproto
+    from aviary.serving import configpb
 
-    with open(flags.monitoring_config_file, encoding="utf-8") as fh:
-        parsed = textproto.parse(fh.read())
-    prom = parsed.get("prometheus_config", [{}])[-1]
-    if not textproto.scalar(prom, "enable", False):
+    config = configpb.read_text_file(flags.monitoring_config_file, configpb.monitoring_config())
+    if not config.prometheus_config.enable:
         return None
-    return str(textproto.scalar(prom, "path", "") or "/monitoring/prometheus/metrics")
+    return str(config.prometheus_config.path or "/monitoring/prometheus/metrics")
 
 
 class ModelServer:
@@ -174,11 +173,12 @@ class ModelServer:
         from aviary.serving.servable import LoadOptions
 
         self.flags = flags
+        self.metrics_path = _metrics_path(flags)  # a bad monitoring file fails start-up, before any load
         batching = None
         if flags.enable_batching:
             if flags.batching_parameters_file:
                 with open(flags.batching_parameters_file, encoding="utf-8") as fh:
-                    batching = BatchingOptions.from_text(fh.read())
+                    batching = BatchingOptions.from_text(fh.read(), flags.batching_parameters_file)
             else:
                 batching = BatchingOptions()
         cpus = os.cpu_count() or 1
@@ -277,7 +277,7 @@ class ModelServer:
             rest = RestServer(self.api, self.metrics, RestOptions(
                 timeout_s=flags.rest_api_timeout_in_ms / 1000.0,
                 max_request_bytes=flags.max_request_bytes,
-                metrics_path=_metrics_path(flags),
+                metrics_path=self.metrics_path,
                 enable_cors=flags.rest_api_enable_cors_support,
             ))
             self.rest_port = await rest.start(flags.host, flags.rest_api_port, dispatcher)
