@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 
 from aviary.serving import jsontensor as jt
+from aviary.serving.http1 import HttpError, Request
+from aviary.serving.largebody import HelperProcess
 from aviary.serving.manager import ModelManager
 from aviary.serving.servable import Runner, Servable, check_output_dtype
-from aviary.serving.status import invalid
+from aviary.serving.status import ServingError, invalid
 
 Outputs = dict[str, np.ndarray]
 Finish = Callable[[Outputs], Any]
@@ -158,28 +160,51 @@ class ServingApi:
 
     # ----------------------------------------------------------------- REST
 
-    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        servable = self.manager.resolve(name, version, label)
-        runner = servable.runner_for_rest(signature_name)
-        if not runner.input_dtypes:
-            raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
-        feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
+    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes,
+                     large: bool = False) -> Prepared:
+        doc = jt.parse_json_object(body, yielding=large)
+        try:
+            signature_name = jt.signature_name_of(doc)
+            servable = self.manager.resolve(name, version, label)
+            runner = servable.runner_for_rest(signature_name)
+            if not runner.input_dtypes:
+                raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+            feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
+        finally:
+            if large:
+                jt.release(doc)
         return runner, feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
 
-    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        request_input = jt.input_from_json(doc)
+    def rest_predict_large(self, name: str, version: int | None, label: str | None, request: Request,
+                           helper: HelperProcess) -> Prepared:
+        """rest_predict for a large body: the JSON is parsed in the helper process (call from a worker thread)."""
+        servable: Servable | None = None
+        resolve_error = None
+        try:
+            servable = self.manager.resolve(name, version, label)
+        except ServingError as exc:  # reported after the body's own checks, as rest_predict orders them
+            resolve_error = (exc.code, exc.message)
+        signatures = ({key: dict(r.input_dtypes) for key, r in servable.runners.items()}
+                      if servable is not None else None)
+        outcome = helper.parse_predict(request.parts, request.gzip, request.max_body, signatures, resolve_error)
+        if outcome[0] == "http":
+            raise HttpError(outcome[1], outcome[2])
+        if outcome[0] == "error":
+            raise ServingError(outcome[1], outcome[2])
+        _, key, feeds, row_format = outcome
+        assert servable is not None
+        return servable.runners[key], feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
+
+    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes,
+                      large: bool = False) -> Prepared:
+        signature_name, request_input = _examples_from_json(body, large)
         servable = self.manager.resolve(name, version, label)
         _, runner, feeds, n = _examples_call(servable.prepare_classify, signature_name, request_input)
         return runner, feeds, lambda outputs: jt.classify_response_json(classification_values(outputs, n))
 
-    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        request_input = jt.input_from_json(doc)
+    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes,
+                     large: bool = False) -> Prepared:
+        signature_name, request_input = _examples_from_json(body, large)
         servable = self.manager.resolve(name, version, label)
         _, runner, feeds, n = _examples_call(servable.prepare_regress, signature_name, request_input)
         return runner, feeds, lambda outputs: jt.regress_response_json(regression_values(outputs, n))
@@ -387,6 +412,15 @@ def _error_code_number(name: str) -> int:
     from aviary.serving.status import CODE_VALUES
 
     return CODE_VALUES.get(name, 2)
+
+
+def _examples_from_json(body: bytes, large: bool) -> tuple[str, Any]:
+    doc = jt.parse_json_object(body, yielding=large)
+    try:
+        return jt.signature_name_of(doc), jt.input_from_json(doc)
+    finally:
+        if large:
+            jt.release(doc)
 
 
 def _examples_call(prepare: Callable[[str], tuple[str, Runner]], signature_name: str, request_input: Any

@@ -21,7 +21,7 @@ VERSION = "2.21.0-aviary"
 
 @dataclass
 class Flags:
-    """tensorflow_model_server's flags (main.cc), plus --host and --max_request_bytes of our own."""
+    """tensorflow_model_server's flags (main.cc), plus --host, --max_request_bytes and the REST guards of our own."""
 
     port: int = 8500
     rest_api_port: int = 8501
@@ -52,6 +52,10 @@ class Flags:
     tensorflow_session_parallelism: int = 0
     enable_grpc_healthcheck_service: bool = False
     max_request_bytes: int = 64 * 1024 * 1024
+    # Our own REST guards: seconds a client may take to send a request head, and the most open REST
+    # connections (0: half the descriptor limit, at most 4096); connections past it get 503 and close.
+    rest_api_header_timeout_in_ms: int = 10000
+    rest_api_max_connections: int = 0
     version: bool = False
 
 
@@ -206,6 +210,7 @@ class ModelServer:
         self._threads: list[threading.Thread] = []
         self.grpc_port = 0
         self.rest_port = 0
+        self.rest_server: Any = None
 
     def reload(self, config: Any) -> None:
         """Apply a config; like ServerCore, fail if a model ends up with no available version."""
@@ -279,7 +284,10 @@ class ModelServer:
                 max_request_bytes=flags.max_request_bytes,
                 metrics_path=self.metrics_path,
                 enable_cors=flags.rest_api_enable_cors_support,
+                header_timeout_s=flags.rest_api_header_timeout_in_ms / 1000.0,
+                max_connections=flags.rest_api_max_connections,
             ))
+            self.rest_server = rest
             self.rest_port = await rest.start(flags.host, flags.rest_api_port, dispatcher)
             log.info("Exporting HTTP/REST API at:%s:%d ...", flags.host, self.rest_port)
         loop = asyncio.get_running_loop()
