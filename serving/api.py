@@ -8,6 +8,7 @@ finish() shapes the answer; warmup runs the same calls in the loading thread.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,39 @@ _STATE_NUMBERS = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UN
 # --------------------------------------------------------------------------- tensor protos
 
 
+# Dtypes read straight into numpy (tensor_content bytes, or the typed repeated field); others go through
+# tf.make_ndarray. The rules are make_ndarray's: one value fills the shape, fewer values repeat the
+# last one, no values mean zeros.
+_FAST_DTYPES: dict[int, tuple[Any, str]] = {
+    jt.DT_FLOAT: (np.float32, "float_val"), jt.DT_DOUBLE: (np.float64, "double_val"),
+    jt.DT_INT32: (np.int32, "int_val"), jt.DT_INT64: (np.int64, "int64_val"), jt.DT_BOOL: (np.bool_, "bool_val"),
+}
+
+
 def tensor_proto_to_array(proto: Any) -> np.ndarray:
+    fast = _FAST_DTYPES.get(proto.dtype)
+    if fast is not None and not proto.tensor_shape.unknown_rank:
+        shape = [d.size for d in proto.tensor_shape.dim]
+        if all(d >= 0 for d in shape):
+            dtype, field = fast
+            count = math.prod(shape)
+            if proto.tensor_content:
+                data = proto.tensor_content
+                if len(data) == count * np.dtype(dtype).itemsize:
+                    return np.frombuffer(data, dtype=dtype).reshape(shape)  # read-only view: inputs are
+            else:
+                field_values = getattr(proto, field)
+                values = np.fromiter(field_values, dtype, len(field_values))
+                if values.size == count:
+                    return values.reshape(shape)
+                if values.size == 0:
+                    return np.zeros(shape, dtype)
+                if values.size < count:
+                    return np.pad(values, (0, count - values.size), "edge").reshape(shape)
+    return _make_ndarray(proto)
+
+
+def _make_ndarray(proto: Any) -> np.ndarray:
     import tensorflow as tf
 
     try:
@@ -39,14 +72,18 @@ def tensor_proto_to_array(proto: Any) -> np.ndarray:
         raise invalid(f"tensor parsing error: {exc}") from None
 
 
+_DTYPE_ENUMS = {np.dtype(np.int32): 3, np.dtype(np.int16): 5, np.dtype(np.int8): 6, np.dtype(np.uint8): 4,
+                np.dtype(np.uint16): 17}
+
+
 def array_to_tensor_proto(arr: np.ndarray) -> Any:
     """AsProtoField: typed repeated fields (float_val, int64_val, ...), as TF Serving answers."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+    from tensorflow.core.framework import tensor_pb2
 
     proto = tensor_pb2.TensorProto()
-    proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape])
-    )
+    dims = proto.tensor_shape.dim
+    for d in arr.shape:
+        dims.add().size = d
     flat = arr.ravel()
     kind = arr.dtype
     if kind == np.float32:
@@ -58,9 +95,8 @@ def array_to_tensor_proto(arr: np.ndarray) -> Any:
     elif kind == np.int64:
         proto.dtype = jt.DT_INT64
         proto.int64_val.extend(flat.tolist())
-    elif kind in (np.int32, np.int16, np.int8, np.uint8, np.uint16):
-        proto.dtype = {np.dtype(np.int32): 3, np.dtype(np.int16): 5, np.dtype(np.int8): 6,
-                       np.dtype(np.uint8): 4, np.dtype(np.uint16): 17}[np.dtype(kind)]
+    elif kind in _DTYPE_ENUMS:
+        proto.dtype = _DTYPE_ENUMS[kind]
         proto.int_val.extend(flat.astype(np.int64).tolist())
     elif kind == np.bool_:
         proto.dtype = jt.DT_BOOL

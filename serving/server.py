@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -203,7 +204,7 @@ class ModelServer:
         )
         self.api: ServingApi
         self.manager = ModelManager(options, self.executor, lambda s, r: self.api.run_warmup_record(s, r),
-                                    on_loaded=self.metrics.record_warmup)
+                                    on_loaded=self._loaded)
         self.api = ServingApi(self.manager)
         self._stop = threading.Event()
         self._config_text: str | None = None
@@ -211,6 +212,10 @@ class ModelServer:
         self.grpc_port = 0
         self.rest_port = 0
         self.rest_server: Any = None
+
+    def _loaded(self, model: str, version: int, seconds: float) -> None:
+        self.metrics.record_warmup(model, version, seconds)
+        gc.freeze()
 
     def reload(self, config: Any) -> None:
         """Apply a config; like ServerCore, fail if a model ends up with no available version."""
