@@ -19,6 +19,7 @@ from aviary.serving.http1 import HttpError, Request
 from aviary.serving.largebody import HelperProcess
 from aviary.serving.manager import ModelManager
 from aviary.serving.servable import Runner, Servable, check_output_dtype
+from aviary.serving.shadow import Shadow
 from aviary.serving.status import ServingError, invalid
 
 Outputs = dict[str, np.ndarray]
@@ -191,8 +192,28 @@ def classification_values(outputs: Outputs, num_examples: int) -> list[list[tupl
 class ServingApi:
     """TF Serving's request handlers over a ModelManager."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, shadow: Shadow | None = None) -> None:
         self.manager = manager
+        self.shadow = shadow
+
+    def _route(self, name: str, version: int | None, label: str | None) -> tuple[Servable, Servable | None]:
+        """An inference request's version: the traffic split decides when it names no version or label."""
+        if version is None and label is None:
+            return self.manager.route(name)
+        return self.manager.resolve(name, version, label), None
+
+    def _mirrored(self, finish: Finish, model: str, stable: Servable, canary: Servable | None, signature_name: str,
+                  feeds: dict[str, np.ndarray]) -> Finish:
+        """finish() that also queues the canary's shadow run once stable's outputs exist."""
+        shadow = self.shadow
+        if canary is None or shadow is None:
+            return finish
+
+        def finish_and_mirror(outputs: Outputs) -> Any:
+            shadow.mirror(model, stable.version, canary, signature_name, feeds, outputs)
+            return finish(outputs)
+
+        return finish_and_mirror
 
     # ----------------------------------------------------------------- REST
 
@@ -201,7 +222,7 @@ class ServingApi:
         doc = jt.parse_json_object(body, yielding=large)
         try:
             signature_name = jt.signature_name_of(doc)
-            servable = self.manager.resolve(name, version, label)
+            servable, mirror = self._route(name, version, label)
             runner = servable.runner_for_rest(signature_name)
             if not runner.input_dtypes:
                 raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
@@ -209,7 +230,9 @@ class ServingApi:
         finally:
             if large:
                 jt.release(doc)
-        return runner, feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
+        finish = self._mirrored(lambda outputs: jt.predict_response_json(outputs, row_format), name, servable,
+                                mirror, runner.name, feeds)
+        return runner, feeds, finish
 
     def rest_predict_large(self, name: str, version: int | None, label: str | None, request: Request,
                            helper: HelperProcess) -> Prepared:
@@ -217,7 +240,7 @@ class ServingApi:
         servable: Servable | None = None
         resolve_error = None
         try:
-            servable = self.manager.resolve(name, version, label)
+            servable = self._route(name, version, label)[0]  # no mirror for bodies this large
         except ServingError as exc:  # reported after the body's own checks, as rest_predict orders them
             resolve_error = (exc.code, exc.message)
         signatures = ({key: dict(r.input_dtypes) for key, r in servable.runners.items()}
@@ -234,14 +257,14 @@ class ServingApi:
     def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes,
                       large: bool = False) -> Prepared:
         signature_name, request_input = _examples_from_json(body, large)
-        servable = self.manager.resolve(name, version, label)
+        servable = self._route(name, version, label)[0]
         _, runner, feeds, n = _examples_call(servable.prepare_classify, signature_name, request_input)
         return runner, feeds, lambda outputs: jt.classify_response_json(classification_values(outputs, n))
 
     def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes,
                      large: bool = False) -> Prepared:
         signature_name, request_input = _examples_from_json(body, large)
-        servable = self.manager.resolve(name, version, label)
+        servable = self._route(name, version, label)[0]
         _, runner, feeds, n = _examples_call(servable.prepare_regress, signature_name, request_input)
         return runner, feeds, lambda outputs: jt.regress_response_json(regression_values(outputs, n))
 
@@ -276,6 +299,7 @@ class ServingApi:
     # ----------------------------------------------------------------- protos (gRPC + warmup)
 
     def _servable_for(self, spec: Any) -> Servable:
+        """Metadata's version: TF Serving's rule, never the traffic split."""
         choice = spec.WhichOneof("version_choice")
         if choice == "version":
             return self.manager.resolve(spec.name, spec.version.value)
@@ -283,9 +307,20 @@ class ServingApi:
             return self.manager.resolve(spec.name, None, spec.version_label)
         return self.manager.resolve(spec.name)
 
+    def _routed(self, spec: Any) -> tuple[Servable, Servable | None]:
+        """An inference call's version (and the canary to mirror to): the split applies when none is named."""
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self.manager.resolve(spec.name, spec.version.value), None
+        if choice == "version_label":
+            return self.manager.resolve(spec.name, None, spec.version_label), None
+        return self.manager.route(spec.name)
+
     def predict(self, request: Any, servable: Servable | None = None) -> Prepared:
         """gRPC Predict (and warmup): checks done, feeds built; finish() makes the PredictResponse."""
-        servable = servable or self._servable_for(request.model_spec)
+        mirror = None
+        if servable is None:
+            servable, mirror = self._routed(request.model_spec)
         runner = servable.runner_for_predict(request.model_spec.signature_name)
         sig_inputs = set(runner.input_dtypes)
         sent = set(request.inputs)
@@ -332,12 +367,12 @@ class ServingApi:
                 response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
             return response
 
-        return runner, feeds, finish
+        return runner, feeds, self._mirrored(finish, request.model_spec.name, servable, mirror, runner.name, feeds)
 
     def classify(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import classification_pb2
 
-        servable = servable or self._servable_for(request.model_spec)
+        servable = servable or self._routed(request.model_spec)[0]
         key, runner, feeds, n = _examples_call(servable.prepare_classify, request.model_spec.signature_name,
                                                request.input)
         version = servable.version
@@ -353,7 +388,7 @@ class ServingApi:
     def regress(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import regression_pb2
 
-        servable = servable or self._servable_for(request.model_spec)
+        servable = servable or self._routed(request.model_spec)[0]
         key, runner, feeds, n = _examples_call(servable.prepare_regress, request.model_spec.signature_name,
                                                request.input)
         version = servable.version
@@ -384,7 +419,7 @@ class ServingApi:
             seen.add(key)
             if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
                 raise invalid(f"Unsupported signature method_name: {task.method_name}")
-        servable = servable or self._servable_for(tasks[0].model_spec)
+        servable = servable or self._routed(tasks[0].model_spec)[0]
         response = inference_pb2.MultiInferenceResponse()
         for task in tasks:
             result = response.results.add()

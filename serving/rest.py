@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -42,6 +43,7 @@ _STATUS_RE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?", re.IGNORECASE
 )
 _V1_RE = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_TRAFFIC_RE = re.compile(r"/v1/models/([^/:]+)/traffic", re.IGNORECASE)
 _IDLE_TIMEOUT_S = 120.0
 _JSON = b"application/json"
 # Bodies above this are parsed on a worker thread; below it parsing takes well under a millisecond.
@@ -167,9 +169,13 @@ class RestServer:
                 assert self.dispatcher is not None
                 self.dispatcher.run(
                     runner, feeds,
-                    lambda result: self._answer(conn, result, finish, model, api, start, cors),
+                    lambda result: self._answer(conn, result, finish, model, api, start, cors,
+                                                str(runner.version)),
                     self.options.timeout_s,
                 )
+                return
+            if m := _TRAFFIC_RE.fullmatch(path):
+                conn.respond(200, _JSON, self._traffic(method, unquote(m.group(1)), request), cors)
                 return
             if method == "GET" and (m := _STATUS_RE.fullmatch(path)):
                 if not m.group(1):
@@ -186,6 +192,31 @@ class RestServer:
             raise invalid(f"Malformed request: {method} {path}")
         except Exception as exc:  # noqa: BLE001 - never let a request take the server down
             self._fail(conn, exc, model, api, start, cors)
+
+    def _traffic(self, method: str, model: str, request: Request) -> bytes:
+        """The traffic-split extension: GET reads it, POST {"canary_percent": p, "mirror_percent": q} sets it
+        (both 0-100, default 0), DELETE returns the model to TF Serving's rule (newest version answers)."""
+        manager = self.api.manager
+        if method == "POST":
+            doc = jt.parse_json_object(request.body())
+            shares = {"canary_percent": 0.0, "mirror_percent": 0.0}
+            for key, value in doc.items():
+                if key not in shares:
+                    raise invalid(f"Unknown traffic field: {key} (expected canary_percent, mirror_percent)")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                    raise invalid(f"Traffic field {key} must be a number from 0 to 100, got: {json.dumps(value)}")
+                shares[key] = float(value)
+            if shares["canary_percent"] + shares["mirror_percent"] > 100:
+                raise invalid("canary_percent + mirror_percent must not exceed 100")
+            manager.set_traffic(model, shares["canary_percent"], shares["mirror_percent"])
+            log.info("Traffic for %s: %s%% canary, %s%% mirrored", model, shares["canary_percent"],
+                     shares["mirror_percent"])
+        elif method == "DELETE":
+            manager.clear_traffic(model)
+            log.info("Traffic for %s: TF Serving's default (newest version)", model)
+        elif method != "GET":
+            raise invalid(f"Malformed request: {method} /v1/models/{model}/traffic")
+        return (json.dumps(manager.traffic_state(model), indent=1) + "\n").encode()
 
     def _prepare_off_loop(self, conn: _Connection, prepare: Callable[..., Any], model: str, version: int | None,
                           label: str | None, request: Request, api: str, start: float,
@@ -211,7 +242,9 @@ class RestServer:
             except Exception as exc:  # noqa: BLE001 - parse errors are the request's answer
                 self._fail(conn, exc, model, api, start, cors)
                 return
-            dispatcher.run(runner, feeds, lambda result: self._answer(conn, result, finish, model, api, start, cors),
+            served = str(runner.version)
+            dispatcher.run(runner, feeds,
+                           lambda result: self._answer(conn, result, finish, model, api, start, cors, served),
                            deadline - time.monotonic())
 
         try:
@@ -226,9 +259,9 @@ class RestServer:
         future.add_done_callback(lambda fut: dispatcher.completions.push(lambda: parsed(fut)))
 
     def _fail(self, conn: _Connection, exc: BaseException, model: str, api: str, start: float,
-              cors: list[tuple[str, str]]) -> None:
+              cors: list[tuple[str, str]], version: str = "") -> None:
         if isinstance(exc, HttpError):  # a body that would not inflate
-            self._record(model, api, "INVALID_ARGUMENT", start)
+            self._record(model, api, "INVALID_ARGUMENT", start, version)
             conn.respond(exc.status, _JSON, jt.error_body(exc.message), cors)
             return
         if isinstance(exc, RecursionError):
@@ -236,27 +269,27 @@ class RestServer:
         elif not isinstance(exc, ServingError):
             log.error("REST request failed", exc_info=exc)
             exc = ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
-        self._record(model, api, exc.code, start)
+        self._record(model, api, exc.code, start, version)
         conn.respond(exc.http_status, _JSON, jt.error_body(exc.message), cors)
 
     def _answer(self, conn: _Connection, result: Any, finish: Callable[[Any], bytes], model: str, api: str,
-                start: float, cors: list[tuple[str, str]]) -> None:
+                start: float, cors: list[tuple[str, str]], version: str = "") -> None:
         if isinstance(result, BaseException):
-            self._fail(conn, result, model, api, start, cors)
+            self._fail(conn, result, model, api, start, cors, version)
             return
         if sum(arr.size for arr in result.values()) > _LARGE_OUTPUT_VALUES:
-            self._encode_off_loop(conn, result, finish, model, api, start, cors)
+            self._encode_off_loop(conn, result, finish, model, api, start, cors, version)
             return
         try:
             payload = finish(result)
         except Exception as exc:  # noqa: BLE001 - encoding errors become the response
-            self._fail(conn, exc, model, api, start, cors)
+            self._fail(conn, exc, model, api, start, cors, version)
             return
-        self._record(model, api, "OK", start)
+        self._record(model, api, "OK", start, version)
         conn.respond(200, _JSON, payload, cors)
 
     def _encode_off_loop(self, conn: _Connection, result: Any, finish: Callable[[Any], bytes], model: str,
-                         api: str, start: float, cors: list[tuple[str, str]]) -> None:
+                         api: str, start: float, cors: list[tuple[str, str]], version: str) -> None:
         assert self.dispatcher is not None
         completions = self.dispatcher.completions
 
@@ -264,21 +297,22 @@ class RestServer:
             try:
                 payload = future.result()
             except Exception as exc:  # noqa: BLE001 - encoding errors become the response
-                self._fail(conn, exc, model, api, start, cors)
+                self._fail(conn, exc, model, api, start, cors, version)
                 return
-            self._record(model, api, "OK", start)
+            self._record(model, api, "OK", start, version)
             conn.respond(200, _JSON, payload, cors)
 
         try:
             future = self._pool.submit(finish, result)
         except RuntimeError:
-            self._fail(conn, ServingError("UNAVAILABLE", "Server is shutting down"), model, api, start, cors)
+            self._fail(conn, ServingError("UNAVAILABLE", "Server is shutting down"), model, api, start, cors,
+                       version)
             return
         future.add_done_callback(lambda fut: completions.push(lambda: encoded(fut)))
 
-    def _record(self, model: str, api: str, code: str, start: float) -> None:
+    def _record(self, model: str, api: str, code: str, start: float, version: str = "") -> None:
         if api:
-            self.metrics.record_request(model, api, "REST", code, (time.perf_counter() - start) * 1e6)
+            self.metrics.record_request(model, api, "REST", code, (time.perf_counter() - start) * 1e6, version)
 
     def _cors_headers(self) -> list[tuple[str, str]]:
         if not self.options.enable_cors:

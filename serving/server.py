@@ -176,6 +176,7 @@ class ModelServer:
         from aviary.serving.manager import ManagerOptions, ModelManager
         from aviary.serving.metrics import Metrics
         from aviary.serving.servable import LoadOptions
+        from aviary.serving.shadow import Shadow
 
         self.flags = flags
         self.metrics_path = _metrics_path(flags)  # a bad monitoring file fails start-up, before any load
@@ -205,7 +206,7 @@ class ModelServer:
         self.api: ServingApi
         self.manager = ModelManager(options, self.executor, lambda s, r: self.api.run_warmup_record(s, r),
                                     on_loaded=self._loaded)
-        self.api = ServingApi(self.manager)
+        self.api = ServingApi(self.manager, Shadow(self.executor, self.metrics))
         self._stop = threading.Event()
         self._config_text: str | None = None
         self._threads: list[threading.Thread] = []
