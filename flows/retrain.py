@@ -53,6 +53,7 @@ def announce_exports(store: ModelStore) -> list[int]:
             continue  # not exported (yet): its run may still be at work, or died before the rename
         if store.marked(ANNOUNCED_MARK, version) is None:
             metadata = store.metadata(version)
+            rollout_settings = (store.marked(ANNOUNCE_MARK, version) or {}).get("rollout", {})
             emit_event(
                 event=EXPORTED_EVENT,
                 resource={
@@ -61,8 +62,10 @@ def announce_exports(store: ModelStore) -> list[int]:
                     "aviary.model.version": str(version),
                     "aviary.model.path": str(store.version_dir(version).resolve()),
                     "aviary.idempotency-key": idempotency_key(store.model, version),
+                    "aviary.rollout.hand-off": str(bool(rollout_settings.get("hand_off"))).lower(),
                 },
-                payload={"blessed": True, "metrics": metadata.metrics.model_dump(mode="json")},
+                # The rollout settings travel with the version, so canary-deploy rolls it out where its run meant to.
+                payload={"blessed": True, "metrics": metadata.metrics.model_dump(mode="json"), "rollout": rollout_settings},
             )
             crash_point("after-emit")
             store.mark(ANNOUNCED_MARK, version, key=idempotency_key(store.model, version))
@@ -158,13 +161,14 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         return result
 
     provenance = Provenance(parameters=config.model_dump(mode="json"), parent_version=baseline_version)
-    store.mark(ANNOUNCE_MARK, version, run=run_key)  # the export is to be announced, even if this run dies after it
+    # The export is to be announced, even if this run dies after it, with the rollout settings it chose.
+    store.mark(ANNOUNCE_MARK, version, run=run_key, rollout=config.rollout.model_dump(mode="json"))
     exported = export_model_task(trained, split.eval, evaluation, verdict, version, config.export, provenance)
     logger.info("%s v%s exported to %s", model, version, exported.path)
     crash_point("after-export")
     announce_exports(store)
     result = result.model_copy(update={"path": exported.path})
-    if config.rollout.target != "none":
+    if config.rollout.target != "none" and not config.rollout.hand_off:
         deployed = rollout(version, config, idempotency_key=idempotency_key(model, version))
         result = result.model_copy(update={"rollout": deployed.phase})
     return result
