@@ -152,7 +152,7 @@ def ours(case: Case, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray
     csv = work / f"{case.name}.csv"
     case.frame.to_csv(csv, index=False)
     extra = {"categorical": case.categorical} if case.categorical else {}
-    data = DataConfig(path=csv, features=case.features, label=case.label, **extra)  # type: ignore[arg-type]
+    data = DataConfig(path=csv, features=case.features, label=case.label, **extra)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = ingest_csv(data, work / "datasets")
@@ -167,7 +167,8 @@ def ours(case: Case, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray
     exported = export_model(trained, split.eval, evaluation, blessed, 1, ExportConfig(store=work / "store", model_name="bench"))
     train = pd.read_parquet(split.train.path)
     evaluation_rows = pd.read_parquet(split.eval.path)
-    scores = predict_saved_model(exported.path, evaluation_rows, split.eval.features)["probability"]
+    inputs = {f.column: f.input_name for f in trained.profile.features} if trained.profile else {}
+    scores = predict_saved_model(exported.path, evaluation_rows, inputs)["probability"]
     return train, evaluation_rows, scores, timings
 
 
@@ -179,15 +180,24 @@ def baselines(case: Case, train: pd.DataFrame, evaluation: pd.DataFrame) -> dict
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler, TargetEncoder
 
     numeric = [c for c in case.features if c not in case.categorical]
     categorical = list(case.categorical)
 
-    def as_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    # HistGB takes at most 255 categories natively; larger vocabularies get scikit-learn's target encoding.
+    native = [c for c in categorical if train[c].nunique() <= 250]
+    encoded = [c for c in categorical if c not in native]
+    target = TargetEncoder().fit(train[encoded].astype(str), train[case.label]) if encoded else None
+
+    def for_boosting(frame: pd.DataFrame, fitting: bool = False) -> pd.DataFrame:
         frame = frame[list(case.features)].copy()
-        for c in categorical:
+        for c in native:
             frame[c] = pd.Categorical(frame[c].astype(str), categories=sorted(train[c].astype(str).unique()))
+        if target is not None:
+            values = frame[encoded].astype(str)
+            # fit_transform cross-fits on the training rows, so their own labels do not leak into the codes
+            frame[encoded] = target.fit_transform(values, train[case.label]) if fitting else target.transform(values)
         return frame
 
     logistic = make_pipeline(
@@ -199,10 +209,10 @@ def baselines(case: Case, train: pd.DataFrame, evaluation: pd.DataFrame) -> dict
     y = train[case.label].astype(int).to_numpy()
     logistic.fit(train[list(case.features)].astype({c: str for c in categorical}), y)
     boosted = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
-    boosted.fit(as_categories(train), y)
+    boosted.fit(for_boosting(train, fitting=True), y)
     return {
         "logistic": logistic.predict_proba(evaluation[list(case.features)].astype({c: str for c in categorical}))[:, 1],
-        "hist_gb": boosted.predict_proba(as_categories(evaluation))[:, 1],
+        "hist_gb": boosted.predict_proba(for_boosting(evaluation))[:, 1],
     }
 
 

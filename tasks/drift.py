@@ -12,16 +12,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
-from pydantic import BaseModel, ConfigDict, Field
 
+from aviary.config import DriftConfig
 from aviary.profile import DataProfile, FeatureKind, FeatureProfile
+from aviary.types import DriftReport
 
 SMOOTHING = 1e-4
 """Added to every share, so that an empty bin gives a large but finite PSI."""
@@ -32,28 +33,6 @@ OTHER = "\x00other"
 
 class SchemaChangeError(ValueError):
     """The new training set's columns or kinds differ from production's. One line."""
-
-
-class DriftConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    psi_limit: float = Field(0.25, gt=0, description="Population stability index above which a numeric feature has drifted.")
-    js_limit: float = Field(0.2, gt=0, le=1, description="Jensen-Shannon distance (base 2) above which a categorical feature has drifted.")
-    label_shift_limit: float = Field(0.1, gt=0, le=1, description="Largest change of the positive-label share.")
-    action: Literal["warn", "block"] = Field("warn", description="What drift does to the gate: a warning, or a rejection.")
-    allow_schema_change: bool = Field(
-        False, description="Train on a changed feature set; the new model is then not compared with production."
-    )
-
-
-class DriftReport(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    baseline_version: int | None
-    reasons: tuple[str, ...] = ()
-    drifted: tuple[str, ...] = ()
-    blocking: bool = False
-    scores: dict[str, float] = Field(default_factory=dict)
 
 
 # -- bins ------------------------------------------------------------------------------------------
@@ -149,11 +128,12 @@ def check_drift(
     production_reference: Mapping[str, Any] | None,
     cfg: DriftConfig,
     baseline_version: int | None = None,
+    baseline_role: str = "production",
 ) -> DriftReport:
     """Raises SchemaChangeError on a changed schema (unless allowed); otherwise drift as gate reasons."""
     if production is None:
         return DriftReport(baseline_version=None)
-    where = f"production v{baseline_version}" if baseline_version is not None else "production"
+    where = f"{baseline_role} v{baseline_version}" if baseline_version is not None else baseline_role
     changes = schema_changes(new, production)
     if changes:
         if not cfg.allow_schema_change:
@@ -161,7 +141,11 @@ def check_drift(
                 f"training data schema differs from {where}: {'; '.join(changes)} "
                 "(set gate.drift.allow_schema_change to train a new feature set)"
             )
-        return DriftReport(baseline_version=baseline_version, reasons=(f"schema changed from {where}: {'; '.join(changes)}",))
+        return DriftReport(
+            baseline_version=baseline_version,
+            reasons=(f"schema changed from {where}: {'; '.join(changes)}",),
+            schema_changed=True,
+        )
 
     verb = "blocks" if cfg.action == "block" else "warning"
     reasons: list[str] = []
@@ -209,5 +193,11 @@ def check_drift_task(
     production_reference: Mapping[str, Any] | None,
     cfg: DriftConfig,
     baseline_version: int | None = None,
+    baseline_role: str = "production",
 ) -> DriftReport:
-    return check_drift(new, train_parquet, production, production_reference, cfg, baseline_version)
+    return check_drift(new, train_parquet, production, production_reference, cfg, baseline_version, baseline_role)
+
+
+@task(name="profile-reference")
+def reference_task(parquet: Path, profile: DataProfile) -> dict[str, Any]:
+    return reference(parquet, profile)

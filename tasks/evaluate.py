@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,8 @@ from sklearn.metrics import (
 
 from aviary.config import EvalConfig
 from aviary.saved_model import predict_saved_model
-from aviary.tasks.train import load_arrays
+from aviary.tasks.preprocess import dataset_profile, load_model
+from aviary.tasks.train import load_inputs
 from aviary.types import Dataset, EvalReport, TrainedModel
 
 DEFAULT_THRESHOLD = 0.5
@@ -56,24 +58,36 @@ def report(labels: np.ndarray, scores: np.ndarray, threshold: float) -> EvalRepo
     )
 
 
-def predict_keras(model_path: Path, features: np.ndarray) -> np.ndarray:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+def predict_keras(model_path: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Scores of the trained Keras model for raw inputs keyed by input name."""
+    model = load_model(model_path)
+    data = tf_inputs(inputs)
+    return np.asarray(model.predict(data, batch_size=8192, verbose=0)).reshape(-1)
 
-    model = keras.saving.load_model(model_path)
-    return np.asarray(model.predict(features, batch_size=8192, verbose=0)).reshape(-1)
+
+def tf_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    import tensorflow as tf
+
+    return {name: tf.constant(values, dtype=tf.string if values.dtype == object else tf.float32) for name, values in inputs.items()}
 
 
 def evaluate_model(trained: TrainedModel, eval_set: Dataset, cfg: EvalConfig) -> EvalReport:
-    features, labels = load_arrays(eval_set)
-    scores = predict_keras(trained.path, features)
+    profile = trained.profile or dataset_profile(eval_set)
+    inputs, labels = load_inputs(eval_set, profile)
+    scores = predict_keras(trained.path, inputs)
     return report(labels, scores, choose_threshold(labels, scores, cfg.precision_floor))
 
 
-def evaluate_version(version_dir: Path, eval_set: Dataset, threshold: float) -> EvalReport:
-    """An exported version on this run's eval set, at the threshold it serves with."""
+def evaluate_version(
+    version_dir: Path, eval_set: Dataset, threshold: float, inputs: Mapping[str, str] | None = None
+) -> EvalReport:
+    """An exported version on this run's eval set, at the threshold it serves with.
+
+    `inputs` maps columns to the version's input names (its metadata has them); by default they are the same.
+    """
     frame = pd.read_parquet(eval_set.path, columns=[*eval_set.features, eval_set.label])
-    scores = predict_saved_model(version_dir, frame, eval_set.features)["probability"]
+    mapping = dict(inputs) if inputs else {f: f for f in eval_set.features}
+    scores = predict_saved_model(version_dir, frame, mapping)["probability"]
     return report(frame[eval_set.label].to_numpy(), scores, threshold)
 
 
@@ -83,5 +97,7 @@ def evaluate_model_task(trained: TrainedModel, eval_set: Dataset, cfg: EvalConfi
 
 
 @task(name="evaluate-version")
-def evaluate_version_task(version_dir: Path, eval_set: Dataset, threshold: float) -> EvalReport:
-    return evaluate_version(version_dir, eval_set, threshold)
+def evaluate_version_task(
+    version_dir: Path, eval_set: Dataset, threshold: float, inputs: Mapping[str, str] | None = None
+) -> EvalReport:
+    return evaluate_version(version_dir, eval_set, threshold, inputs)

@@ -12,13 +12,15 @@ Per feature kind:
 - categorical (strings): `StringLookup` over the most frequent training values (at most `max_vocabulary`),
   with one out-of-vocabulary bucket that also takes "" (missing); one-hot up to `one_hot_max` values,
   an `Embedding` above.
-With the missing policy "impute", each numeric and boolean feature also gets a 0/1 missing indicator.
+A numeric or boolean feature with missing values in the training split (missing policy "impute") also
+gets a 0/1 missing indicator.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aviary.profile import DataProfile, FeatureKind, FeatureProfile
+from aviary.profile import DataProfile, FeatureKind, FeatureProfile, input_names
+from aviary.types import Dataset
 
 Z_LIMIT = 20.0
 """Normalized values are clipped here: far outside the training range, but never inf or NaN downstream."""
@@ -39,9 +42,8 @@ class Encoding:
     """How the categorical features are encoded; the training config supplies it."""
 
     max_vocabulary: int = 1000
-    one_hot_max: int = 32
+    one_hot_max: int = 1001
     embedding_dim: int = 8
-    impute: bool = False
 
 
 def is_categorical(feature: FeatureProfile) -> bool:
@@ -75,7 +77,7 @@ def _define_layers() -> dict[str, type]:
     from keras import ops
 
     @keras.saving.register_keras_serializable(package="aviary")
-    class FillMissing(keras.layers.Layer):  # type: ignore[misc]
+    class FillMissing(keras.layers.Layer):
         """NaN becomes `value`; infinities and values beyond float32 become +-float32 max."""
 
         def __init__(self, value: float, **kwargs: Any) -> None:
@@ -90,14 +92,14 @@ def _define_layers() -> dict[str, type]:
             return {**super().get_config(), "value": self.value}
 
     @keras.saving.register_keras_serializable(package="aviary")
-    class MissingIndicator(keras.layers.Layer):  # type: ignore[misc]
+    class MissingIndicator(keras.layers.Layer):
         """1.0 where the value is missing (NaN), else 0.0."""
 
         def call(self, inputs: Any) -> Any:
             return ops.cast(ops.isnan(inputs), "float32")
 
     @keras.saving.register_keras_serializable(package="aviary")
-    class Clip(keras.layers.Layer):  # type: ignore[misc]
+    class Clip(keras.layers.Layer):
         def __init__(self, limit: float, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.limit = float(limit)
@@ -165,7 +167,7 @@ def encode_features(inputs: dict[str, Any], profile: DataProfile, encoding: Enco
         else:
             scaled = keras.layers.Normalization(mean=mean, variance=variance, name=f"{name}_normalize")(filled)
             parts.append(layers["Clip"](Z_LIMIT, name=f"{name}_clip")(scaled))
-        if encoding.impute:
+        if feature.missing:
             parts.append(layers["MissingIndicator"](name=f"{name}_missing")(column))
     return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name="features")(parts)
 
@@ -195,10 +197,77 @@ def category_strings(column: pd.Series) -> np.ndarray:
     return column.astype("string").fillna("").to_numpy(dtype=object)
 
 
-def json_instance(inputs: dict[str, np.ndarray], i: int) -> dict[str, Any]:
-    """Row `i` as a TF Serving JSON instance: str for strings, float for numbers (None never appears)."""
-    return {name: (str(values[i]) if values.dtype == object else float(values[i])) for name, values in inputs.items()}
+def json_instances(frame: pd.DataFrame, profile: DataProfile) -> list[dict[str, float | str]]:
+    """Rows as TF Serving JSON instances under the input names: text for categories, the numbers as written."""
+    columns: dict[str, list[Any]] = {}
+    for feature in profile.features:
+        column = frame[feature.column]
+        if is_categorical(feature):
+            columns[feature.input_name] = [str(v) for v in category_strings(column)]
+        else:
+            columns[feature.input_name] = [float(v) for v in pd.to_numeric(column, errors="coerce").to_numpy(np.float64)]
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
 
 
 def quiet_tf() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# -- profiles of in-memory frames -------------------------------------------------------------------
+
+
+def kind_of(column: pd.Series, declared_categorical: bool) -> FeatureKind:
+    if declared_categorical or not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
+        return FeatureKind.CATEGORICAL
+    if pd.api.types.is_bool_dtype(column):
+        return FeatureKind.BOOLEAN
+    if pd.api.types.is_integer_dtype(column):
+        return FeatureKind.INTEGER
+    return FeatureKind.NUMERIC
+
+
+def profile_frame(
+    frame: pd.DataFrame, features: Iterable[str], label: str, categorical: Iterable[str] = ()
+) -> DataProfile:
+    """The profile of rows held in memory; ingest computes the same while the file streams past."""
+    features = list(features)
+    names = input_names(features)
+    declared = set(categorical)
+    profiles = []
+    for column in features:
+        values = frame[column]
+        kind = kind_of(values, column in declared)
+        if kind == FeatureKind.CATEGORICAL:
+            text = pd.Series(category_strings(values))
+            present = text[text != ""]
+            counts = present.value_counts()
+            profiles.append(
+                FeatureProfile(
+                    column=column, input_name=names[column], kind=kind, count=len(present),
+                    missing=len(text) - len(present), categories={str(k): int(v) for k, v in counts.items()},
+                    distinct=len(counts),
+                )
+            )
+            continue
+        numbers = values.astype(float).dropna()
+        count = len(numbers)
+        profiles.append(
+            FeatureProfile(
+                column=column, input_name=names[column], kind=kind, count=count, missing=len(values) - count,
+                minimum=float(numbers.min()) if count else None, maximum=float(numbers.max()) if count else None,
+                mean=float(numbers.mean()) if count else None, std=float(numbers.std(ddof=0)) if count else None,
+                quantiles=tuple(float(q) for q in np.quantile(numbers, np.linspace(0, 1, 11))) if count else (),
+            )
+        )
+    labels = frame[label].astype(int).value_counts()
+    return DataProfile(
+        rows=len(frame), features=tuple(profiles), label=label, label_counts={int(str(k)): int(v) for k, v in labels.items()}
+    )
+
+
+def dataset_profile(dataset: Dataset) -> DataProfile:
+    """The profile ingest attached to the data set, or one computed from its Parquet file where none is attached."""
+    if dataset.profile is not None:
+        return dataset.profile
+    frame = pd.read_parquet(dataset.path, columns=[*dataset.features, dataset.label])
+    return profile_frame(frame, dataset.features, dataset.label)

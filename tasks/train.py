@@ -1,4 +1,9 @@
-"""Train the classifier with Keras; the result is a path, never the model object."""
+"""Train the classifier with Keras; the result is a path, never the model object.
+
+The model takes one raw input per feature, keyed by its input name, and starts with preprocessing
+layers built from the training split's profile (tasks/preprocess.py), so the saved model, and the
+SavedModel exported from it, do to raw values exactly what training did.
+"""
 
 from __future__ import annotations
 
@@ -12,29 +17,34 @@ from prefect import task
 
 from aviary.cache import train_cache_key
 from aviary.config import TrainConfig
+from aviary.profile import DataProfile
+from aviary.tasks.preprocess import Encoding, build_inputs, dataset_profile, encode_features, frame_inputs
 from aviary.types import Dataset, TrainedModel
 
 MODEL_FILE = "model.keras"
 VALIDATION_SPLIT = 0.1
 
 
-def load_arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+def load_inputs(dataset: Dataset, profile: DataProfile) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The model's raw inputs (by input name) and the 0/1 labels of a data set's rows."""
     frame = pd.read_parquet(dataset.path, columns=[*dataset.features, dataset.label])
-    features = frame[list(dataset.features)].to_numpy(dtype=np.float32)
-    labels = frame[dataset.label].to_numpy(dtype=np.float32)
-    return features, labels
+    return frame_inputs(frame, profile), frame[dataset.label].to_numpy(dtype=np.float32)
 
 
-def build_model(n_features: int, cfg: TrainConfig) -> Any:
+def encoding(cfg: TrainConfig) -> Encoding:
+    return Encoding(max_vocabulary=cfg.max_vocabulary, one_hot_max=cfg.one_hot_max, embedding_dim=cfg.embedding_dim)
+
+
+def build_model(profile: DataProfile, cfg: TrainConfig) -> Any:
+    """Preprocessing from the profile, then `cfg.hidden_units` ReLU layers and a sigmoid."""
     import keras
 
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(n_features,), name="features"),
-            keras.layers.Dense(cfg.hidden_units, activation="relu", name="hidden"),
-            keras.layers.Dense(1, activation="sigmoid", name="probability"),
-        ]
-    )
+    inputs = build_inputs(profile)
+    x = encode_features(inputs, profile, encoding(cfg))
+    for i, units in enumerate(cfg.hidden_units):
+        x = keras.layers.Dense(units, activation="relu", name="hidden" if i == 0 else f"hidden_{i + 1}")(x)
+    probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    model = keras.Model(inputs, probability)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
         loss="binary_crossentropy",
@@ -43,24 +53,42 @@ def build_model(n_features: int, cfg: TrainConfig) -> Any:
     return model
 
 
+def class_weights(profile: DataProfile, mode: str) -> dict[int, float] | None:
+    """Balanced: each class's rows weigh rows / (2 * class rows), so both classes count alike in the loss."""
+    counts = {c: profile.label_counts.get(c, 0) for c in (0, 1)}
+    if mode == "none" or not all(counts.values()):
+        return None
+    total = sum(counts.values())
+    return {c: total / (2 * n) for c, n in counts.items()}
+
+
 def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel:
-    """Early stopping watches a validation slice of the training set, so the eval set stays unseen."""
+    """Early stopping watches a validation slice of the training set, so the eval set stays unseen;
+    the weights of the best validation epoch are the ones kept."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
-    features, labels = load_arrays(train)
-    model = build_model(features.shape[1], cfg)
+    profile = dataset_profile(train)
+    inputs, labels = load_inputs(train, profile)
+    # The split already shuffled the rows, so the last slice is a random sample of them.
+    n_fit = len(labels) - max(1, int(len(labels) * VALIDATION_SPLIT))
+
+    def batches(rows: slice, shuffle: bool) -> Any:
+        data = tf.data.Dataset.from_tensor_slices(({k: v[rows] for k, v in inputs.items()}, labels[rows]))
+        if shuffle:
+            data = data.shuffle(n_fit, seed=cfg.seed, reshuffle_each_iteration=True)
+        return data.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+
+    model = build_model(profile, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     history = model.fit(
-        features,
-        labels,
-        batch_size=cfg.batch_size,
+        batches(slice(0, n_fit), shuffle=True),
+        validation_data=batches(slice(n_fit, None), shuffle=False),
         epochs=cfg.epochs,
-        validation_split=VALIDATION_SPLIT,
-        shuffle=True,
+        class_weight=class_weights(profile, cfg.class_weight),
         verbose=0,
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
@@ -75,6 +103,7 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
         epochs_run=len(losses),
         final_loss=float(losses[-1]),
         final_val_loss=float(min(val_losses)),
+        profile=profile,
     )
 
 

@@ -32,7 +32,7 @@ def test_layers_come_from_the_profile_without_touching_data() -> None:
     assert [f.kind for f in profile.features] == [
         FeatureKind.NUMERIC, FeatureKind.INTEGER, FeatureKind.BOOLEAN, FeatureKind.CATEGORICAL
     ]
-    model = preprocessor(profile, Encoding(impute=True))
+    model = preprocessor(profile, Encoding())
     out = np.asarray(model(frame_inputs(FRAME, profile)))
     # radius z, radius missing, count z, flag, flag missing, count missing..., then the colour one-hot
     radius = profile.feature("mean radius")
@@ -75,7 +75,7 @@ def test_model_with_preprocessing_saves_and_loads(tmp_path: Path) -> None:
 
     profile = profile_frame(FRAME, FEATURES, "label")
     inputs = build_inputs(profile)
-    features = encode_features(inputs, profile, Encoding(impute=True))
+    features = encode_features(inputs, profile, Encoding())
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(features))
     model.save(tmp_path / "m.keras")
     again = load_model(tmp_path / "m.keras")
