@@ -19,21 +19,37 @@ class _Frozen(BaseModel):
 class DataConfig(_Frozen):
     path: Path = Field(Path("data/circle.csv"), description="CSV file to train on.")
     features: tuple[str, ...] = Field(("x", "y"), min_length=1, description="Feature columns, in model input order.")
-    label: str = Field("class", min_length=1, description="Label column: 0 or 1.")
+    label: str = Field(
+        "class",
+        min_length=1,
+        description="Label column: 0/1 (also 0.0/1.0), true/false or yes/no in any letter case; 1, true and yes are class 1.",
+    )
     min_rows: int = Field(100, ge=2, description="Fewer valid rows than this fails ingest.")
     cases: tuple[Case, ...] | None = Field(
         None,
         description="Behavioural cases: inputs (by column) and the class they must get, checked in tests and after "
         "every deploy. Empty: the circle's cases when the features are x and y, none otherwise.",
     )
+    categorical: tuple[str, ...] = Field(
+        (), description="Features read as categories even when they look numeric (codes); text columns always are."
+    )
+    missing: Literal["reject", "impute"] = Field(
+        "reject",
+        description="Empty or NaN feature cells: reject fails ingest naming the first; impute keeps them for training to fill.",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> DataConfig:
-        twice = sorted({f for f in self.features if self.features.count(f) > 1})
-        if twice:
-            raise ValueError(f"data.features lists {', '.join(repr(f) for f in twice)} more than once")
-        if self.label in self.features:
-            raise ValueError(f"data.label '{self.label}' is also among data.features")
+        seen: set[str] = set()
+        for name in self.features:
+            if name in seen:
+                raise ValueError(f"feature {name!r} is listed twice in features")
+            seen.add(name)
+        if self.label in seen:
+            raise ValueError(f"label {self.label!r} is also listed among the features")
+        unknown = [name for name in self.categorical if name not in seen]
+        if unknown:
+            raise ValueError(f"categorical column {unknown[0]!r} is not among the features {list(self.features)}")
         for i, case in enumerate(self.cases or (), start=1):
             if set(case.inputs) != set(self.features):
                 lacks = [f for f in self.features if f not in case.inputs]
@@ -48,7 +64,10 @@ class DataConfig(_Frozen):
 
 class SplitConfig(_Frozen):
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Share of rows held out for evaluation.")
-    seed: int = Field(42, description="Seed of the stratified split.")
+    seed: int = Field(42, description="Seed of the split: a hash of each row's index and the seed picks its side.")
+    max_categories: int = Field(
+        1000, ge=1, le=1_000_000, description="Most frequent values per categorical feature kept in the training profile."
+    )
 
 
 class TrainConfig(_Frozen):

@@ -15,7 +15,11 @@ class _Result(BaseModel):
 
 
 class Dataset(_Result):
-    """A validated data set: `path` is a Parquet file of exactly the feature and label columns."""
+    """A validated data set: `path` is a Parquet file of exactly the feature and label columns.
+
+    Features are float64, bool or string columns (null where missing), the label int8 0/1. A
+    training split carries its `profile`, computed while it was written.
+    """
 
     path: Path
     source: Path
@@ -24,7 +28,6 @@ class Dataset(_Result):
     features: tuple[str, ...]
     label: str
     profile: DataProfile | None = None
-    """Schema and statistics of these rows (set on the training split): what preprocessing is built from."""
 
 
 class Split(_Result):

@@ -98,9 +98,7 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
 
     baseline = None
     if production is not None and baseline_version is not None and not drift.schema_changed:
-        baseline = evaluate_version_task(
-            store.version_dir(baseline_version), split.eval, production.threshold, production.inputs or None
-        )
+        baseline = evaluate_version_task(store.version_dir(baseline_version), split.eval, production.threshold)
     verdict = gate_model_task(
         evaluation, config.gate, baseline, baseline_version if baseline else None, baseline_role, drift
     )

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from prefect import task
 from sklearn.metrics import (
     accuracy_score,
@@ -21,12 +20,12 @@ from sklearn.metrics import (
 )
 
 from aviary.config import EvalConfig
-from aviary.saved_model import predict_saved_model
-from aviary.tasks.preprocess import dataset_profile, load_model
-from aviary.tasks.train import load_inputs
+from aviary.dataio import label_array, tf_batches
+from aviary.tasks.preprocess import load_model, quiet_tf
 from aviary.types import Dataset, EvalReport, TrainedModel
 
 DEFAULT_THRESHOLD = 0.5
+SCORE_BATCH = 65_536
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, precision_floor: float) -> float:
@@ -71,24 +70,32 @@ def tf_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {name: tf.constant(values, dtype=tf.string if values.dtype == object else tf.float32) for name, values in inputs.items()}
 
 
+def score_keras(model_path: Path, eval_set: Dataset) -> np.ndarray:
+    """The model's scores for every eval row in file order, streamed in batches: float32, 4 bytes a row."""
+    model = load_model(model_path)
+    batches = tf_batches(eval_set, SCORE_BATCH).map(lambda inputs, _: inputs)
+    return np.asarray(model.predict(batches, verbose=0), dtype=np.float32).reshape(-1)
+
+
+def score_version(version_dir: Path, eval_set: Dataset) -> np.ndarray:
+    """An exported version's serving-signature scores for every eval row, streamed: what TF Serving would answer."""
+    quiet_tf()
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    parts = [signature(**inputs)["probability"].numpy().reshape(-1) for inputs, _ in tf_batches(eval_set, SCORE_BATCH)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.empty(0, dtype=np.float32)
+
+
 def evaluate_model(trained: TrainedModel, eval_set: Dataset, cfg: EvalConfig) -> EvalReport:
-    profile = trained.profile or dataset_profile(eval_set)
-    inputs, labels = load_inputs(eval_set, profile)
-    scores = predict_keras(trained.path, inputs)
+    """Metrics from streamed predictions; scores and labels are kept as compact arrays (5 bytes a row)."""
+    labels, scores = label_array(eval_set), score_keras(trained.path, eval_set)
     return report(labels, scores, choose_threshold(labels, scores, cfg.precision_floor))
 
 
-def evaluate_version(
-    version_dir: Path, eval_set: Dataset, threshold: float, inputs: Mapping[str, str] | None = None
-) -> EvalReport:
-    """An exported version on this run's eval set, at the threshold it serves with.
-
-    `inputs` maps columns to the version's input names (its metadata has them); by default they are the same.
-    """
-    frame = pd.read_parquet(eval_set.path, columns=[*eval_set.features, eval_set.label])
-    mapping = dict(inputs) if inputs else {f: f for f in eval_set.features}
-    scores = predict_saved_model(version_dir, frame, mapping)["probability"]
-    return report(frame[eval_set.label].to_numpy(), scores, threshold)
+def evaluate_version(version_dir: Path, eval_set: Dataset, threshold: float) -> EvalReport:
+    """An exported version on this run's eval set, at the threshold it serves with."""
+    return report(label_array(eval_set), score_version(version_dir, eval_set), threshold)
 
 
 @task(name="evaluate-model")
@@ -97,7 +104,5 @@ def evaluate_model_task(trained: TrainedModel, eval_set: Dataset, cfg: EvalConfi
 
 
 @task(name="evaluate-version")
-def evaluate_version_task(
-    version_dir: Path, eval_set: Dataset, threshold: float, inputs: Mapping[str, str] | None = None
-) -> EvalReport:
-    return evaluate_version(version_dir, eval_set, threshold, inputs)
+def evaluate_version_task(version_dir: Path, eval_set: Dataset, threshold: float) -> EvalReport:
+    return evaluate_version(version_dir, eval_set, threshold)

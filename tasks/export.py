@@ -21,6 +21,7 @@ from prefect import task
 
 from aviary.behaviour import Case
 from aviary.config import ExportConfig
+from aviary.dataio import head_frame
 from aviary.files import file_digest
 from aviary.profile import DataProfile
 from aviary.saved_model import SIGNATURE, predict_saved_model
@@ -167,7 +168,7 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=store.base))
     try:
         write_saved_model(trained.path, profile, evaluation.threshold, tmp)
-        rows = pd.read_parquet(eval_set.path)
+        rows = head_frame(eval_set, max(2 * cfg.golden_rows, cfg.warmup_records))  # not the whole eval set
         golden = golden_rows(rows, profile, cfg.golden_rows)
         served = predict_saved_model(tmp, golden, inputs)
         golden_set = GoldenSet(

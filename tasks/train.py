@@ -17,12 +17,15 @@ from prefect import task
 
 from aviary.cache import train_cache_key
 from aviary.config import TrainConfig
+from aviary.dataio import tf_batches
 from aviary.profile import DataProfile
 from aviary.tasks.preprocess import Encoding, build_inputs, dataset_profile, encode_features, frame_inputs
 from aviary.types import Dataset, TrainedModel
 
 MODEL_FILE = "model.keras"
 VALIDATION_SPLIT = 0.1
+VALIDATION_BATCH = 8192
+"""Rows per validation batch: no gradients, so as large as is cheap."""
 
 
 def load_inputs(dataset: Dataset, profile: DataProfile) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -63,8 +66,12 @@ def class_weights(profile: DataProfile, mode: str) -> dict[int, float] | None:
 
 
 def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel:
-    """Early stopping watches a validation slice of the training set, so the eval set stays unseen;
-    the weights of the best validation epoch are the ones kept."""
+    """Early stopping watches a validation share of the training set, so the eval set stays unseen;
+    the weights of the best validation epoch are the ones kept.
+
+    Batches stream from the training split's Parquet file (shuffled each epoch from the seed), so
+    memory does not grow with the rows; the validation share is chosen by a hash of the row index.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -72,21 +79,13 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     profile = dataset_profile(train)
-    inputs, labels = load_inputs(train, profile)
-    # The split already shuffled the rows, so the last slice is a random sample of them.
-    n_fit = len(labels) - max(1, int(len(labels) * VALIDATION_SPLIT))
-
-    def batches(rows: slice, shuffle: bool) -> Any:
-        data = tf.data.Dataset.from_tensor_slices(({k: v[rows] for k, v in inputs.items()}, labels[rows]))
-        if shuffle:
-            data = data.shuffle(n_fit, seed=cfg.seed, reshuffle_each_iteration=True)
-        return data.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
-
+    fit = tf_batches(train, cfg.batch_size, seed=cfg.seed, part="fit", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
+    held = tf_batches(train, VALIDATION_BATCH, part="holdout", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
     model = build_model(profile, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     history = model.fit(
-        batches(slice(0, n_fit), shuffle=True),
-        validation_data=batches(slice(n_fit, None), shuffle=False),
+        fit,
+        validation_data=held,
         epochs=cfg.epochs,
         class_weight=class_weights(profile, cfg.class_weight),
         verbose=0,
