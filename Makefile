@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 
-.PHONY: setup run test lint typecheck data serve-status serve-stop bench clean image
+.PHONY: setup run test lint typecheck data serve-status serve-stop bench bench-quality clean image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ serve-stop: setup
 bench: setup
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_train.py
+
+bench-quality: setup
+	$(PY) benchmarks/bench_quality.py
 
 clean:
 	-$(PY) -m aviary.targets.local stop
