@@ -15,7 +15,6 @@ from pathlib import Path
 from aviary.store import GOLDEN_FILE
 
 
-
 def rewrap(version_dir: Path, transform: Callable[..., dict[str, object]]) -> None:
     """Replace the version's serving signature by `transform(inputs, outputs, threshold)` of the original."""
     import tensorflow as tf

@@ -18,9 +18,9 @@ from aviary.targets.local import LocalTarget
 from aviary.tasks.evaluate import evaluate_model
 from aviary.tasks.export import export_model
 from aviary.types import Split, TrainedModel, Verdict
+from benchmarks.canaries import drift, fail_out_of_range
 from benchmarks.loadgen import Load, circle_traffic
 from tests.conftest import free_port
-from benchmarks.canaries import drift, fail_out_of_range
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 BLESSED = Verdict(blessed=True, reasons=("test",))
