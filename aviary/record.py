@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from aviary.rollout import RolloutState
+from aviary.rollout import Rollout
 from aviary.store import ModelStore, write_json_atomic
 
 ROLLOUTS_DIR = "rollouts"
@@ -64,7 +64,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def build_record(state: RolloutState, target: str) -> RolloutRecord:
+def build_record(state: Rollout, target: str) -> RolloutRecord:
     steps = []
     for result in state.steps:
         a = result.analysis

@@ -119,7 +119,9 @@ class StepResult:
 
 
 @dataclass(frozen=True)
-class RolloutState:
+class Rollout:
+    """One canary rollout of `version` beside `stable`: its phase now and every step that led there."""
+
     model: str
     version: int
     stable: int | None
@@ -145,8 +147,8 @@ class RolloutState:
         return ""
 
 
-def advance(state: RolloutState, event: Event, reason: str = "", at: float | None = None,
-            **changes: Any) -> RolloutState:
+def advance(state: Rollout, event: Event, reason: str = "", at: float | None = None,
+            **changes: Any) -> Rollout:
     """The one place where phases change; `changes` are what the phase's action observed."""
     target = TRANSITIONS.get((state.phase, event))
     if target is None:
@@ -158,7 +160,7 @@ def advance(state: RolloutState, event: Event, reason: str = "", at: float | Non
     return replace(state, phase=target, reason=reason, history=(*state.history, step), **changes)
 
 
-def judge(state: RolloutState, analysis: StepAnalysis, failed_checks: int) -> Event:
+def judge(state: Rollout, analysis: StepAnalysis, failed_checks: int) -> Event:
     """A passed analysis moves on; anything else counts against the threshold."""
     if analysis.verdict is Verdict.PASSED:
         return Event.STEP_PASSED
@@ -181,8 +183,8 @@ class CheckOutcome:
 
 
 Check = Callable[[Endpoint], CheckOutcome]
-Observer = Callable[[RolloutState], None]
-Approver = Callable[[RolloutState], Approval | None]
+Observer = Callable[[Rollout], None]
+Approver = Callable[[Rollout], Approval | None]
 """Asks for a decision; None when none came before the configured timeout."""
 
 
@@ -215,7 +217,7 @@ class _Runner:
         self.approve = approve
         self.window = _Window()
 
-    def plan(self, state: RolloutState) -> tuple[int, ...]:
+    def plan(self, state: Rollout) -> tuple[int, ...]:
         """Traffic steps need a stable version to compare with and a target that can split traffic."""
         if self.cfg is None or state.stable is None or not getattr(self.target, "traffic_split", False):
             return ()
@@ -224,7 +226,7 @@ class _Runner:
     def snapshot(self, model: str) -> Snapshot:
         return parse_metrics(self.target.scrape(model), model)
 
-    def act(self, state: RolloutState) -> tuple[Event, str, dict[str, Any]]:
+    def act(self, state: Rollout) -> tuple[Event, str, dict[str, Any]]:
         """Perform the current phase's side effect; return the event it produced and what it observed."""
         try:
             return self._act(state)
@@ -232,13 +234,14 @@ class _Runner:
             detail = str(error) if isinstance(error, TargetError) else f"{type(error).__name__}: {error}"
             return Event.FAILED, detail, {}
 
-    def _act(self, state: RolloutState) -> tuple[Event, str, dict[str, Any]]:
+    def _act(self, state: Rollout) -> tuple[Event, str, dict[str, Any]]:
         model, version, target = state.model, state.version, self.target
         plan = self.plan(state)
         mirror = self.cfg.shadow.mirror_percent if self.cfg is not None else 0
         match state.phase:
             case Phase.PENDING:
-                return Event.START, f"{target.name}: canary v{version} beside stable v{state.stable}", {}
+                beside = f"beside stable v{state.stable}" if state.stable is not None else "with no stable version"
+                return Event.START, f"{target.name}: canary v{version} {beside}", {}
             case Phase.DEPLOYING:
                 if plan:  # before the canary loads, so unversioned requests stay with stable
                     target.set_traffic(model, 0, 0)
@@ -286,10 +289,11 @@ class _Runner:
                     with contextlib.suppress(Exception):
                         target.set_traffic(model, 0, 0)
                 target.roll_back(model, state.stable)
-                return Event.ROLLED_BACK, f"canary v{version} removed; stable v{state.stable} serving", {}
+                left = f"stable v{state.stable} serving" if state.stable is not None else "nothing else was serving"
+                return Event.ROLLED_BACK, f"canary v{version} removed; {left}", {}
         raise InvalidTransition(f"nothing to do in {state.phase}")
 
-    def _bake(self, state: RolloutState, mirror: int) -> tuple[Event, str, dict[str, Any]]:
+    def _bake(self, state: Rollout, mirror: int) -> tuple[Event, str, dict[str, Any]]:
         """Live traffic at this share until the window can be judged: bake time and enough requests,
         or a failure already beyond doubt, or the step's deadline."""
         assert self.cfg is not None
@@ -309,7 +313,7 @@ class _Runner:
         self.window = window
         return Event.BAKED, f"{analysis.canary.requests} canary requests in {elapsed:.1f} s", {}
 
-    def _approval(self, state: RolloutState) -> tuple[Event, str, dict[str, Any]]:
+    def _approval(self, state: Rollout) -> tuple[Event, str, dict[str, Any]]:
         assert self.cfg is not None
         cfg = self.cfg.approval
         answer = self.approve(state) if self.approve is not None else None
@@ -333,10 +337,10 @@ def run_rollout(
     observe: Observer | None = None,
     canary: CanaryConfig | None = None,
     approve: Approver | None = None,
-) -> RolloutState:
+) -> Rollout:
     """Drive the machine to a terminal phase. Without `canary`, the golden-set check alone decides."""
     runner = _Runner(target, check, ready_timeout_s, canary, approve)
-    state = RolloutState(model=model, version=version, stable=stable)
+    state = Rollout(model=model, version=version, stable=stable)
     while not state.done:
         event, reason, changes = runner.act(state)
         state = advance(state, event, reason, **changes)

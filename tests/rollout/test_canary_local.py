@@ -20,7 +20,7 @@ from aviary.tasks.export import export_model
 from aviary.types import Split, TrainedModel, Verdict
 from benchmarks.canaries import drift, fail_out_of_range
 from benchmarks.loadgen import Load, circle_traffic
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 BLESSED = Verdict(blessed=True, reasons=("test",))

@@ -15,7 +15,7 @@ from aviary.rollout import (
     CheckOutcome,
     Event,
     Phase,
-    RolloutState,
+    Rollout,
     run_rollout,
 )
 from aviary.targets.base import TargetError
@@ -35,7 +35,7 @@ def fake(behaviour: Callable[[int], Behaviour] = lambda _s: Behaviour(), per_scr
 
 
 def drive(target: FakeTarget, canary: CanaryConfig = FAST,
-          approve: Callable[[RolloutState], Approval | None] | None = None) -> RolloutState:
+          approve: Callable[[Rollout], Approval | None] | None = None) -> Rollout:
     seen: list[Phase] = []
     state = run_rollout(target, "circle", 2, 1, lambda _e: PASS, 5.0, lambda s: seen.append(s.phase),
                         canary=canary, approve=approve)
@@ -43,7 +43,7 @@ def drive(target: FakeTarget, canary: CanaryConfig = FAST,
     return state
 
 
-def phases(state: RolloutState) -> list[Phase]:
+def phases(state: Rollout) -> list[Phase]:
     return [step.phase for step in state.history]
 
 
@@ -129,9 +129,9 @@ APPROVAL = FAST.model_copy(update={"approval": ApprovalConfig(required=True, tim
 
 
 def test_approval_promote() -> None:
-    asked: list[RolloutState] = []
+    asked: list[Rollout] = []
 
-    def approve(state: RolloutState) -> Approval:
+    def approve(state: Rollout) -> Approval:
         asked.append(state)
         return Approval(decision="promote", comment="dashboards look fine")
 
