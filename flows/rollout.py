@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
+import threading
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, pause_flow_run
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.exceptions import FlowPauseTimeout, NotPausedError
+from prefect.flow_runs import resume_flow_run
 from pydantic import BaseModel, ConfigDict
 
-from aviary.config import PipelineConfig
-from aviary.flows.cli import add_config_arguments, config_from_args, one_line
-from aviary.lock import model_lock
-from aviary.ops.limits import rollout_slot
-from aviary.rollout import CheckOutcome, Phase, RolloutState, run_rollout
+from aviary.config import ApprovalConfig, PipelineConfig
+from aviary.flows.cli import add_config_arguments, config_from_args, run_main
+from aviary.lock import model_lock, rollout_slot
+from aviary.record import build_record, record_markdown, write_record
+from aviary.rollout import Approval, CheckOutcome, Phase, Rollout, run_rollout
 from aviary.store import History, ModelStore
 from aviary.targets import build_target
 from aviary.targets.base import Endpoint, Target
@@ -38,14 +41,43 @@ class RolloutResult(BaseModel):
     reason: str
     stable_before: int | None
     stable_after: int | None
+    record: str | None = None
 
 
-def timeline_markdown(state: RolloutState) -> str:
-    rows = [f"# Rollout of {state.model} v{state.version}: {state.phase}", "", "| at (UTC) | phase | why |", "|---|---|---|"]
-    for step in state.history:
-        at = datetime.fromtimestamp(step.at, UTC).strftime("%H:%M:%S.%f")[:-3]
-        rows.append(f"| {at} | {step.phase} | {step.reason.replace('|', '/')} |")
-    return "\n".join(rows) + "\n"
+PAUSE_MARGIN_S = 60
+"""The Prefect pause outlives the approval timeout: a pause that expires fails the flow run even when the
+default is to promote, so at the timeout the flow resumes itself with the default instead."""
+
+
+def ask_approval(cfg: ApprovalConfig, model: str, version: int) -> Approval | None:
+    """Pause the flow run with a typed form in the Prefect UI; None when nobody answers in time."""
+    logger = get_run_logger()
+    logger.info("%s v%s passed every traffic step; waiting up to %s s for a decision in the UI (default: %s)",
+                model, version, cfg.timeout_s, cfg.default)
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "approval needs a flow run"
+    run_id = context.flow_run.id
+    timed_out = threading.Event()
+
+    def take_default() -> None:
+        try:
+            resume_flow_run(run_id, run_input={"decision": cfg.default, "comment": "no decision in time"})
+        except (NotPausedError, FlowPauseTimeout, RuntimeError):
+            return  # a person answered first
+        timed_out.set()
+
+    timer = threading.Timer(cfg.timeout_s, take_default)
+    timer.daemon = True
+    timer.start()
+    try:
+        answer = pause_flow_run(wait_for_input=Approval, timeout=cfg.timeout_s + PAUSE_MARGIN_S,
+                                poll_interval=max(1, min(10, cfg.timeout_s // 10)), key=f"approve-{model}-{version}")
+    except FlowPauseTimeout:
+        return None
+    finally:
+        timer.cancel()
+        timer.join()
+    return None if timed_out.is_set() else Approval(decision=answer.decision, comment=answer.comment)
 
 
 def reconcile(target: Target, store: ModelStore) -> None:
@@ -85,16 +117,24 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
             report = check_predictions_task(endpoint, golden, config.rollout.check, model, version)
             return CheckOutcome(passed=report.passed, summary=report.summary)
 
-        def observe(state: RolloutState) -> None:
+        def observe(state: Rollout) -> None:
             logger.info("%s v%s: %s (%s)", model, version, state.phase, state.reason)
 
-        state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe)
+        canary = config.rollout.canary
+        state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe,
+                            canary=canary, approve=lambda _s: ask_approval(canary.approval, model, version))
         if state.phase is Phase.PROMOTED:
             store.set_aliases(production=version, canary=None)
             History(store).record("promoted", version, replaced=stable)
         elif state.phase is Phase.ROLLED_BACK:
             store.set_aliases(canary=None)
-        create_markdown_artifact(key=f"{model}-rollout", markdown=timeline_markdown(state))
+        # The record stays with the version whatever the outcome: why a canary went is on disk.
+        record = build_record(state, target.name)
+        record_path = write_record(store, record)
+        image = record_path.with_suffix(".png")
+        create_markdown_artifact(key=f"{model}-rollout",
+                                 markdown=record_markdown(record, image if image.exists() else None),
+                                 description=f"{model} v{version}: {state.phase}")
         # aviary.rollout.promoted / rolled-back / failed: the notification automation listens for the last two.
         emit_event(
             event=f"aviary.rollout.{OUTCOME_EVENTS.get(state.phase, 'failed')}",
@@ -103,9 +143,11 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
             payload={"phase": str(state.phase), "reason": state.reason, "failure": state.failure, "stable": stable},
         )
     result = RolloutResult(model=model, version=version, phase=state.phase, reason=state.reason,
-                           stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable)
+                           stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable,
+                           record=str(record_path))
     if state.phase is not Phase.PROMOTED:
-        raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; stable v{stable} keeps serving")
+        left = f"stable v{stable} keeps serving" if stable is not None else "no stable version was serving"
+        raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; {left}")
     return result
 
 
@@ -120,13 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("version", type=int, help="the exported version to deploy")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        result = rollout(args.version, config_from_args(args))
-    except Exception as error:  # noqa: BLE001 - one line, not a traceback
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    print(f"{result.model} v{result.version}: {result.phase} ({result.reason})")
-    return 0
+    return run_main(
+        lambda: rollout(args.version, config_from_args(args)),
+        lambda result: f"{result.model} v{result.version}: {result.phase} ({result.reason})",
+    )
 
 
 if __name__ == "__main__":

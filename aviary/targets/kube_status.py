@@ -10,13 +10,13 @@ Obj = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class RolloutState:
+class Rollout:
     done: bool
     failed: bool
     message: str
 
 
-def rollout_state(deployment: Obj) -> RolloutState:
+def rollout_state(deployment: Obj) -> Rollout:
     """kubectl's DeploymentStatusViewer: the controller must have observed the current generation;
     then ProgressDeadlineExceeded fails, and done means every replica updated, none old left,
     every updated one available."""
@@ -25,22 +25,22 @@ def rollout_state(deployment: Obj) -> RolloutState:
     status = deployment.get("status") or {}
     observed = int(status.get("observedGeneration") or 0)
     if observed < generation:
-        return RolloutState(False, False, f"waiting for the controller to observe generation {generation} of {name} (seen {observed})")
+        return Rollout(False, False, f"waiting for the controller to observe generation {generation} of {name} (seen {observed})")
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
             detail = condition.get("message") or "no progress within progressDeadlineSeconds"
-            return RolloutState(False, True, f"deployment {name} exceeded its progress deadline: {detail}")
+            return Rollout(False, True, f"deployment {name} exceeded its progress deadline: {detail}")
     wanted = int((deployment.get("spec") or {}).get("replicas", 1))
     updated = int(status.get("updatedReplicas") or 0)
     total = int(status.get("replicas") or 0)
     available = int(status.get("availableReplicas") or 0)
     if updated < wanted:
-        return RolloutState(False, False, f"{updated} of {wanted} replicas of {name} updated")
+        return Rollout(False, False, f"{updated} of {wanted} replicas of {name} updated")
     if total > updated:
-        return RolloutState(False, False, f"{total - updated} old replicas of {name} pending termination")
+        return Rollout(False, False, f"{total - updated} old replicas of {name} pending termination")
     if available < updated:
-        return RolloutState(False, False, f"{available} of {updated} updated replicas of {name} available")
-    return RolloutState(True, False, f"deployment {name} rolled out")
+        return Rollout(False, False, f"{available} of {updated} updated replicas of {name} available")
+    return Rollout(True, False, f"deployment {name} rolled out")
 
 
 def pod_problems(pods: Sequence[Obj], limit: int = 3) -> list[str]:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,13 +20,14 @@ import requests
 
 from aviary.config import LocalConfig
 from aviary.model_config import ModelEntry, build_model_config, render_model_configs
-from aviary.process import alive
+from aviary.process import Background, wait_started
 from aviary.store import write_json_atomic
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.1
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 class LocalTarget:
@@ -102,15 +100,14 @@ class LocalTarget:
                                   f"{code.name}: {details}") from error
 
     # -- the server process ------------------------------------------------
+    @property
+    def process(self) -> Background:
+        return Background(self.pid_file, self.log_file)
+
     def pid(self) -> int | None:
         """The server's pid when it runs and answers, else None."""
-        if not self.pid_file.exists():
-            return None
-        try:
-            pid = int(json.loads(self.pid_file.read_text())["pid"])
-        except (ValueError, KeyError, json.JSONDecodeError):
-            return None
-        return pid if alive(pid) and self._answers() else None
+        pid = self.process.pid()
+        return pid if pid is not None and self._answers() else None
 
     def _answers(self) -> bool:
         try:
@@ -129,7 +126,7 @@ class LocalTarget:
         if not self.config_file.exists():
             self.config_file.write_text(render_model_configs(self._entries(self._models())))
         monitoring = self.state_dir / "monitoring.config"
-        monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+        monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
         command = [
             self.python, "-m", "aviary.serving",
             f"--host={self.cfg.host}",
@@ -140,38 +137,19 @@ class LocalTarget:
             "--allow_version_labels_for_unavailable_models=true",
             f"--monitoring_config_file={monitoring.resolve()}",
         ]
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=Path(__file__).resolve().parents[2],
-            )
-        write_json_atomic(self.pid_file, {"pid": process.pid, "rest_port": self.cfg.rest_port,
-                                          "grpc_port": self.cfg.grpc_port, "started": time.time()})
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise TargetError(f"local server exited with code {process.returncode}; see {self.log_file}")
-            if self._answers():
-                return process.pid
-            time.sleep(POLL_S)
-        process.kill()
-        raise TargetError(f"local server did not answer on {self.rest} within {START_TIMEOUT_S:.0f} s; see {self.log_file}")
+        process = self.process.start(
+            command, cwd=Path(__file__).resolve().parents[2],
+            record={"rest_port": self.cfg.rest_port, "grpc_port": self.cfg.grpc_port},
+        )
+        failed = wait_started(process, self._answers, START_TIMEOUT_S, f"local server on {self.rest}", self.log_file, POLL_S)
+        if failed:
+            self.process.stop(STOP_TIMEOUT_S)
+            raise TargetError(failed)
+        return process.pid
 
     def stop(self) -> bool:
         """Stop the background server; True if one was running."""
-        if not self.pid_file.exists():
-            return False
-        pid = int(json.loads(self.pid_file.read_text())["pid"])
-        self.pid_file.unlink()
-        if not alive(pid):
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        return True
+        return self.process.stop(STOP_TIMEOUT_S)
 
     # -- the Target interface ----------------------------------------------
     def _status(self, model: str, version: int) -> tuple[str, str]:
@@ -229,6 +207,31 @@ class LocalTarget:
         if self.pid() is None:
             return Serving(stable=None, canary=None)
         return Serving(stable=labels.get("stable"), canary=labels.get("canary"))
+
+    # -- progressive delivery: the server's traffic split and its metrics -----
+    traffic_split = True
+
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> None:
+        """The local server's traffic split (an extension of TF Serving's API, off until this turns it on)."""
+        url = f"{self.rest}/v1/models/{model}/traffic"
+        body = {"canary_percent": canary_percent, "mirror_percent": mirror_percent}
+        try:
+            response = requests.post(url, json=body, timeout=10)
+        except requests.RequestException as error:
+            raise TargetError(f"local server: POST {url} failed: {error}") from error
+        if response.status_code != 200:
+            raise TargetError(f"local server refused the traffic split {body} for {model}: "
+                              f"HTTP {response.status_code}: {response.text[:200]}")
+
+    def scrape(self, model: str) -> list[str]:
+        url = f"{self.rest}{METRICS_PATH}"
+        try:
+            response = requests.get(url, timeout=10)
+        except requests.RequestException as error:
+            raise TargetError(f"local server: GET {url} failed: {error}") from error
+        if response.status_code != 200:
+            raise TargetError(f"local server: GET {url} answered HTTP {response.status_code}")
+        return [response.text]
 
 
 def main(argv: list[str] | None = None) -> int:
