@@ -17,6 +17,7 @@ from aviary.serving import jsontensor as jt
 from aviary.serving.manager import ModelManager
 from aviary.serving.servable import Runner, Servable, check_output_dtype
 from aviary.serving.status import invalid
+from aviary.serving.traffic import Answer, Traffic
 
 Outputs = dict[str, np.ndarray]
 Finish = Callable[[Outputs], Any]
@@ -153,36 +154,53 @@ def classification_values(outputs: Outputs, num_examples: int) -> list[list[tupl
 class ServingApi:
     """TF Serving's request handlers over a ModelManager."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, traffic: Traffic | None = None) -> None:
         self.manager = manager
+        self.traffic = traffic  # the traffic-split extension, when the server enables it
+
+    def _routed(self, name: str, version: int | None, label: str | None) -> tuple[Servable, Servable | None]:
+        """The servable that answers, and a canary to mirror to: the split decides only when nothing is named."""
+        if self.traffic is not None and version is None and label is None:
+            return self.traffic.route(name)
+        return self.manager.resolve(name, version, label), None
+
+    def _answer(self, servable: Servable, finish: Finish, shadow: Servable | None = None, signature: str = "",
+                feeds: dict[str, np.ndarray] | None = None) -> Answer:
+        mirror = None
+        if shadow is not None and self.traffic is not None and feeds is not None:
+            mirror = self.traffic.mirror_to(servable.name, shadow, signature, feeds)
+        return Answer(finish, servable.version, mirror)
 
     # ----------------------------------------------------------------- REST
 
     def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
-        servable = self.manager.resolve(name, version, label)
+        servable, shadow = self._routed(name, version, label)
         runner = servable.runner_for_rest(signature_name)
         if not runner.input_dtypes:
             raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
         feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
-        return runner, feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
+        return runner, feeds, self._answer(servable, lambda outputs: jt.predict_response_json(outputs, row_format),
+                                           shadow, runner.name, feeds)
 
     def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         request_input = jt.input_from_json(doc)
-        servable = self.manager.resolve(name, version, label)
+        servable, _ = self._routed(name, version, label)
         _, runner, feeds, n = _examples_call(servable.prepare_classify, signature_name, request_input)
-        return runner, feeds, lambda outputs: jt.classify_response_json(classification_values(outputs, n))
+        return runner, feeds, self._answer(
+            servable, lambda outputs: jt.classify_response_json(classification_values(outputs, n)))
 
     def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
         doc = jt.parse_json_object(body)
         signature_name = jt.signature_name_of(doc)
         request_input = jt.input_from_json(doc)
-        servable = self.manager.resolve(name, version, label)
+        servable, _ = self._routed(name, version, label)
         _, runner, feeds, n = _examples_call(servable.prepare_regress, signature_name, request_input)
-        return runner, feeds, lambda outputs: jt.regress_response_json(regression_values(outputs, n))
+        return runner, feeds, self._answer(
+            servable, lambda outputs: jt.regress_response_json(regression_values(outputs, n)))
 
     def rest_status(self, name: str, version: int | None) -> bytes:
         response = self.model_status(name, version)
@@ -214,17 +232,22 @@ class ServingApi:
 
     # ----------------------------------------------------------------- protos (gRPC + warmup)
 
-    def _servable_for(self, spec: Any) -> Servable:
+    def _servable_for(self, spec: Any, routed: bool = False) -> tuple[Servable, Servable | None]:
+        """A ModelSpec's servable; `routed` calls (predict, classify, regress) go through the split."""
         choice = spec.WhichOneof("version_choice")
         if choice == "version":
-            return self.manager.resolve(spec.name, spec.version.value)
+            return self.manager.resolve(spec.name, spec.version.value), None
         if choice == "version_label":
-            return self.manager.resolve(spec.name, None, spec.version_label)
-        return self.manager.resolve(spec.name)
+            return self.manager.resolve(spec.name, None, spec.version_label), None
+        if routed:
+            return self._routed(spec.name, None, None)
+        return self.manager.resolve(spec.name), None
 
     def predict(self, request: Any, servable: Servable | None = None) -> Prepared:
         """gRPC Predict (and warmup): checks done, feeds built; finish() makes the PredictResponse."""
-        servable = servable or self._servable_for(request.model_spec)
+        shadow = None
+        if servable is None:
+            servable, shadow = self._servable_for(request.model_spec, routed=True)
         runner = servable.runner_for_predict(request.model_spec.signature_name)
         sig_inputs = set(runner.input_dtypes)
         sent = set(request.inputs)
@@ -271,12 +294,12 @@ class ServingApi:
                 response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
             return response
 
-        return runner, feeds, finish
+        return runner, feeds, self._answer(servable, finish, shadow, runner.name, feeds)
 
     def classify(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import classification_pb2
 
-        servable = servable or self._servable_for(request.model_spec)
+        servable = servable or self._servable_for(request.model_spec, routed=True)[0]
         key, runner, feeds, n = _examples_call(servable.prepare_classify, request.model_spec.signature_name,
                                                request.input)
         version = servable.version
@@ -287,12 +310,12 @@ class ServingApi:
             _fill_classifications(response.result, classification_values(outputs, n))
             return response
 
-        return runner, feeds, finish
+        return runner, feeds, self._answer(servable, finish)
 
     def regress(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import regression_pb2
 
-        servable = servable or self._servable_for(request.model_spec)
+        servable = servable or self._servable_for(request.model_spec, routed=True)[0]
         key, runner, feeds, n = _examples_call(servable.prepare_regress, request.model_spec.signature_name,
                                                request.input)
         version = servable.version
@@ -303,7 +326,7 @@ class ServingApi:
             _fill_regressions(response.result, regression_values(outputs, n))
             return response
 
-        return runner, feeds, finish
+        return runner, feeds, self._answer(servable, finish)
 
     def multi_inference(self, request: Any, servable: Servable | None = None) -> Any:
         """Runs every task in the calling thread (a worker thread, or the loader during warmup)."""
@@ -323,7 +346,7 @@ class ServingApi:
             seen.add(key)
             if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
                 raise invalid(f"Unsupported signature method_name: {task.method_name}")
-        servable = servable or self._servable_for(tasks[0].model_spec)
+        servable = servable or self._servable_for(tasks[0].model_spec, routed=True)[0]
         response = inference_pb2.MultiInferenceResponse()
         for task in tasks:
             result = response.results.add()
@@ -347,7 +370,7 @@ class ServingApi:
         for field_name in fields:
             if field_name != "signature_def":
                 raise invalid(f"Metadata field {field_name} is not supported")
-        servable = self._servable_for(request.model_spec)
+        servable = self._servable_for(request.model_spec)[0]
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = servable.version

@@ -25,6 +25,7 @@ from aviary.serving.dispatch import Dispatcher
 from aviary.serving.http1 import MAX_HEADER_BYTES, HttpError, RequestReader
 from aviary.serving.metrics import Metrics
 from aviary.serving.status import ServingError, invalid
+from aviary.serving.traffic import version_of
 
 log = logging.getLogger("serving")
 
@@ -34,6 +35,7 @@ _PREDICT_RE = re.compile(
 _STATUS_RE = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?", re.IGNORECASE
 )
+_TRAFFIC_RE = re.compile(r"/v1/models/([^/:]+)/traffic", re.IGNORECASE)  # the traffic-split extension
 _V1_RE = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _IDLE_TIMEOUT_S = 120.0
 _JSON = b"application/json"
@@ -133,36 +135,40 @@ class RestServer:
                     payload = self.api.rest_status(model, version)
                 conn.respond(200, _JSON, payload, cors)
                 return
+            if self.api.traffic is not None and method in ("GET", "POST") and (m := _TRAFFIC_RE.fullmatch(path)):
+                conn.respond(200, _JSON, self.api.traffic.rest(unquote(m.group(1)), method, body), cors)
+                return
             raise invalid(f"Malformed request: {method} {path}")
         except Exception as exc:  # noqa: BLE001 - never let a request take the server down
             self._fail(conn, exc, model, api, start, cors)
 
     def _fail(self, conn: _Connection, exc: BaseException, model: str, api: str, start: float,
-              cors: list[tuple[str, str]]) -> None:
+              cors: list[tuple[str, str]], version: int | None = None) -> None:
         if isinstance(exc, RecursionError):
             exc = ServingError("INVALID_ARGUMENT", "JSON value is nested too deeply")
         elif not isinstance(exc, ServingError):
             log.error("REST request failed", exc_info=exc)
             exc = ServingError("INTERNAL", f"{type(exc).__name__}: {exc}")
-        self._record(model, api, exc.code, start)
+        self._record(model, api, exc.code, start, version)
         conn.respond(exc.http_status, _JSON, jt.error_body(exc.message), cors)
 
     def _answer(self, conn: _Connection, result: Any, finish: Callable[[Any], bytes], model: str, api: str,
                 start: float, cors: list[tuple[str, str]]) -> None:
+        version = version_of(finish)
         if isinstance(result, BaseException):
-            self._fail(conn, result, model, api, start, cors)
+            self._fail(conn, result, model, api, start, cors, version)
             return
         try:
             payload = finish(result)
         except Exception as exc:  # noqa: BLE001 - encoding errors become the response
-            self._fail(conn, exc, model, api, start, cors)
+            self._fail(conn, exc, model, api, start, cors, version)
             return
-        self._record(model, api, "OK", start)
+        self._record(model, api, "OK", start, version)
         conn.respond(200, _JSON, payload, cors)
 
-    def _record(self, model: str, api: str, code: str, start: float) -> None:
+    def _record(self, model: str, api: str, code: str, start: float, version: int | None = None) -> None:
         if api:
-            self.metrics.record_request(model, api, "REST", code, (time.perf_counter() - start) * 1e6)
+            self.metrics.record_request(model, api, "REST", code, (time.perf_counter() - start) * 1e6, version)
 
     def _cors_headers(self) -> list[tuple[str, str]]:
         if not self.options.enable_cors:

@@ -21,7 +21,8 @@ VERSION = "2.21.0-aviary"
 
 @dataclass
 class Flags:
-    """tensorflow_model_server's flags (main.cc), plus --host and --max_request_bytes of our own."""
+    """tensorflow_model_server's flags (main.cc), plus --host, --max_request_bytes and
+    --enable_traffic_split of our own."""
 
     port: int = 8500
     rest_api_port: int = 8501
@@ -52,6 +53,7 @@ class Flags:
     tensorflow_session_parallelism: int = 0
     enable_grpc_healthcheck_service: bool = False
     max_request_bytes: int = 64 * 1024 * 1024
+    enable_traffic_split: bool = False  # extension: stable/canary split and shadow for unversioned requests
     version: bool = False
 
 
@@ -200,7 +202,12 @@ class ModelServer:
         self.api: ServingApi
         self.manager = ModelManager(options, self.executor, lambda s, r: self.api.run_warmup_record(s, r),
                                     on_loaded=self.metrics.record_warmup)
-        self.api = ServingApi(self.manager)
+        self.traffic = None
+        if flags.enable_traffic_split:
+            from aviary.serving.traffic import Traffic
+
+            self.traffic = Traffic(self.manager, self.metrics)
+        self.api = ServingApi(self.manager, self.traffic)
         self._stop = threading.Event()
         self._config_text: str | None = None
         self._threads: list[threading.Thread] = []
@@ -297,6 +304,8 @@ class ModelServer:
         if rest is not None:
             await rest.close()
         await grpc_server.stop(1.0)
+        if self.traffic is not None:
+            self.traffic.close()
         self.manager.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
