@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
@@ -186,6 +187,8 @@ Check = Callable[[Endpoint], CheckOutcome]
 Observer = Callable[[Rollout], None]
 Approver = Callable[[Rollout], Approval | None]
 """Asks for a decision; None when none came before the configured timeout."""
+Load = Callable[[float], AbstractContextManager[object]]
+"""The rollout's own traffic while a step bakes, given its deadline in seconds (aviary.golden_load)."""
 
 
 @dataclass
@@ -211,10 +214,11 @@ def limits(cfg: CanaryConfig) -> Limits:
 
 class _Runner:
     def __init__(self, target: Target, check: Check, ready_timeout_s: float, canary: CanaryConfig | None,
-                 approve: Approver | None) -> None:
+                 approve: Approver | None, load: Load | None = None) -> None:
         self.target, self.check, self.ready_timeout_s = target, check, ready_timeout_s
         self.cfg = canary
         self.approve = approve
+        self.load = load
         self.window = _Window()
 
     def plan(self, state: Rollout) -> tuple[int, ...]:
@@ -299,16 +303,17 @@ class _Runner:
         assert self.cfg is not None
         cfg, model = self.cfg, state.model
         started = time.monotonic()
-        window = _Window(started=time.time(), before=self.snapshot(model))
-        while True:
-            time.sleep(cfg.scrape_interval_s)  # the scrape cadence: new traffic has to arrive between scrapes
-            after = self.snapshot(model)
-            analysis = analyse_window(window.before, after, state.version, state.stable, mirror > 0, limits(cfg))
-            elapsed = time.monotonic() - started
-            if (analysis.verdict is Verdict.FAILED
-                    or (analysis.verdict is Verdict.PASSED and elapsed >= cfg.bake_s)
-                    or elapsed >= cfg.max_bake_s):
-                break
+        with self.load(cfg.max_bake_s) if self.load is not None else contextlib.nullcontext():
+            window = _Window(started=time.time(), before=self.snapshot(model))
+            while True:
+                time.sleep(cfg.scrape_interval_s)  # the scrape cadence: new traffic has to arrive between scrapes
+                after = self.snapshot(model)
+                analysis = analyse_window(window.before, after, state.version, state.stable, mirror > 0, limits(cfg))
+                elapsed = time.monotonic() - started
+                if (analysis.verdict is Verdict.FAILED
+                        or (analysis.verdict is Verdict.PASSED and elapsed >= cfg.bake_s)
+                        or elapsed >= cfg.max_bake_s):
+                    break
         window.ended, window.analysis = time.time(), analysis
         self.window = window
         return Event.BAKED, f"{analysis.canary.requests} canary requests in {elapsed:.1f} s", {}
@@ -337,9 +342,11 @@ def run_rollout(
     observe: Observer | None = None,
     canary: CanaryConfig | None = None,
     approve: Approver | None = None,
+    load: Load | None = None,
 ) -> Rollout:
-    """Drive the machine to a terminal phase. Without `canary`, the golden-set check alone decides."""
-    runner = _Runner(target, check, ready_timeout_s, canary, approve)
+    """Drive the machine to a terminal phase. Without `canary`, the golden-set check alone decides;
+    `load` sends traffic of the rollout's own while each step bakes."""
+    runner = _Runner(target, check, ready_timeout_s, canary, approve, load)
     state = Rollout(model=model, version=version, stable=stable)
     while not state.done:
         event, reason, changes = runner.act(state)

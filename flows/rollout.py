@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from aviary.config import ApprovalConfig, PipelineConfig
 from aviary.flows.cli import add_config_arguments, config_from_args, run_main
+from aviary.golden_load import GoldenLoad, is_loopback
 from aviary.lock import model_lock, rollout_slot
 from aviary.record import build_record, record_markdown, write_record
 from aviary.rollout import Approval, CheckOutcome, Phase, Rollout, run_rollout
@@ -121,8 +122,18 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
             logger.info("%s v%s: %s (%s)", model, version, state.phase, state.reason)
 
         canary = config.rollout.canary
+        load = None
+        if config.rollout.target == "local" and canary.load_rps > 0:
+            local = config.rollout.local
+            host = "127.0.0.1" if local.host in ("0.0.0.0", "::") else local.host
+            url = f"http://{host}:{local.rest_port}/v1/models/{model}:predict"
+            if is_loopback(url):
+                load = GoldenLoad(url, golden.instances, canary.load_rps).running
+            else:
+                logger.warning("no golden load while baking: %s is not a loopback address", host)
         state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe,
-                            canary=canary, approve=lambda _s: ask_approval(canary.approval, model, version))
+                            canary=canary, approve=lambda _s: ask_approval(canary.approval, model, version),
+                            load=load)
         if state.phase is Phase.PROMOTED:
             store.set_aliases(production=version, canary=None)
             History(store).record("promoted", version, replaced=stable)

@@ -22,13 +22,7 @@ from benchmarks.canaries import drift, fail_out_of_range
 from benchmarks.loadgen import Load, circle_traffic
 from tests.helpers import free_port
 
-SERVING = Path(__file__).resolve().parents[2] / "serving"
-HAS_SPLIT = any("canary_percent" in f.read_text() for f in SERVING.glob("*.py"))
-pytestmark = [
-    pytest.mark.usefixtures("prefect_harness"),
-    pytest.mark.slow,
-    pytest.mark.skipif(not HAS_SPLIT, reason="the local server has no traffic split and shadow metrics yet"),
-]
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 BLESSED = Verdict(blessed=True, reasons=("test",))
 RATE = 50.0
 
@@ -132,3 +126,13 @@ def test_approval_that_times_out_takes_the_default_and_the_run_completes(
     assert state.result().phase is Phase.PROMOTED
     (record,) = records(store, 2)
     assert record.approval == {"decision": "promote", "why": "no decision within 2 s: default promote"}
+
+
+def test_with_no_clients_the_rollouts_own_golden_load_earns_a_good_canary_its_promotion(
+    cfg: PipelineConfig, store: ModelStore
+) -> None:
+    result = rollout(2, cfg)
+    assert result.phase is Phase.PROMOTED and store.aliases() == {"production": 2}
+    (record,) = records(store, 2)
+    assert [s.canary_percent for s in record.steps] == [10, 25, 50]
+    assert all(s.canary and s.canary["requests"] >= 10 and s.canary["errors"] == 0 for s in record.steps)
