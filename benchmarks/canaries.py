@@ -57,12 +57,19 @@ def fail_out_of_range(version_dir: Path, limit: float = 2.0) -> None:
     rewrap(version_dir, transform)
 
 
-def drift(version_dir: Path, shift: float = 0.3) -> None:
-    """A canary whose probabilities sit `shift` above the original's: it agrees with itself, not with stable."""
+def drift(version_dir: Path, shift: float = 0.3, ring: tuple[float, float] = (0.5, 1.3)) -> None:
+    """A canary whose probabilities sit `shift` above the original's for inputs at a radius within `ring`:
+    it agrees with itself (the golden set) and keeps the behavioural cases (deep inside, far outside),
+    but not with stable on live traffic near the circle's edge."""
     import tensorflow as tf
 
-    def transform(_i: dict[str, tf.Tensor], outputs: dict[str, tf.Tensor], threshold: float) -> dict[str, tf.Tensor]:
-        probability = tf.clip_by_value(outputs["probability"] + shift, 0.0, 1.0)
+    def transform(inputs: dict[str, tf.Tensor], outputs: dict[str, tf.Tensor], threshold: float
+                  ) -> dict[str, tf.Tensor]:
+        radius = tf.sqrt(inputs["x"] ** 2 + inputs["y"] ** 2)
+        inside = tf.logical_and(radius >= ring[0], radius <= ring[1])
+        original = outputs["probability"]
+        moved = tf.clip_by_value(original + shift, 0.0, 1.0)
+        probability = tf.where(tf.reshape(inside, tf.shape(original)), moved, original)
         return {"probability": probability, "class": tf.cast(probability >= threshold, tf.int64)}
 
     rewrap(version_dir, transform)

@@ -51,7 +51,7 @@ def store(cfg: PipelineConfig, trained: TrainedModel, circle_split: Split) -> Mo
     evaluation = evaluate_model(trained, circle_split.eval, EvalConfig())
     for version in (1, 2):
         export_model(trained, circle_split.eval, evaluation, BLESSED, version, cfg.export)
-    assert rollout(1, cfg).phase is Phase.PROMOTED
+    assert rollout(1, cfg).phase == Phase.PROMOTED
     return ModelStore(cfg.export.store, cfg.export.model_name)
 
 
@@ -71,7 +71,7 @@ def test_a_good_canary_is_promoted_step_by_step_under_load(cfg: PipelineConfig, 
     with clients.running():
         result = rollout(2, cfg)
         # the split is judged per version, so look before the old stable is unloaded
-    assert result.phase is Phase.PROMOTED and store.aliases() == {"production": 2}
+    assert result.phase == Phase.PROMOTED and store.aliases() == {"production": 2}
     codes = clients.codes()
     assert len(codes) > 100 and set(codes) == {200}
     (record,) = records(store, 2)
@@ -123,7 +123,7 @@ def test_approval_that_times_out_takes_the_default_and_the_run_completes(
     with clients.running():
         state = rollout(2, approving, return_state=True)
     assert state.is_completed(), state
-    assert state.result().phase is Phase.PROMOTED
+    assert state.result().phase == Phase.PROMOTED
     (record,) = records(store, 2)
     assert record.approval == {"decision": "promote", "why": "no decision within 2 s: default promote"}
 
@@ -132,7 +132,7 @@ def test_with_no_clients_the_rollouts_own_golden_load_earns_a_good_canary_its_pr
     cfg: PipelineConfig, store: ModelStore
 ) -> None:
     result = rollout(2, cfg)
-    assert result.phase is Phase.PROMOTED and store.aliases() == {"production": 2}
+    assert result.phase == Phase.PROMOTED and store.aliases() == {"production": 2}
     (record,) = records(store, 2)
     assert [s.canary_percent for s in record.steps] == [10, 25, 50]
     assert all(s.canary and s.canary["requests"] >= 10 and s.canary["errors"] == 0 for s in record.steps)
