@@ -17,12 +17,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"  # microseconds
-# The local server's shadow comparison (an extension), labelled with the canary's version.
-SHADOW_ROWS = ":tensorflow:serving:shadow_compared_rows"
-SHADOW_DISAGREEMENTS = ":tensorflow:serving:shadow_class_disagreements"
-SHADOW_ABS_DIFF = ":tensorflow:serving:shadow_abs_probability_diff"
-SHADOW_STABLE_POSITIVES = ":tensorflow:serving:shadow_stable_positives"
-SHADOW_CANARY_POSITIVES = ":tensorflow:serving:shadow_canary_positives"
+# The local server's shadow comparison (an extension), per output tensor, labelled
+# {model_name, stable_version, canary_version, output}; positives also by track=stable|canary.
+SHADOW_COMPARED = ":aviary:serving:shadow:compared_count"
+SHADOW_DISAGREEMENTS = ":aviary:serving:shadow:disagreement_count"
+SHADOW_POSITIVES = ":aviary:serving:shadow:positive_count"
+SHADOW_ABS_DIFF = ":aviary:serving:shadow:abs_diff"
+CLASS_OUTPUT = "class"
+"""The exported signature's outputs: classes are compared on `class`, |p difference| on `probability`."""
+PROBABILITY_OUTPUT = "probability"
 OK = "OK"
 
 
@@ -96,40 +99,59 @@ def parse_metrics(texts: Iterable[str], model: str) -> Snapshot:
     """Sum the model's per-version counters over the metrics pages of several servers (pods)."""
     requests: dict[int, dict[str, float]] = {}
     latency: dict[int, dict[str, dict[float, float]]] = {}
-    shadow: dict[int, dict[str, float]] = {}
-    abs_diff: dict[int, dict[str, dict[float, float]]] = {}
+    shadow: dict[int, dict[str, dict[str, float]]] = {}  # canary version -> output -> counter -> value
+    abs_diff: dict[int, dict[str, dict[str, dict[float, float]]]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 labels = sample.labels
-                if labels.get("model_name") != model or not labels.get("version", "").isdigit():
+                if labels.get("model_name") != model:
                     continue
-                version, name, value = int(labels["version"]), sample.name.removesuffix("_total"), sample.value
+                name, value = sample.name.removesuffix("_total"), sample.value
+                if name.startswith(":aviary:serving:shadow:"):
+                    if not labels.get("canary_version", "").isdigit():
+                        continue
+                    version, output = int(labels["canary_version"]), labels.get("output", "")
+                    if name.startswith(SHADOW_ABS_DIFF):
+                        parts = abs_diff.setdefault(version, {}).setdefault(output, {})
+                        _add_hist(parts, name.removeprefix(SHADOW_ABS_DIFF), labels, value)
+                        continue
+                    key = {SHADOW_COMPARED: "rows", SHADOW_DISAGREEMENTS: "disagreements"}.get(name)
+                    if name == SHADOW_POSITIVES:
+                        key = f"{labels.get('track', '')}_positives"
+                    if key is not None:
+                        counters = shadow.setdefault(version, {}).setdefault(output, {})
+                        counters[key] = counters.get(key, 0.0) + value
+                    continue
+                if not labels.get("version", "").isdigit():
+                    continue
+                version = int(labels["version"])
                 if name == REQUEST_COUNT:
                     by_status = requests.setdefault(version, {})
                     by_status[labels.get("status", OK)] = by_status.get(labels.get("status", OK), 0.0) + value
                 elif name.startswith(REQUEST_LATENCY):
                     _add_hist(latency.setdefault(version, {}), name.removeprefix(REQUEST_LATENCY), labels, value)
-                elif name.startswith(SHADOW_ABS_DIFF):
-                    _add_hist(abs_diff.setdefault(version, {}), name.removeprefix(SHADOW_ABS_DIFF), labels, value)
-                elif name in (SHADOW_ROWS, SHADOW_DISAGREEMENTS, SHADOW_STABLE_POSITIVES, SHADOW_CANARY_POSITIVES):
-                    counters = shadow.setdefault(version, {})
-                    counters[name] = counters.get(name, 0.0) + value
     versions = {
         v: VersionCounters(requests.get(v, {}), _hist(latency.get(v, {})))
         for v in sorted(set(requests) | set(latency))
     }
-    shadows = {
-        v: ShadowCounters(
-            rows=shadow.get(v, {}).get(SHADOW_ROWS, 0.0),
-            disagreements=shadow.get(v, {}).get(SHADOW_DISAGREEMENTS, 0.0),
-            abs_diff=_hist(abs_diff.get(v, {})),
-            stable_positives=shadow.get(v, {}).get(SHADOW_STABLE_POSITIVES, 0.0),
-            canary_positives=shadow.get(v, {}).get(SHADOW_CANARY_POSITIVES, 0.0),
-        )
-        for v in sorted(set(shadow) | set(abs_diff))
-    }
+    shadows = {v: _shadow_counters(shadow.get(v, {}), abs_diff.get(v, {})) for v in sorted(set(shadow) | set(abs_diff))}
     return Snapshot(versions, shadows)
+
+
+def _shadow_counters(outputs: Mapping[str, Mapping[str, float]],
+                     diffs: Mapping[str, dict[str, dict[float, float]]]) -> ShadowCounters:
+    """Rows, agreement and positives from the class output (else the probability's side of 0.5);
+    |p difference| from the probability output (else the only float output compared)."""
+    counted = outputs.get(CLASS_OUTPUT) or outputs.get(PROBABILITY_OUTPUT) or next(iter(outputs.values()), {})
+    diff_parts = diffs.get(PROBABILITY_OUTPUT) or (next(iter(diffs.values())) if len(diffs) == 1 else {})
+    return ShadowCounters(
+        rows=counted.get("rows", 0.0),
+        disagreements=counted.get("disagreements", 0.0),
+        abs_diff=_hist(diff_parts),
+        stable_positives=counted.get("stable_positives", 0.0),
+        canary_positives=counted.get("canary_positives", 0.0),
+    )
 
 
 def _add_hist(parts: dict[str, dict[float, float]], suffix: str, labels: Mapping[str, str], value: float) -> None:

@@ -163,6 +163,9 @@ class CanaryConfig(_Frozen):
     def _rising(self) -> CanaryConfig:
         if any(not 0 < s < 100 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
             raise ValueError(f"steps must rise strictly between 0 and 100 (exclusive), got {list(self.steps)}")
+        if self.steps and self.steps[-1] + self.shadow.mirror_percent > 100:
+            raise ValueError(f"the last step {self.steps[-1]}% plus mirror_percent {self.shadow.mirror_percent}% "
+                             "exceeds 100 (the server splits and mirrors shares of the same requests)")
         if self.max_bake_s < self.bake_s:
             raise ValueError(f"max_bake_s {self.max_bake_s:g} is below bake_s {self.bake_s:g}")
         return self

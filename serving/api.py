@@ -8,16 +8,19 @@ finish() shapes the answer; warmup runs the same calls in the loading thread.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from aviary.serving import jsontensor as jt
+from aviary.serving.http1 import HttpError, Request
+from aviary.serving.largebody import HelperProcess
 from aviary.serving.manager import ModelManager
 from aviary.serving.servable import Runner, Servable, check_output_dtype
-from aviary.serving.status import invalid
-from aviary.serving.traffic import Answer, Traffic
+from aviary.serving.shadow import Shadow
+from aviary.serving.status import ServingError, invalid
 
 Outputs = dict[str, np.ndarray]
 Finish = Callable[[Outputs], Any]
@@ -29,7 +32,39 @@ _STATE_NUMBERS = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UN
 # --------------------------------------------------------------------------- tensor protos
 
 
+# Dtypes read straight into numpy (tensor_content bytes, or the typed repeated field); others go through
+# tf.make_ndarray. The rules are make_ndarray's: one value fills the shape, fewer values repeat the
+# last one, no values mean zeros.
+_FAST_DTYPES: dict[int, tuple[Any, str]] = {
+    jt.DT_FLOAT: (np.float32, "float_val"), jt.DT_DOUBLE: (np.float64, "double_val"),
+    jt.DT_INT32: (np.int32, "int_val"), jt.DT_INT64: (np.int64, "int64_val"), jt.DT_BOOL: (np.bool_, "bool_val"),
+}
+
+
 def tensor_proto_to_array(proto: Any) -> np.ndarray:
+    fast = _FAST_DTYPES.get(proto.dtype)
+    if fast is not None and not proto.tensor_shape.unknown_rank:
+        shape = [d.size for d in proto.tensor_shape.dim]
+        if all(d >= 0 for d in shape):
+            dtype, field = fast
+            count = math.prod(shape)
+            if proto.tensor_content:
+                data = proto.tensor_content
+                if len(data) == count * np.dtype(dtype).itemsize:
+                    return np.frombuffer(data, dtype=dtype).reshape(shape)  # read-only view: inputs are
+            else:
+                field_values = getattr(proto, field)
+                values = np.fromiter(field_values, dtype, len(field_values))
+                if values.size == count:
+                    return values.reshape(shape)
+                if values.size == 0:
+                    return np.zeros(shape, dtype)
+                if values.size < count:
+                    return np.pad(values, (0, count - values.size), "edge").reshape(shape)
+    return _make_ndarray(proto)
+
+
+def _make_ndarray(proto: Any) -> np.ndarray:
     import tensorflow as tf
 
     try:
@@ -38,14 +73,18 @@ def tensor_proto_to_array(proto: Any) -> np.ndarray:
         raise invalid(f"tensor parsing error: {exc}") from None
 
 
+_DTYPE_ENUMS = {np.dtype(np.int32): 3, np.dtype(np.int16): 5, np.dtype(np.int8): 6, np.dtype(np.uint8): 4,
+                np.dtype(np.uint16): 17}
+
+
 def array_to_tensor_proto(arr: np.ndarray) -> Any:
     """AsProtoField: typed repeated fields (float_val, int64_val, ...), as TF Serving answers."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+    from tensorflow.core.framework import tensor_pb2
 
     proto = tensor_pb2.TensorProto()
-    proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape])
-    )
+    dims = proto.tensor_shape.dim
+    for d in arr.shape:
+        dims.add().size = d
     flat = arr.ravel()
     kind = arr.dtype
     if kind == np.float32:
@@ -57,9 +96,8 @@ def array_to_tensor_proto(arr: np.ndarray) -> Any:
     elif kind == np.int64:
         proto.dtype = jt.DT_INT64
         proto.int64_val.extend(flat.tolist())
-    elif kind in (np.int32, np.int16, np.int8, np.uint8, np.uint16):
-        proto.dtype = {np.dtype(np.int32): 3, np.dtype(np.int16): 5, np.dtype(np.int8): 6,
-                       np.dtype(np.uint8): 4, np.dtype(np.uint16): 17}[np.dtype(kind)]
+    elif kind in _DTYPE_ENUMS:
+        proto.dtype = _DTYPE_ENUMS[kind]
         proto.int_val.extend(flat.astype(np.int64).tolist())
     elif kind == np.bool_:
         proto.dtype = jt.DT_BOOL
@@ -154,53 +192,81 @@ def classification_values(outputs: Outputs, num_examples: int) -> list[list[tupl
 class ServingApi:
     """TF Serving's request handlers over a ModelManager."""
 
-    def __init__(self, manager: ModelManager, traffic: Traffic | None = None) -> None:
+    def __init__(self, manager: ModelManager, shadow: Shadow | None = None) -> None:
         self.manager = manager
-        self.traffic = traffic  # the traffic-split extension, when the server enables it
+        self.shadow = shadow
 
-    def _routed(self, name: str, version: int | None, label: str | None) -> tuple[Servable, Servable | None]:
-        """The servable that answers, and a canary to mirror to: the split decides only when nothing is named."""
-        if self.traffic is not None and version is None and label is None:
-            return self.traffic.route(name)
+    def _route(self, name: str, version: int | None, label: str | None) -> tuple[Servable, Servable | None]:
+        """An inference request's version: the traffic split decides when it names no version or label."""
+        if version is None and label is None:
+            return self.manager.route(name)
         return self.manager.resolve(name, version, label), None
 
-    def _answer(self, servable: Servable, finish: Finish, shadow: Servable | None = None, signature: str = "",
-                feeds: dict[str, np.ndarray] | None = None) -> Answer:
-        mirror = None
-        if shadow is not None and self.traffic is not None and feeds is not None:
-            mirror = self.traffic.mirror_to(servable.name, shadow, signature, feeds)
-        return Answer(finish, servable.version, mirror)
+    def _mirrored(self, finish: Finish, model: str, stable: Servable, canary: Servable | None, signature_name: str,
+                  feeds: dict[str, np.ndarray]) -> Finish:
+        """finish() that also queues the canary's shadow run once stable's outputs exist."""
+        shadow = self.shadow
+        if canary is None or shadow is None:
+            return finish
+
+        def finish_and_mirror(outputs: Outputs) -> Any:
+            shadow.mirror(model, stable.version, canary, signature_name, feeds, outputs)
+            return finish(outputs)
+
+        return finish_and_mirror
 
     # ----------------------------------------------------------------- REST
 
-    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        servable, shadow = self._routed(name, version, label)
-        runner = servable.runner_for_rest(signature_name)
-        if not runner.input_dtypes:
-            raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
-        feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
-        return runner, feeds, self._answer(servable, lambda outputs: jt.predict_response_json(outputs, row_format),
-                                           shadow, runner.name, feeds)
+    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes,
+                     large: bool = False) -> Prepared:
+        doc = jt.parse_json_object(body, yielding=large)
+        try:
+            signature_name = jt.signature_name_of(doc)
+            servable, mirror = self._route(name, version, label)
+            runner = servable.runner_for_rest(signature_name)
+            if not runner.input_dtypes:
+                raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+            feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
+        finally:
+            if large:
+                jt.release(doc)
+        finish = self._mirrored(lambda outputs: jt.predict_response_json(outputs, row_format), name, servable,
+                                mirror, runner.name, feeds)
+        return runner, feeds, finish
 
-    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        request_input = jt.input_from_json(doc)
-        servable, _ = self._routed(name, version, label)
+    def rest_predict_large(self, name: str, version: int | None, label: str | None, request: Request,
+                           helper: HelperProcess) -> Prepared:
+        """rest_predict for a large body: the JSON is parsed in the helper process (call from a worker thread)."""
+        servable: Servable | None = None
+        resolve_error = None
+        try:
+            servable = self._route(name, version, label)[0]  # no mirror for bodies this large
+        except ServingError as exc:  # reported after the body's own checks, as rest_predict orders them
+            resolve_error = (exc.code, exc.message)
+        signatures = ({key: dict(r.input_dtypes) for key, r in servable.runners.items()}
+                      if servable is not None else None)
+        outcome = helper.parse_predict(request.parts, request.gzip, request.max_body, signatures, resolve_error)
+        if outcome[0] == "http":
+            raise HttpError(outcome[1], outcome[2])
+        if outcome[0] == "error":
+            raise ServingError(outcome[1], outcome[2])
+        _, key, feeds, row_format = outcome
+        assert servable is not None
+        return servable.runners[key], feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
+
+    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes,
+                      large: bool = False) -> Prepared:
+        signature_name, request_input = _examples_from_json(body, large)
+        servable = self._route(name, version, label)[0]
         _, runner, feeds, n = _examples_call(servable.prepare_classify, signature_name, request_input)
-        return runner, feeds, self._answer(
-            servable, lambda outputs: jt.classify_response_json(classification_values(outputs, n)))
+        return runner, feeds, lambda outputs: jt.classify_response_json(classification_values(outputs, n))
 
-    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        request_input = jt.input_from_json(doc)
-        servable, _ = self._routed(name, version, label)
+    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes,
+                     large: bool = False) -> Prepared:
+        signature_name, request_input = _examples_from_json(body, large)
+        servable = self._route(name, version, label)[0]
         _, runner, feeds, n = _examples_call(servable.prepare_regress, signature_name, request_input)
-        return runner, feeds, self._answer(
-            servable, lambda outputs: jt.regress_response_json(regression_values(outputs, n)))
+        return runner, feeds, lambda outputs: jt.regress_response_json(regression_values(outputs, n))
 
     def rest_status(self, name: str, version: int | None) -> bytes:
         response = self.model_status(name, version)
@@ -232,22 +298,29 @@ class ServingApi:
 
     # ----------------------------------------------------------------- protos (gRPC + warmup)
 
-    def _servable_for(self, spec: Any, routed: bool = False) -> tuple[Servable, Servable | None]:
-        """A ModelSpec's servable; `routed` calls (predict, classify, regress) go through the split."""
+    def _servable_for(self, spec: Any) -> Servable:
+        """Metadata's version: TF Serving's rule, never the traffic split."""
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self.manager.resolve(spec.name, spec.version.value)
+        if choice == "version_label":
+            return self.manager.resolve(spec.name, None, spec.version_label)
+        return self.manager.resolve(spec.name)
+
+    def _routed(self, spec: Any) -> tuple[Servable, Servable | None]:
+        """An inference call's version (and the canary to mirror to): the split applies when none is named."""
         choice = spec.WhichOneof("version_choice")
         if choice == "version":
             return self.manager.resolve(spec.name, spec.version.value), None
         if choice == "version_label":
             return self.manager.resolve(spec.name, None, spec.version_label), None
-        if routed:
-            return self._routed(spec.name, None, None)
-        return self.manager.resolve(spec.name), None
+        return self.manager.route(spec.name)
 
     def predict(self, request: Any, servable: Servable | None = None) -> Prepared:
         """gRPC Predict (and warmup): checks done, feeds built; finish() makes the PredictResponse."""
-        shadow = None
+        mirror = None
         if servable is None:
-            servable, shadow = self._servable_for(request.model_spec, routed=True)
+            servable, mirror = self._routed(request.model_spec)
         runner = servable.runner_for_predict(request.model_spec.signature_name)
         sig_inputs = set(runner.input_dtypes)
         sent = set(request.inputs)
@@ -294,12 +367,12 @@ class ServingApi:
                 response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
             return response
 
-        return runner, feeds, self._answer(servable, finish, shadow, runner.name, feeds)
+        return runner, feeds, self._mirrored(finish, request.model_spec.name, servable, mirror, runner.name, feeds)
 
     def classify(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import classification_pb2
 
-        servable = servable or self._servable_for(request.model_spec, routed=True)[0]
+        servable = servable or self._routed(request.model_spec)[0]
         key, runner, feeds, n = _examples_call(servable.prepare_classify, request.model_spec.signature_name,
                                                request.input)
         version = servable.version
@@ -310,12 +383,12 @@ class ServingApi:
             _fill_classifications(response.result, classification_values(outputs, n))
             return response
 
-        return runner, feeds, self._answer(servable, finish)
+        return runner, feeds, finish
 
     def regress(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import regression_pb2
 
-        servable = servable or self._servable_for(request.model_spec, routed=True)[0]
+        servable = servable or self._routed(request.model_spec)[0]
         key, runner, feeds, n = _examples_call(servable.prepare_regress, request.model_spec.signature_name,
                                                request.input)
         version = servable.version
@@ -326,7 +399,7 @@ class ServingApi:
             _fill_regressions(response.result, regression_values(outputs, n))
             return response
 
-        return runner, feeds, self._answer(servable, finish)
+        return runner, feeds, finish
 
     def multi_inference(self, request: Any, servable: Servable | None = None) -> Any:
         """Runs every task in the calling thread (a worker thread, or the loader during warmup)."""
@@ -346,7 +419,7 @@ class ServingApi:
             seen.add(key)
             if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
                 raise invalid(f"Unsupported signature method_name: {task.method_name}")
-        servable = servable or self._servable_for(tasks[0].model_spec, routed=True)[0]
+        servable = servable or self._routed(tasks[0].model_spec)[0]
         response = inference_pb2.MultiInferenceResponse()
         for task in tasks:
             result = response.results.add()
@@ -370,7 +443,7 @@ class ServingApi:
         for field_name in fields:
             if field_name != "signature_def":
                 raise invalid(f"Metadata field {field_name} is not supported")
-        servable = self._servable_for(request.model_spec)[0]
+        servable = self._servable_for(request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = servable.version
@@ -410,6 +483,15 @@ def _error_code_number(name: str) -> int:
     from aviary.serving.status import CODE_VALUES
 
     return CODE_VALUES.get(name, 2)
+
+
+def _examples_from_json(body: bytes, large: bool) -> tuple[str, Any]:
+    doc = jt.parse_json_object(body, yielding=large)
+    try:
+        return jt.signature_name_of(doc), jt.input_from_json(doc)
+    finally:
+        if large:
+            jt.release(doc)
 
 
 def _examples_call(prepare: Callable[[str], tuple[str, Runner]], signature_name: str, request_input: Any

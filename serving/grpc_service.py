@@ -23,7 +23,6 @@ from aviary.serving.api import Prepared, ServingApi
 from aviary.serving.dispatch import Dispatcher
 from aviary.serving.metrics import Metrics
 from aviary.serving.status import CODE_VALUES, ServingError
-from aviary.serving.traffic import version_of
 
 log = logging.getLogger("serving")
 _MAX_MESSAGE = 1024
@@ -54,9 +53,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def _run(self, name: str, model: str, request: Any, context: grpc.aio.ServicerContext,
                    prepare: Callable[[Any], Prepared]) -> Any:
         start = time.perf_counter()
-        finish: Any = None
+        version = ""
         try:
             runner, feeds, finish = prepare(request)
+            version = str(runner.version)
             waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
             def done(result: Any) -> None:
@@ -70,11 +70,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = finish(result)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
             error = _as_serving_error(exc)
-            self.metrics.record_request(model, name, "GRPC", error.code, (time.perf_counter() - start) * 1e6,
-                                        version_of(finish))
+            self.metrics.record_request(model, name, "GRPC", error.code, (time.perf_counter() - start) * 1e6, version)
             return await _abort(context, error)
-        self.metrics.record_request(model, name, "GRPC", "OK", (time.perf_counter() - start) * 1e6,
-                                    version_of(finish))
+        self.metrics.record_request(model, name, "GRPC", "OK", (time.perf_counter() - start) * 1e6, version)
         return response
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -34,8 +34,19 @@ class Request:
     method: str
     path: str  # the target without its query string
     headers: dict[str, str]  # lower-cased names
-    body: bytes
+    parts: list[bytes]  # the body as it arrived; body() joins (and inflates) it
+    size: int  # bytes on the wire
     keep_alive: bool
+    max_body: int
+
+    @property
+    def gzip(self) -> bool:
+        return self.size > 0 and self.headers.get("content-encoding", "").lower() == "gzip"
+
+    def body(self) -> bytes:
+        """The body, inflated if it was sent gzip-encoded (HttpError 400/413 if that fails)."""
+        body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        return gunzip(body, self.max_body) if self.gzip else body
 
 
 @dataclass
@@ -54,6 +65,8 @@ class RequestReader:
         self.max_body = max_body_bytes
         self.buf = bytearray()
         self._head: _Head | None = None
+        self._parts: list[bytes] = []  # a Content-Length body is kept as received, copied once at the end
+        self._want = 0
         self._chunks: list[bytes] = []
         self._chunked_total = 0
         self._chunk_left = -1  # bytes of the current chunk still to come (+2 for its CRLF); -1: at a size line
@@ -61,7 +74,14 @@ class RequestReader:
         self.continue_due = False  # the client sent Expect: 100-continue and waits for it
 
     def feed(self, data: bytes) -> None:
-        self.buf += data
+        if self._want > 0:
+            take = data if len(data) <= self._want else data[:self._want]
+            self._parts.append(take)
+            self._want -= len(take)
+            if len(take) < len(data):
+                self.buf += data[len(take):]
+        else:
+            self.buf += data
 
     @property
     def reading_head(self) -> bool:
@@ -76,25 +96,28 @@ class RequestReader:
                 if len(self.buf) > MAX_HEADER_BYTES:
                     raise HttpError(431, "Request header fields too large")
                 return None
-            self._head = _parse_head(bytes(self.buf[:end]), self.max_body)
+            self._head = head = _parse_head(bytes(self.buf[:end]), self.max_body)
             del self.buf[:end + 4]
-            self.continue_due = self._head.headers.get("expect", "").lower() == "100-continue"
+            self.continue_due = head.headers.get("expect", "").lower() == "100-continue"
+            if head.length > 0:
+                now = min(len(self.buf), head.length)
+                self._parts = [bytes(self.buf[:now])]
+                del self.buf[:now]
+                self._want = head.length - now
         head = self._head
         if head.length >= 0:
-            if len(self.buf) < head.length:
+            if self._want > 0:
                 return None
-            body = bytes(self.buf[:head.length])
-            del self.buf[:head.length]
+            parts, self._parts = self._parts, []
         else:
             chunked = self._read_chunked()
             if chunked is None:
                 return None
-            body = chunked
+            parts = [chunked]
         self._head = None
         self.continue_due = False
-        if body and head.headers.get("content-encoding", "").lower() == "gzip":
-            body = gunzip(body, self.max_body)
-        return Request(head.method, head.target.split("?", 1)[0], head.headers, body, _keep_alive(head))
+        return Request(head.method, head.target.split("?", 1)[0], head.headers, parts,
+                       sum(len(p) for p in parts), _keep_alive(head), self.max_body)
 
     def _read_chunked(self) -> bytes | None:
         buf = self.buf

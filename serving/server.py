@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -21,8 +22,7 @@ VERSION = "2.21.0-aviary"
 
 @dataclass
 class Flags:
-    """tensorflow_model_server's flags (main.cc), plus --host, --max_request_bytes and
-    --enable_traffic_split of our own."""
+    """tensorflow_model_server's flags (main.cc), plus --host, --max_request_bytes and the REST guards of our own."""
 
     port: int = 8500
     rest_api_port: int = 8501
@@ -53,7 +53,10 @@ class Flags:
     tensorflow_session_parallelism: int = 0
     enable_grpc_healthcheck_service: bool = False
     max_request_bytes: int = 64 * 1024 * 1024
-    enable_traffic_split: bool = False  # extension: stable/canary split and shadow for unversioned requests
+    # Our own REST guards: seconds a client may take to send a request head, and the most open REST
+    # connections (0: half the descriptor limit, at most 4096); connections past it get 503 and close.
+    rest_api_header_timeout_in_ms: int = 10000
+    rest_api_max_connections: int = 0
     version: bool = False
 
 
@@ -173,6 +176,7 @@ class ModelServer:
         from aviary.serving.manager import ManagerOptions, ModelManager
         from aviary.serving.metrics import Metrics
         from aviary.serving.servable import LoadOptions
+        from aviary.serving.shadow import Shadow
 
         self.flags = flags
         self.metrics_path = _metrics_path(flags)  # a bad monitoring file fails start-up, before any load
@@ -201,18 +205,18 @@ class ModelServer:
         )
         self.api: ServingApi
         self.manager = ModelManager(options, self.executor, lambda s, r: self.api.run_warmup_record(s, r),
-                                    on_loaded=self.metrics.record_warmup)
-        self.traffic = None
-        if flags.enable_traffic_split:
-            from aviary.serving.traffic import Traffic
-
-            self.traffic = Traffic(self.manager, self.metrics)
-        self.api = ServingApi(self.manager, self.traffic)
+                                    on_loaded=self._loaded)
+        self.api = ServingApi(self.manager, Shadow(self.executor, self.metrics))
         self._stop = threading.Event()
         self._config_text: str | None = None
         self._threads: list[threading.Thread] = []
         self.grpc_port = 0
         self.rest_port = 0
+        self.rest_server: Any = None
+
+    def _loaded(self, model: str, version: int, seconds: float) -> None:
+        self.metrics.record_warmup(model, version, seconds)
+        gc.freeze()
 
     def reload(self, config: Any) -> None:
         """Apply a config; like ServerCore, fail if a model ends up with no available version."""
@@ -286,7 +290,10 @@ class ModelServer:
                 max_request_bytes=flags.max_request_bytes,
                 metrics_path=self.metrics_path,
                 enable_cors=flags.rest_api_enable_cors_support,
+                header_timeout_s=flags.rest_api_header_timeout_in_ms / 1000.0,
+                max_connections=flags.rest_api_max_connections,
             ))
+            self.rest_server = rest
             self.rest_port = await rest.start(flags.host, flags.rest_api_port, dispatcher)
             log.info("Exporting HTTP/REST API at:%s:%d ...", flags.host, self.rest_port)
         loop = asyncio.get_running_loop()
@@ -304,8 +311,6 @@ class ModelServer:
         if rest is not None:
             await rest.close()
         await grpc_server.stop(1.0)
-        if self.traffic is not None:
-            self.traffic.close()
         self.manager.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
 

@@ -29,26 +29,32 @@ def render_metrics(
     model: str,
     versions: Mapping[int, tuple[int, int, float]],
     shadow: Mapping[int, tuple[int, int, Sequence[float], int, int]] | None = None,
+    stable: int = 1,
 ) -> str:
     """versions: {version: (requests, errors, latency in us of every request)};
-    shadow: {canary version: (rows, class disagreements, |p diffs|, stable positives, canary positives)}."""
+    shadow: {canary version: (rows, class disagreements, |p diffs|, stable positives, canary positives)},
+    as the local server's `:aviary:serving:shadow:*` series for the `class` and `probability` outputs."""
     out = [f"# TYPE {analysis.REQUEST_COUNT} counter"]
     for v, (requests, errors, _) in versions.items():
-        out.append(f'{analysis.REQUEST_COUNT}{{model_name="{model}",status="OK",version="{v}"}} {requests - errors}')
+        out.append(f'{analysis.REQUEST_COUNT}{{model_name="{model}",version="{v}",status="OK"}} {requests - errors}')
         if errors:
-            out.append(f'{analysis.REQUEST_COUNT}{{model_name="{model}",status="INTERNAL",version="{v}"}} {errors}')
+            out.append(f'{analysis.REQUEST_COUNT}{{model_name="{model}",version="{v}",status="INTERNAL"}} {errors}')
     out.append(f"# TYPE {analysis.REQUEST_LATENCY} histogram")
     for v, (requests, _, latency_us) in versions.items():
-        labels = f'model_name="{model}",API="predict",entrypoint="REST",version="{v}"'
+        labels = f'model_name="{model}",version="{v}",API="predict",entrypoint="REST"'
         out += _hist_lines(analysis.REQUEST_LATENCY, labels, [latency_us] * requests, LATENCY_BOUNDS_US)
     for v, (rows, disagreements, diffs, stable_pos, canary_pos) in (shadow or {}).items():
-        labels = f'model_name="{model}",version="{v}"'
-        for name, value in ((analysis.SHADOW_ROWS, rows), (analysis.SHADOW_DISAGREEMENTS, disagreements),
-                            (analysis.SHADOW_STABLE_POSITIVES, stable_pos),
-                            (analysis.SHADOW_CANARY_POSITIVES, canary_pos)):
-            out += [f"# TYPE {name} counter", f"{name}{{{labels}}} {value}"]
-        out.append(f"# TYPE {analysis.SHADOW_ABS_DIFF} histogram")
-        out += _hist_lines(analysis.SHADOW_ABS_DIFF, labels, diffs, DIFF_BOUNDS)
+        pair = f'model_name="{model}",stable_version="{stable}",canary_version="{v}"'
+        cls = f'{pair},output="{analysis.CLASS_OUTPUT}"'
+        out += [f"# TYPE {analysis.SHADOW_COMPARED} counter", f"{analysis.SHADOW_COMPARED}{{{cls}}} {rows}",
+                f"# TYPE {analysis.SHADOW_DISAGREEMENTS} counter",
+                f"{analysis.SHADOW_DISAGREEMENTS}{{{cls}}} {disagreements}",
+                f"# TYPE {analysis.SHADOW_POSITIVES} counter",
+                f'{analysis.SHADOW_POSITIVES}{{{cls},track="stable"}} {stable_pos}',
+                f'{analysis.SHADOW_POSITIVES}{{{cls},track="canary"}} {canary_pos}',
+                f"# TYPE {analysis.SHADOW_ABS_DIFF} histogram"]
+        out += _hist_lines(analysis.SHADOW_ABS_DIFF, f'{pair},output="{analysis.PROBABILITY_OUTPUT}"', diffs,
+                           DIFF_BOUNDS)
     return "\n".join(out) + "\n"
 
 
@@ -95,4 +101,4 @@ class FakeTraffic:
         versions = {v: (int(c[0]), int(c[1]), c[2]) for v, c in self.counts.items()}
         rows, disagree, stable_pos, canary_pos = (int(x) for x in self.shadow)
         shadow = {self.canary: (rows, disagree, self.diffs, stable_pos, canary_pos)} if rows else None
-        return render_metrics(self.model, versions, shadow)
+        return render_metrics(self.model, versions, shadow, self.stable)

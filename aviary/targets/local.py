@@ -136,8 +136,6 @@ class LocalTarget:
             "--model_config_file_poll_wait_seconds=1",
             "--allow_version_labels_for_unavailable_models=true",
             f"--monitoring_config_file={monitoring.resolve()}",
-            # Unversioned requests go to the `stable` label (a canary only gets the share set_traffic gives it).
-            "--enable_traffic_split=true",
         ]
         process = self.process.start(
             command, cwd=Path(__file__).resolve().parents[2],

@@ -1,209 +1,163 @@
-"""The traffic-split extension: stable/canary shares of unversioned requests, per-version metrics, the shadow."""
+"""Progressive-delivery extensions: traffic split, per-version metrics, shadow comparison (REST and gRPC).
+
+circle v1 (stable) answers x=y=0 with probability 0.5, class 0; v2 (canary) with 0.731, class 1.
+"""
 
 from __future__ import annotations
 
 import math
-import threading
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
+import requests
 import tensorflow as tf
-from conftest import Running, start_server, wait_for, write_config
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import Running, Store, start_server, wait_for, write_config
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from aviary.serving.metrics import Metrics
-from aviary.serving.traffic import Traffic, _due, compare
-
-# circle v1: p = sigmoid(x + y), v2: p = sigmoid(x + y + 1); class is p > 0.5.
-ROWS = [{"x": 0.0, "y": 0.0}, {"x": -2.0, "y": 0.0}]  # v1 and v2 disagree on the first row only
-P1 = [0.5, 1 / (1 + math.exp(2))]
-P2 = [1 / (1 + math.exp(-1)), 1 / (1 + math.exp(1))]
+CANARY_P = 1 / (1 + math.exp(-1.0))
 
 
 @pytest.fixture(scope="module")
-def split_server(main_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    cfg_dir = tmp_path_factory.mktemp("split")
-    config = write_config(cfg_dir / "models.pbtxt", f"""
-model_config_list {{
-  config {{
-    name: 'circle' base_path: '{main_store / "circle"}' model_platform: 'tensorflow'
-    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
-    version_labels {{ key: 'stable' value: 1 }}
-    version_labels {{ key: 'canary' value: 2 }}
-  }}
-  config {{ name: 'hpt' base_path: '{main_store / "hpt"}' model_platform: 'tensorflow' }}
-}}
+def split_server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    root = tmp_path_factory.mktemp("traffic")
+    base = root / "circle"
+    store.add_version(base, 1, store.circle_v1)
+    store.add_version(base, 2, store.circle_v2)
+    config = write_config(root / "models.config", f"""
+model_config_list {{ config {{
+  name: 'circle' base_path: '{base}' model_platform: 'tensorflow'
+  model_version_policy {{ all {{}} }}
+  version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 2 }}
+}} }}
 """)
-    monitoring = cfg_dir / "monitoring.pbtxt"
+    monitoring = root / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
-    running = start_server([f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models=true",
-                            f"--monitoring_config_file={monitoring}", "--enable_traffic_split"])
+    running = start_server([f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models",
+                            f"--monitoring_config_file={monitoring}"])
     yield running
     running.stop()
 
 
-def set_split(http: Any, server: Running, **shares: int) -> dict[str, Any]:
-    resp = http.post(server.rest + "/v1/models/circle/traffic", json=shares)
+@pytest.fixture(scope="module")
+def stub(split_server: Running) -> Iterator[Any]:
+    with grpc.insecure_channel(split_server.grpc_target) as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+def rest_version(server: Running, path: str = "/v1/models/circle:predict", rows: int = 1) -> int:
+    """Which version answered, told apart by its prediction for x=y=0."""
+    resp = requests.post(server.rest + path, json={"instances": [{"x": 0.0, "y": 0.0}] * rows}, timeout=10)
     assert resp.status_code == 200, resp.text
-    return dict(resp.json())
+    return 2 if resp.json()["predictions"][0]["class"] == 1 else 1
 
 
-def samples(server: Running, http: Any, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    text = http.get(server.rest + "/metrics").text
-    return {tuple(sorted(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples if s.name == name}
-
-
-def count(server: Running, http: Any, version: int, status: str = "OK", model: str = "circle") -> float:
-    key = (("model_name", model), ("status", status), ("version", str(version)))
-    return samples(server, http, ":tensorflow:serving:request_count_total").get(key, 0.0)
-
-
-def answered_by(response: Any) -> int:
-    """Which circle version answered, from its probability on the first row."""
-    p = response.json()["predictions"][0]["probability"]
-    return 1 if p == pytest.approx(P1[0], abs=1e-6) else 2 if p == pytest.approx(P2[0], abs=1e-6) else -1
-
-
-def test_without_the_flag_the_server_is_tf_serving(server: Running, http: Any) -> None:
-    """Newest version answers unversioned requests; the extension's path is a malformed request."""
-    resp = http.post(server.rest + "/v1/models/circle:predict", json={"instances": ROWS})
-    assert answered_by(resp) == 2
-    bad = http.post(server.rest + "/v1/models/circle/traffic", json={"canary_percent": 10})
-    assert bad.status_code == 400
-    assert bad.json() == {"error": "Malformed request: POST /v1/models/circle/traffic"}
-
-
-def test_stable_answers_unversioned_requests_and_the_canary_gets_exactly_its_share(
-    split_server: Running, http: Any
-) -> None:
-    url = split_server.rest + "/v1/models/circle:predict"
-    assert http.get(split_server.rest + "/v1/models/circle/traffic").json() == {
-        "canary_percent": 0, "mirror_percent": 0, "stable_version": 1, "canary_version": 2}
-    assert {answered_by(http.post(url, json={"instances": ROWS})) for _ in range(5)} == {1}
-    assert set_split(http, split_server, canary_percent=25) == {
-        "canary_percent": 25, "mirror_percent": 0, "stable_version": 1, "canary_version": 2}
-    before = {v: count(split_server, http, v) for v in (1, 2)}
-    answers = [answered_by(http.post(url, json={"instances": ROWS})) for _ in range(40)]
-    assert answers.count(2) == 10 and answers.count(1) == 30
-    assert {v: count(split_server, http, v) - before[v] for v in (1, 2)} == {1: 30, 2: 10}
-    # Named versions and labels are never split.
-    assert {answered_by(http.post(split_server.rest + "/v1/models/circle/labels/stable:predict",
-                                  json={"instances": ROWS})) for _ in range(8)} == {1}
-    latency = samples(split_server, http, ":tensorflow:serving:request_latency_count")
-    assert latency[(("API", "predict"), ("entrypoint", "REST"), ("model_name", "circle"), ("version", "2"))] >= 10
-    set_split(http, split_server, canary_percent=0)
-
-
-def test_mirrored_requests_are_compared_and_never_change_the_answer(split_server: Running, http: Any) -> None:
-    set_split(http, split_server, canary_percent=0, mirror_percent=50)
-    url = split_server.rest + "/v1/models/circle:predict"
-    rows = ":tensorflow:serving:shadow_compared_rows_total"
-    key = (("model_name", "circle"), ("version", "2"))
-    before = samples(split_server, http, rows).get(key, 0.0)
-    answers = [answered_by(http.post(url, json={"instances": ROWS})) for _ in range(20)]
-    assert set(answers) == {1}
-    wait_for(lambda: samples(split_server, http, rows).get(key, 0.0) - before == 20)
-    disagreements = samples(split_server, http, ":tensorflow:serving:shadow_class_disagreements_total")[key]
-    stable_pos = samples(split_server, http, ":tensorflow:serving:shadow_stable_positives_total")[key]
-    canary_pos = samples(split_server, http, ":tensorflow:serving:shadow_canary_positives_total")[key]
-    total_rows = samples(split_server, http, rows)[key]
-    # Row (0, 0) flips from class 0 to 1; row (-2, 0) stays 0: half the rows disagree, all on canary positives.
-    assert disagreements == total_rows / 2 and canary_pos == total_rows / 2 and stable_pos == 0
-    diff_sum = samples(split_server, http, ":tensorflow:serving:shadow_abs_probability_diff_sum")[key]
-    per_pair = abs(P2[0] - P1[0]) + abs(P2[1] - P1[1])
-    assert diff_sum == pytest.approx(per_pair * total_rows / 2, rel=1e-5)
-    # The mirrored runs are not client requests: only stable's 20 answers were counted for this window.
-    set_split(http, split_server, mirror_percent=0)
-
-
-def test_the_split_endpoint_refuses_bad_input(split_server: Running, http: Any) -> None:
-    url = split_server.rest + "/v1/models/circle/traffic"
-    for body, message in (
-        ({"canary_percent": 101}, "traffic split: canary_percent must be an integer from 0 to 100, got 101"),
-        ({"canary_percent": "10"}, 'traffic split: canary_percent must be an integer from 0 to 100, got "10"'),
-        ({"canary": 10}, "traffic split: unknown field 'canary'; expected canary_percent, mirror_percent"),
-        ([10], 'traffic split must be a JSON object like {"canary_percent": 10, "mirror_percent": 20}'),
-    ):
-        resp = http.post(url, json=body)
-        assert resp.status_code == 400 and resp.json() == {"error": message}
-    missing = http.post(split_server.rest + "/v1/models/nope/traffic", json={"canary_percent": 1})
-    assert missing.status_code == 404 and missing.json() == {"error": "Could not find any versions of model nope"}
-    assert http.get(url).json()["canary_percent"] == 0
-
-
-def test_a_model_without_a_stable_label_keeps_tf_servings_default(split_server: Running, http: Any) -> None:
-    resp = http.post(split_server.rest + "/v1/models/hpt:predict", json={"instances": [2.0]})
-    assert resp.status_code == 200 and resp.json() == {"predictions": [3.0]}
-    assert count(split_server, http, 123, model="hpt") >= 1
-
-
-def test_grpc_unversioned_predict_follows_the_split(split_server: Running, http: Any) -> None:
+def grpc_version(stub: Any, **spec: Any) -> int:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "circle"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([0.0], np.float32)))
-    request.inputs["y"].CopyFrom(tf.make_tensor_proto(np.array([0.0], np.float32)))
-    with grpc.insecure_channel(split_server.grpc_target) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        set_split(http, split_server, canary_percent=100)
-        assert stub.Predict(request, timeout=10).model_spec.version.value == 2
-        set_split(http, split_server, canary_percent=0)
-        assert stub.Predict(request, timeout=10).model_spec.version.value == 1
-    latency = samples(split_server, http, ":tensorflow:serving:request_latency_count")
-    assert latency[(("API", "predict"), ("entrypoint", "GRPC"), ("model_name", "circle"), ("version", "2"))] >= 1
+    if "label" in spec:
+        request.model_spec.version_label = spec["label"]
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([0.0], dtype=tf.float32))
+    request.inputs["y"].CopyFrom(tf.make_tensor_proto([0.0], dtype=tf.float32))
+    response = stub.Predict(request, timeout=10)
+    answered = 2 if tf.make_ndarray(response.outputs["class"]).tolist() == [1] else 1
+    assert response.model_spec.version.value == answered
+    return answered
 
 
-def test_shares_are_exact_over_every_hundred_requests() -> None:
-    for percent in (0, 1, 10, 25, 33, 50, 99, 100):
-        assert sum(_due(i, percent) for i in range(100)) == percent
-        assert sum(_due(i, percent) for i in range(300, 400)) == percent
-    assert [_due(i, 50) for i in range(4)] == [False, True, False, True]
+def set_traffic(server: Running, **shares: Any) -> requests.Response:
+    return requests.post(server.rest + "/v1/models/circle/traffic", json=shares, timeout=10)
 
 
-def test_compare_uses_probability_and_class_outputs() -> None:
-    stable = {"probability": np.array([[0.2], [0.6], [0.9]], np.float32), "class": np.array([0, 1, 1])}
-    canary = {"probability": np.array([[0.25], [0.4], [0.9]], np.float32), "class": np.array([0, 0, 1])}
-    result = compare(stable, canary)
-    assert result is not None
-    assert (result.rows, result.disagreements, result.stable_positives, result.canary_positives) == (3, 1, 2, 1)
-    assert result.abs_diffs.tolist() == pytest.approx([0.05, 0.2, 0.0], abs=1e-6)
-    assert compare({"y": np.array([1.0])}, {"y": np.array([1.0, 2.0])}) is None  # shapes differ
+def metric(server: Running, pattern: str) -> float:
+    text = requests.get(server.rest + "/metrics", timeout=10).text
+    match = re.search("^" + pattern + r" ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
-class _Blocking:
-    """A canary whose shadow runs wait until released."""
-
-    version = 2
-
-    def __init__(self) -> None:
-        self.started, self.release = threading.Event(), threading.Event()
-        self.runners = {"serving_default": self}
-
-    def run(self, feeds: Any) -> dict[str, np.ndarray]:
-        self.started.set()
-        self.release.wait(10)
-        return {"probability": np.array([0.5])}
+def test_without_a_split_the_newest_version_answers(split_server: Running, stub: Any) -> None:
+    assert rest_version(split_server) == 2 and grpc_version(stub) == 2
+    state = requests.get(split_server.rest + "/v1/models/circle/traffic", timeout=10).json()
+    assert state == {"model": "circle", "enabled": False, "canary_percent": 0, "mirror_percent": 0,
+                     "stable_version": "1", "canary_version": "2"}
 
 
-def test_the_shadow_queue_is_bounded_and_drops_when_full() -> None:
-    metrics = Metrics()
-    traffic = Traffic(manager=Any, metrics=metrics, queue_size=1)  # type: ignore[arg-type]
-    canary = _Blocking()
-    mirror = traffic.mirror_to("m", canary, "serving_default", {"x": np.array([1.0])})  # type: ignore[arg-type]
+def test_split_sends_the_configured_share_to_canary_and_per_version_metrics_count_it(
+        split_server: Running, stub: Any) -> None:
+    count = r':tensorflow:serving:request_count\{{model_name="circle",version="{v}",status="OK"\}}'
+    before = {v: metric(split_server, count.format(v=v)) for v in (1, 2)}
+    resp = set_traffic(split_server, canary_percent=25)
+    assert resp.status_code == 200 and resp.json()["canary_percent"] == 25 and resp.json()["enabled"]
     try:
-        mirror({"probability": np.array([0.5])})
-        wait_for(canary.started.is_set)  # the worker holds the first, blocked in the canary
-        mirror({"probability": np.array([0.5])})  # queued
-        mirror({"probability": np.array([0.5])})  # dropped
-        assert metrics.shadow_counts["dropped"] == {("m", "2"): 1}
-        canary.release.set()
-        assert traffic.drain()
-        assert metrics.shadow_counts["compared_rows"] == {("m", "2"): 2}
+        answered = [rest_version(split_server) for _ in range(12)] + [grpc_version(stub) for _ in range(8)]
+        assert answered.count(2) == 5  # exactly a quarter, REST and gRPC drawing from one split
+        # Naming a version or a label is never redirected.
+        assert rest_version(split_server, "/v1/models/circle/versions/2:predict") == 2
+        assert rest_version(split_server, "/v1/models/circle/labels/stable:predict") == 1
+        assert grpc_version(stub, label="canary") == 2
     finally:
-        canary.release.set()
-        traffic.close()
+        assert requests.delete(split_server.rest + "/v1/models/circle/traffic", timeout=10).status_code == 200
+    assert rest_version(split_server) == 2  # back to TF Serving's rule
+    after = {v: metric(split_server, count.format(v=v)) for v in (1, 2)}
+    assert after[1] - before[1] == 15 + 1  # split to stable, then the stable label
+    assert after[2] - before[2] == 5 + 3  # split to canary, then version 2, the canary label, the default
+    latency = r':tensorflow:serving:request_latency_count\{{model_name="circle",version="{v}",API="predict",' \
+              r'entrypoint="{e}"\}}'
+    assert metric(split_server, latency.format(v=1, e="REST")) >= 9
+    assert metric(split_server, latency.format(v=2, e="GRPC")) >= 1
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"canary_percent": 120}, "canary_percent must be a number from 0 to 100"),
+    ({"canary_percent": "10"}, "canary_percent must be a number from 0 to 100"),
+    ({"canary_pct": 10}, "Unknown traffic field: canary_pct"),
+    ({"canary_percent": 60, "mirror_percent": 50}, "must not exceed 100"),
+])
+def test_bad_traffic_settings_are_refused_and_change_nothing(split_server: Running, body: Any, message: str) -> None:
+    resp = set_traffic(split_server, **body)
+    assert resp.status_code == 400 and message in resp.json()["error"]
+    assert requests.get(split_server.rest + "/v1/models/circle/traffic", timeout=10).json()["enabled"] is False
+
+
+def test_mirrored_requests_are_compared_with_stable_and_never_answered_by_canary(
+        split_server: Running, stub: Any) -> None:
+    labels = 'model_name="circle",stable_version="1",canary_version="2"'
+    mirrored = rf':aviary:serving:shadow:request_count\{{{labels},status="OK"\}}'
+    assert set_traffic(split_server, canary_percent=0, mirror_percent=100).status_code == 200
+    try:
+        for i in range(6):  # one at a time, so none is dropped for too many mirrors in flight
+            before = metric(split_server, mirrored)
+            answered = rest_version(split_server, rows=3) if i < 4 else grpc_version(stub)
+            assert answered == 1  # the client only ever sees stable
+            wait_for(lambda before=before: metric(split_server, mirrored) == before + 1)
+    finally:
+        requests.delete(split_server.rest + "/v1/models/circle/traffic", timeout=10)
+    rows = 4 * 3 + 2
+
+    def shadow(name: str, output: str, extra: str = "") -> float:
+        return metric(split_server, rf':aviary:serving:shadow:{name}\{{{labels},output="{output}"{extra}\}}')
+
+    assert shadow("compared_count", "class") == rows
+    assert shadow("disagreement_count", "class") == rows  # stable says 0, canary 1, every time
+    assert shadow("positive_count", "class", ',track="stable"') == 0
+    assert shadow("positive_count", "class", ',track="canary"') == rows
+    assert shadow("positive_count", "probability", ',track="canary"') == rows
+    assert shadow("abs_diff_count", "probability") == rows
+    assert shadow("abs_diff_sum", "probability") == pytest.approx(rows * (CANARY_P - 0.5), rel=1e-4)
+    assert shadow("abs_diff_bucket", "probability", ',le="0.2"') == 0
+    assert shadow("abs_diff_bucket", "probability", ',le="0.3"') == rows
+
+
+def test_without_a_stable_label_the_split_keeps_tf_servings_rule(store: Store, tmp_path: Path) -> None:
+    base = tmp_path / "circle"
+    store.add_version(base, 1, store.circle_v1)
+    store.add_version(base, 2, store.circle_v2)
+    server = start_server([f"--model_base_path={base}", "--model_name=circle"])
+    try:
+        assert set_traffic(server, canary_percent=50).json()["stable_version"] is None
+        assert [rest_version(server) for _ in range(4)] == [2] * 4  # the newest version, as without a split
+    finally:
+        server.stop()
