@@ -100,13 +100,20 @@ class LocalConfig(_Frozen):
     grace_s: float = Field(2.0, ge=0, description="How long the old stable version keeps serving after a promotion.")
 
 
+class ResourcesConfig(_Frozen):
+    requests: dict[str, str] = Field(default_factory=dict, description="e.g. {cpu: 250m, memory: 256Mi}")
+    limits: dict[str, str] = Field(default_factory=dict, description="e.g. {cpu: '1', memory: 1Gi}")
+
+
 class KubernetesConfig(_Frozen):
     kubeconfig: Path | None = Field(None, description="Kubeconfig file; in-cluster credentials when empty and in_cluster.")
     context: str | None = Field(None, description="Kubeconfig context; the current one when empty.")
     in_cluster: bool = Field(False, description="Use the pod's service account and in-cluster DNS.")
     namespace: str = Field("aviary", pattern=NAME_PATTERN, description="Namespace of the serving Deployments.")
     image: str = Field("tensorflow/serving:2.19.0", description="TF Serving image, pinned by version.")
-    replicas: int = Field(2, ge=1, le=100, description="Stable replicas.")
+    replicas: int = Field(
+        2, ge=1, le=100, description="Stable replicas, only where the flow creates the stable track (no overlay applied)."
+    )
     canary_replicas: int = Field(1, ge=1, le=100, description="Canary replicas; its traffic share is their ratio.")
     canary_weight: int | None = Field(
         None, ge=0, le=100, description="Canary traffic percent through a Gateway API HTTPRoute, when set."
@@ -114,6 +121,10 @@ class KubernetesConfig(_Frozen):
     store_claim: str = Field("aviary-models", description="PersistentVolumeClaim that holds the model store.")
     store_mount: str = Field("/models", description="Where the pods mount the store.")
     copy_image: str = Field("busybox:1.36", description="Image of the Job that copies a version onto the volume.")
+    copy_timeout_s: float = Field(300.0, gt=0, description="Deadline of the copy Job, in seconds.")
+    resources: ResourcesConfig | None = Field(
+        None, description="Serving container resources of the Deployments the flow creates; empty: the stable track's."
+    )
     store_uri: str | None = Field(
         None, description="Object-store base TF Serving reads versions from (gs://..., s3://...) instead of the volume."
     )
@@ -175,7 +186,13 @@ class RolloutConfig(_Frozen):
     target: Literal["none", "local", "kubernetes"] = Field(
         "local", description="Where the new version goes: none stops after export."
     )
-    ready_timeout_s: float = Field(120.0, gt=0, description="Deadline for the canary to become available.")
+    hand_off: bool = Field(
+        False,
+        description="Leave the rollout to the canary-deploy deployment: the export event carries these settings to it.",
+    )
+    ready_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline for the canary (and a promotion) to become available; on Kubernetes also the progress deadline."
+    )
     lock_timeout_s: float = Field(
         60.0, ge=0, description="How long a rollout waits for another rollout of the same model before refusing."
     )

@@ -127,11 +127,14 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
                 "aviary.model.name": model,
                 "aviary.model.version": str(version),
                 "aviary.model.path": str(exported.path.resolve()),
+                "aviary.rollout.hand-off": str(config.rollout.hand_off).lower(),
             },
-            payload={"blessed": True, "metrics": evaluation.model_dump(mode="json")},
+            # The rollout settings travel with the version, so canary-deploy rolls it out where this run meant to.
+            payload={"blessed": True, "metrics": evaluation.model_dump(mode="json"),
+                     "rollout": config.rollout.model_dump(mode="json")},
         )
     result = result.model_copy(update={"path": exported.path})
-    if config.rollout.target != "none":
+    if config.rollout.target != "none" and not config.rollout.hand_off:
         deployed = rollout(version, config)
         result = result.model_copy(update={"rollout": deployed.phase})
     return result

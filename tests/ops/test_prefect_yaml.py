@@ -78,7 +78,7 @@ def test_parameters_fit_the_flow_schema(name: str) -> None:
 
 def test_retrain_deployments_leave_the_rollout_to_canary_deploy() -> None:
     for name in ("retrain-scheduled", "retrain-manual"):
-        assert PipelineConfig.model_validate(BY_NAME[name]["parameters"]["config"]).rollout.target == "none"
+        assert PipelineConfig.model_validate(BY_NAME[name]["parameters"]["config"]).rollout.hand_off
 
 
 def test_every_field_of_the_form_is_described() -> None:
@@ -108,7 +108,8 @@ def test_nightly_schedule_runs_at_three_local_time_across_daylight_saving() -> N
     assert [d.utcoffset().total_seconds() / 3600 for d in local] == [1, 2, 2, 2]  # type: ignore[union-attr]
 
 
-def render_trigger_parameters(template: dict[str, Any], resource: dict[str, str]) -> dict[str, Any]:
+def render_trigger_parameters(template: dict[str, Any], resource: dict[str, str],
+                              payload: dict[str, Any] | None = None) -> dict[str, Any]:
     """Render as the server's run-deployment action does, with an event of the given resource."""
     from prefect.server.events.actions import RunDeployment
     from prefect.server.events.schemas.events import ReceivedEvent
@@ -117,7 +118,8 @@ def render_trigger_parameters(template: dict[str, Any], resource: dict[str, str]
 
     parameters = copy.deepcopy(template)
     RunDeployment._upgrade_v1_templates(parameters)
-    event = ReceivedEvent(occurred=now("UTC"), event="aviary.model.exported", resource=resource, id=uuid.uuid4())
+    event = ReceivedEvent(occurred=now("UTC"), event="aviary.model.exported", resource=resource,
+                          payload=payload or {}, id=uuid.uuid4())
     return hydrate(parameters, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": event}))
 
 
@@ -132,6 +134,7 @@ def test_canary_deploy_is_triggered_by_the_export_event_for_that_version_and_sto
     assert isinstance(trigger, DeploymentEventTrigger) and trigger.enabled
     assert trigger.expect == {"aviary.model.exported"}
     assert trigger.match.get("prefect.resource.id") == ["aviary.model.*"]
+    assert trigger.match.get("aviary.rollout.hand-off") == ["true"]  # only exports that left their rollout to it
     assert trigger.threshold == 1
 
     resource = {
@@ -139,11 +142,17 @@ def test_canary_deploy_is_triggered_by_the_export_event_for_that_version_and_sto
         "aviary.model.name": "circle",
         "aviary.model.version": "7",
         "aviary.model.path": "/srv/aviary/models/circle/7",
+        "aviary.rollout.hand-off": "true",
     }
-    rendered = render_trigger_parameters(spec["parameters"], resource)
+    # The exporting run's rollout settings travel in the event's payload.
+    chosen = PipelineConfig.model_validate({"rollout": {
+        "hand_off": True, "target": "kubernetes", "ready_timeout_s": 300,
+        "kubernetes": {"in_cluster": True, "namespace": "serving", "replicas": 3, "canary_weight": 10}}}).rollout
+    rendered = render_trigger_parameters(spec["parameters"], resource, {"rollout": chosen.model_dump(mode="json")})
     assert rendered["version"] == 7
     config = PipelineConfig.model_validate(rendered["config"])
-    assert (config.export.model_name, str(config.export.store), config.rollout.target) == ("circle", "/srv/aviary/models", "local")
+    assert (config.export.model_name, str(config.export.store)) == ("circle", "/srv/aviary/models")
+    assert config.rollout == chosen
     assert_valid_parameters(rendered, deployment["entrypoint"], complete=True)
 
 
@@ -171,7 +180,7 @@ def test_every_deployment_has_its_kubernetes_variant() -> None:
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert job["kind"] == "Job" and job["metadata"]["namespace"] == "aviary"
-    assert container["image"] == "aviary:0.1.0" and pod["serviceAccountName"] == "aviary"
+    assert container["image"] == "aviary:0.1.0" and pod["serviceAccountName"] == "aviary-rollout"
     assert {"name": "models", "mountPath": "/opt/aviary/models"} in container["volumeMounts"]
     assert pod["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "aviary-models"}}]
 
