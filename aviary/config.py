@@ -183,6 +183,57 @@ class KubernetesConfig(_Frozen):
     gateway: str = Field("aviary", description="Gateway API Gateway that the canary HTTPRoute attaches to.")
 
 
+class ShadowConfig(_Frozen):
+    mirror_percent: int = Field(
+        20, ge=0, le=100, description="Share of unversioned requests also sent to the canary, whose answers are "
+        "compared with stable's and never reach clients; 0 turns the shadow comparison off.")
+    min_rows: int = Field(50, ge=1, description="Compared rows a step needs before its shadow figures are judged.")
+    min_class_agreement: float = Field(0.98, ge=0, le=1, description="Least share of rows where both classes agree.")
+    max_mean_abs_diff: float = Field(0.05, ge=0, le=1, description="Largest mean |canary - stable probability|.")
+    max_p99_abs_diff: float = Field(0.25, ge=0, le=1, description="Largest p99 of |canary - stable probability|.")
+    max_positive_rate_shift: float = Field(
+        0.05, ge=0, le=1, description="Largest |canary - stable| share of rows predicted positive.")
+
+
+class ApprovalConfig(_Frozen):
+    required: bool = Field(False, description="Pause for a person's decision after the last traffic step.")
+    timeout_s: int = Field(3600, ge=1, description="How long to wait for the decision.")
+    default: Literal["promote", "roll back"] = Field("roll back", description="What happens when none comes in time.")
+
+
+class CanaryConfig(_Frozen):
+    steps: tuple[int, ...] = Field(
+        (10, 25, 50), description="Canary share (%) of unversioned requests at each step, then promotion; "
+        "empty: the golden-set check alone decides.")
+    bake_s: float = Field(6.0, ge=0, description="Least live traffic time per step before it is judged.")
+    max_bake_s: float = Field(
+        30.0, gt=0, description="Deadline of one analysis: still too few requests by then counts as a failed check.")
+    scrape_interval_s: float = Field(1.0, ge=0, description="Seconds between metrics scrapes while baking.")
+    min_requests: int = Field(20, ge=1, description="Canary requests a step needs before it is judged.")
+    load_rps: float = Field(
+        20.0, ge=0, le=1000, description="Requests/s of golden-set rows the rollout itself sends to the model's "
+        "default URL while a step bakes (local target, 127.0.0.1), so a canary is judged with no client "
+        "traffic too; 0 turns it off.")
+    max_error_rate_delta: float = Field(
+        0.02, ge=0, le=1, description="How far the canary's error rate may exceed stable's.")
+    max_latency_ratio: float = Field(2.0, ge=1, description="Canary p95 latency budget, as a multiple of stable's...")
+    latency_slack_ms: float = Field(10.0, ge=0, description="...plus this, so sub-millisecond noise is no failure.")
+    failed_checks: int = Field(2, ge=1, description="Failed analyses that roll the canary back; they never reset.")
+    shadow: ShadowConfig = Field(ShadowConfig(), description="Mirrored requests: canary vs stable predictions.")
+    approval: ApprovalConfig = Field(ApprovalConfig(), description="An optional human decision before promotion.")
+
+    @model_validator(mode="after")
+    def _rising(self) -> CanaryConfig:
+        if any(not 0 < s < 100 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
+            raise ValueError(f"steps must rise strictly between 0 and 100 (exclusive), got {list(self.steps)}")
+        if self.steps and self.steps[-1] + self.shadow.mirror_percent > 100:
+            raise ValueError(f"the last step {self.steps[-1]}% plus mirror_percent {self.shadow.mirror_percent}% "
+                             "exceeds 100 (the server splits and mirrors shares of the same requests)")
+        if self.max_bake_s < self.bake_s:
+            raise ValueError(f"max_bake_s {self.max_bake_s:g} is below bake_s {self.bake_s:g}")
+        return self
+
+
 class RolloutConfig(_Frozen):
     target: Literal["none", "local", "kubernetes"] = Field(
         "local", description="Where the new version goes: none stops after export."
@@ -198,6 +249,7 @@ class RolloutConfig(_Frozen):
         60.0, ge=0, description="How long a rollout waits for another rollout of the same model before refusing."
     )
     check: CheckConfig = Field(CheckConfig(), description="The post-deploy check of the canary.")
+    canary: CanaryConfig = Field(CanaryConfig(), description="Traffic steps, live analysis and approval after the check.")
     local: LocalConfig = Field(LocalConfig(), description="The local model server (target local).")
     kubernetes: KubernetesConfig = Field(KubernetesConfig(), description="TF Serving in Kubernetes (target kubernetes).")
 
