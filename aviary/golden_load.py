@@ -37,7 +37,7 @@ class GoldenLoad:
     """`rate` requests/s to `url` (a `:predict` URL), cycling through `rows`."""
 
     url: str
-    rows: Sequence[dict[str, float]]
+    rows: Sequence[dict[str, float | str]]
     rate: float
     rows_per_request: int = ROWS_PER_REQUEST
     codes: list[int] = field(default_factory=list)
@@ -48,7 +48,7 @@ class GoldenLoad:
         if not self.rows:
             raise ValueError("golden load: no golden rows to send")
 
-    def _batch(self, i: int) -> list[dict[str, float]]:
+    def _batch(self, i: int) -> list[dict[str, float | str]]:
         n = len(self.rows)
         return [dict(self.rows[(i * self.rows_per_request + k) % n]) for k in range(self.rows_per_request)]
 
