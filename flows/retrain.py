@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import uuid
 from pathlib import Path
@@ -22,10 +23,12 @@ from aviary.flows.cli import add_config_arguments, config_from_args, one_line
 from aviary.flows.rollout import rollout
 from aviary.prefect_api import own_prefect_api
 from aviary.store import ModelStore
+from aviary.tasks.drift import check_drift_task, reference_task
 from aviary.tasks.evaluate import evaluate_model_task, evaluate_version_task
 from aviary.tasks.export import export_model_task
 from aviary.tasks.gate import gate_model_task
 from aviary.tasks.ingest import ingest_csv_task
+from aviary.tasks.preprocess import dataset_profile
 from aviary.tasks.split import split_dataset_task
 from aviary.tasks.train import train_model_task
 from aviary.types import EvalReport, Provenance, Verdict
@@ -117,17 +120,32 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
     results = result_storage(config.runs_dir)  # ingest and training are cached across runs, under runs_dir
     dataset = ingest_csv_task.with_options(result_storage=results)(config.data, config.runs_dir / "datasets")
     split = split_dataset_task(dataset, config.split, run_dir / "split")
-    trained = train_model_task.with_options(result_storage=results)(split.train, config.train, run_dir)
-    evaluation = evaluate_model_task(trained, split.eval, config.evaluate)
+    profile = split.train.profile or dataset_profile(split.train)
+    train_set = split.train.model_copy(update={"profile": profile})
 
     baseline_version = store.baseline()
     # Never "production vN" for a version that was never promoted.
     baseline_role = "production" if store.aliases().get("production") is not None else "last blessed"
+    production = store.metadata(baseline_version) if baseline_version is not None else None
+    # A changed schema stops the run here, before any training, unless the config allows it.
+    drift = check_drift_task(
+        profile,
+        train_set.path,
+        production.profile if production else None,
+        production.drift_reference if production else None,
+        config.gate.drift,
+        baseline_version,
+        baseline_role,
+    )
+    trained = train_model_task.with_options(result_storage=results)(train_set, config.train, run_dir)
+    evaluation = evaluate_model_task(trained, split.eval, config.evaluate)
+
     baseline = None
-    if baseline_version is not None:
-        threshold = store.metadata(baseline_version).threshold
-        baseline = evaluate_version_task(store.version_dir(baseline_version), split.eval, threshold)
-    verdict = gate_model_task(evaluation, config.gate, baseline, baseline_version, baseline_role)
+    if production is not None and baseline_version is not None and not drift.schema_changed:
+        baseline = evaluate_version_task(store.version_dir(baseline_version), split.eval, production.threshold)
+    verdict = gate_model_task(
+        evaluation, config.gate, baseline, baseline_version if baseline else None, baseline_role, drift
+    )
 
     version = store.reserve_version(run_key)
     key = model.lower()
@@ -160,10 +178,16 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         logger.warning("%s v%s rejected: %s", model, version, "; ".join(verdict.reasons))
         return result
 
-    provenance = Provenance(parameters=config.model_dump(mode="json"), parent_version=baseline_version)
+    provenance = Provenance(
+        parameters=config.model_dump(mode="json"),
+        parent_version=baseline_version,
+        drift_reference=reference_task(train_set.path, profile),
+    )
     # The export is to be announced, even if this run dies after it, with the rollout settings it chose.
     store.mark(ANNOUNCE_MARK, version, run=run_key, rollout=config.rollout.model_dump(mode="json"))
-    exported = export_model_task(trained, split.eval, evaluation, verdict, version, config.export, provenance)
+    exported = export_model_task(
+        trained, split.eval, evaluation, verdict, version, config.export, provenance, config.data.behaviour_cases()
+    )
     logger.info("%s v%s exported to %s", model, version, exported.path)
     crash_point("after-export")
     announce_exports(store)
@@ -199,6 +223,19 @@ def describe(result: RetrainResult) -> str:
     return "\n".join(lines)
 
 
+def try_it(config: PipelineConfig, result: RetrainResult) -> str:
+    """A curl line with a real eval row under the signature's input names, and the names that differ from the header."""
+    store = ModelStore(config.export.store, result.model)
+    example = store.golden(result.version).instances[0]
+    renamed = {c: n for c, n in store.metadata(result.version).inputs.items() if c != n}
+    local = config.rollout.local
+    body = shlex.quote(json.dumps({"instances": [example]}))
+    lines = ["try it:", f"  curl -s -d {body} http://{local.host}:{local.rest_port}/v1/models/{result.model}:predict"]
+    if renamed:
+        lines.append("  inputs: " + ", ".join(f"{column!r} is {name}" for column, name in renamed.items()))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -210,10 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(describe(result))
     if result.rollout == "Promoted" and config.rollout.target == "local":
-        local = config.rollout.local
-        body = json.dumps({"instances": [dict.fromkeys(config.data.features, 0.5)]})
-        print("try it:")
-        print(f"  curl -s -d '{body}' http://{local.host}:{local.rest_port}/v1/models/{result.model}:predict")
+        print(try_it(config, result))
     return 0
 
 

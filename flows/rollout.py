@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
+import threading
 
 import numpy as np
 import pandas as pd
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, pause_flow_run
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.exceptions import FlowPauseTimeout, NotPausedError
+from prefect.flow_runs import resume_flow_run
 from pydantic import BaseModel, ConfigDict
 
-from aviary.config import GateConfig, PipelineConfig
+from aviary.config import ApprovalConfig, GateConfig, PipelineConfig
 from aviary.flows.cli import add_config_arguments, config_from_args, run_main
+from aviary.golden_load import GoldenLoad, is_loopback
 from aviary.lock import model_lock, rollout_slot
-from aviary.rollout import CheckOutcome, Phase, Rollout, run_rollout
+from aviary.record import build_record, record_markdown, write_record
+from aviary.rollout import Approval, CheckOutcome, Phase, Rollout, run_rollout
 from aviary.saved_model import predict_saved_model
 from aviary.store import History, ModelStore
 from aviary.targets import build_target
@@ -45,14 +50,43 @@ class RolloutResult(BaseModel):
     reason: str
     stable_before: int | None
     stable_after: int | None
+    record: str | None = None
 
 
-def timeline_markdown(state: Rollout) -> str:
-    rows = [f"# Rollout of {state.model} v{state.version}: {state.phase}", "", "| at (UTC) | phase | why |", "|---|---|---|"]
-    for step in state.history:
-        at = datetime.fromtimestamp(step.at, UTC).strftime("%H:%M:%S.%f")[:-3]
-        rows.append(f"| {at} | {step.phase} | {step.reason.replace('|', '/')} |")
-    return "\n".join(rows) + "\n"
+PAUSE_MARGIN_S = 60
+"""The Prefect pause outlives the approval timeout: a pause that expires fails the flow run even when the
+default is to promote, so at the timeout the flow resumes itself with the default instead."""
+
+
+def ask_approval(cfg: ApprovalConfig, model: str, version: int) -> Approval | None:
+    """Pause the flow run with a typed form in the Prefect UI; None when nobody answers in time."""
+    logger = get_run_logger()
+    logger.info("%s v%s passed every traffic step; waiting up to %s s for a decision in the UI (default: %s)",
+                model, version, cfg.timeout_s, cfg.default)
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "approval needs a flow run"
+    run_id = context.flow_run.id
+    timed_out = threading.Event()
+
+    def take_default() -> None:
+        try:
+            resume_flow_run(run_id, run_input={"decision": cfg.default, "comment": "no decision in time"})
+        except (NotPausedError, FlowPauseTimeout, RuntimeError):
+            return  # a person answered first
+        timed_out.set()
+
+    timer = threading.Timer(cfg.timeout_s, take_default)
+    timer.daemon = True
+    timer.start()
+    try:
+        answer = pause_flow_run(wait_for_input=Approval, timeout=cfg.timeout_s + PAUSE_MARGIN_S,
+                                poll_interval=max(1, min(10, cfg.timeout_s // 10)), key=f"approve-{model}-{version}")
+    except FlowPauseTimeout:
+        return None
+    finally:
+        timer.cancel()
+        timer.join()
+    return None if timed_out.is_set() else Approval(decision=answer.decision, comment=answer.comment)
 
 
 def reconcile(target: Target, store: ModelStore) -> int | None:
@@ -100,7 +134,12 @@ def judge_against_production(store: ModelStore, version: int, production: int | 
     if len(set(golden.labels)) < 2:
         return (f"v{version} was judged against v{judged}, but production is now v{production}, and its golden rows "
                 "hold one class only, too few to judge it again; retrain to judge it against the current production")
-    current = predict_saved_model(store.version_dir(production), rows, golden.features)["probability"]
+    names = sorted(rows.columns)  # the golden instances are keyed by input name, as a client sends them
+    taken = set(store.metadata(production).inputs.values()) or set(golden.features)
+    if set(names) != taken:
+        return (f"v{version} was judged against v{judged}, but production is now v{production}, which takes other "
+                "inputs; retrain to judge it against the current production")
+    current = predict_saved_model(store.version_dir(production), rows, {n: n for n in names})["probability"]
     verdict = gate_model(
         report(labels, np.asarray(golden.probability), store.metadata(version).threshold), gate,
         report(labels, np.asarray(current), store.metadata(production).threshold), production,
@@ -160,7 +199,19 @@ def deploy_version(
         def observe(state: Rollout) -> None:
             logger.info("%s v%s: %s (%s)", model, version, state.phase, state.reason)
 
-        state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe)
+        canary = config.rollout.canary
+        load = None
+        if config.rollout.target == "local" and canary.load_rps > 0:
+            local = config.rollout.local
+            host = "127.0.0.1" if local.host in ("0.0.0.0", "::") else local.host
+            url = f"http://{host}:{local.rest_port}/v1/models/{model}:predict"
+            if is_loopback(url):
+                load = GoldenLoad(url, golden.instances, canary.load_rps).running
+            else:
+                logger.warning("no golden load while baking: %s is not a loopback address", host)
+        state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe,
+                            canary=canary, approve=lambda _s: ask_approval(canary.approval, model, version),
+                            load=load)
         if state.phase is Phase.PROMOTED:
             store.set_aliases(production=version, canary=None)
             History(store).record("promoted", version, replaced=stable)
@@ -172,7 +223,13 @@ def deploy_version(
             except TargetError:
                 still = None
             store.set_aliases(canary=still if still == version else None)
-        create_markdown_artifact(key=f"{model}-rollout", markdown=timeline_markdown(state))
+        # The record stays with the version whatever the outcome: why a canary went is on disk.
+        record = build_record(state, target.name)
+        record_path = write_record(store, record)
+        image = record_path.with_suffix(".png")
+        create_markdown_artifact(key=f"{model}-rollout",
+                                 markdown=record_markdown(record, image if image.exists() else None),
+                                 description=f"{model} v{version}: {state.phase}")
         # aviary.rollout.promoted / rolled-back / failed: the notification automation listens for the last two.
         emit_event(
             event=f"aviary.rollout.{OUTCOME_EVENTS.get(state.phase, 'failed')}",
@@ -181,7 +238,8 @@ def deploy_version(
             payload={"phase": str(state.phase), "reason": state.reason, "failure": state.failure, "stable": stable},
         )
         result = RolloutResult(model=model, version=version, phase=state.phase, reason=state.reason,
-                               stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable)
+                               stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable,
+                               record=str(record_path))
         store.mark(DEPLOYED_MARK, version, key=idempotency_key, phase=result.phase, result=result.model_dump(mode="json"))
     if state.phase is not Phase.PROMOTED:
         left = f"stable v{stable} keeps serving" if stable is not None else "no stable version was serving"

@@ -28,7 +28,7 @@ from aviary.durable import write_bytes_atomic, write_json_atomic
 from aviary.lock import Busy, model_lock
 from aviary.model_config import ModelEntry, build_model_config, render_model_configs
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
-from aviary.targets.local_server import START_TIMEOUT_S, LocalServer, ServerRecord
+from aviary.targets.local_server import METRICS_PATH, START_TIMEOUT_S, LocalServer, ServerRecord
 
 POLL_S = 0.1
 LABELS: tuple[Track, ...] = ("stable", "canary")
@@ -264,6 +264,31 @@ class LocalTarget:
         """What the live server answers under the labels; nothing when no server of ours runs."""
         labels = self.live(model).labels
         return Serving(stable=labels.get("stable"), canary=labels.get("canary"))
+
+    # -- progressive delivery: the server's traffic split and its metrics -----
+    traffic_split = True
+
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> None:
+        """The local server's traffic split (an extension of TF Serving's API, off until this turns it on)."""
+        url = f"{self.rest}/v1/models/{model}/traffic"
+        body = {"canary_percent": canary_percent, "mirror_percent": mirror_percent}
+        try:
+            response = requests.post(url, json=body, timeout=10)
+        except requests.RequestException as error:
+            raise TargetError(f"local server: POST {url} failed: {error}") from error
+        if response.status_code != 200:
+            raise TargetError(f"local server refused the traffic split {body} for {model}: "
+                              f"HTTP {response.status_code}: {response.text[:200]}")
+
+    def scrape(self, model: str) -> list[str]:
+        url = f"{self.rest}{METRICS_PATH}"
+        try:
+            response = requests.get(url, timeout=10)
+        except requests.RequestException as error:
+            raise TargetError(f"local server: GET {url} failed: {error}") from error
+        if response.status_code != 200:
+            raise TargetError(f"local server: GET {url} answered HTTP {response.status_code}")
+        return [response.text]
 
 
 def _config(args: argparse.Namespace) -> tuple[LocalConfig, Path]:

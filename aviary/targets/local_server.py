@@ -36,6 +36,7 @@ POLL_S = 0.1
 PORT_WAIT_S = 10.0
 INSTANCE_HEADER = "X-Aviary-Instance"
 PROBE_PATH = "/v1/models/_aviary_probe"
+METRICS_PATH = "/monitoring/prometheus/metrics"
 PORT_ADVICE = "choose another with rollout.local.rest_port and rollout.local.grpc_port (--rest-port/--grpc-port)"
 
 
@@ -232,7 +233,7 @@ class LocalServer:
     def _start(self) -> ServerRecord:
         instance = uuid.uuid4().hex
         monitoring = self.state_dir / "monitoring.config"
-        monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+        monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
         command = [
             self.python, "-m", "aviary.serving",
             f"--host={self.cfg.host}",
