@@ -70,7 +70,8 @@ def deliver(events: list[dict[str, Any]], cfg: PipelineConfig, target: FakeTarge
 def test_a_crash_between_export_and_event_still_deploys_the_version_once(
     tmp_path: Path, csv: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = small_pipeline(tmp_path, csv, train={"epochs": 3}, gate={"min_precision": 0.0, "min_recall": 0.0})
+    cfg = small_pipeline(tmp_path, csv, train={"epochs": 3}, gate={"min_precision": 0.0, "min_recall": 0.0},
+                         rollout={"canary": {"steps": []}})  # the golden-set check alone decides
     crash_at(monkeypatch, "after-export")
     with pytest.raises(faults.Crash):
         retrain(cfg)
@@ -92,7 +93,8 @@ def test_a_crash_between_export_and_event_still_deploys_the_version_once(
 def test_a_crash_after_the_event_before_its_mark_sends_it_again_and_it_is_acted_on_once(
     tmp_path: Path, csv: Path, events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = small_pipeline(tmp_path, csv, train={"epochs": 3}, gate={"min_precision": 0.0, "min_recall": 0.0})
+    cfg = small_pipeline(tmp_path, csv, train={"epochs": 3}, gate={"min_precision": 0.0, "min_recall": 0.0},
+                         rollout={"canary": {"steps": []}})  # the golden-set check alone decides
     crash_at(monkeypatch, "after-emit")
     with pytest.raises(faults.Crash):
         retrain(cfg)
@@ -108,7 +110,8 @@ def test_a_crash_after_the_event_before_its_mark_sends_it_again_and_it_is_acted_
 
 
 def test_a_cached_result_whose_files_are_gone_is_computed_again(tmp_path: Path, csv: Path) -> None:
-    cfg = small_pipeline(tmp_path, csv, train={"epochs": 3}, gate={"min_precision": 0.0, "min_recall": 0.0})
+    cfg = small_pipeline(tmp_path, csv, train={"epochs": 3}, gate={"min_precision": 0.0, "min_recall": 0.0},
+                         rollout={"canary": {"steps": []}})  # the golden-set check alone decides
     retrain(cfg)
     for parquet in (tmp_path / "runs" / "datasets").rglob("*.parquet"):
         parquet.unlink()
