@@ -307,7 +307,9 @@ def status_lines(target: LocalTarget) -> list[str]:
         return lines
     for model, accepted in target._models().items():
         live = target.live(model)
-        versions = ", ".join(f"v{v} {state}" for v, state in sorted(live.versions.items())) or "nothing"
+        shown = ", ".join(f"v{v} {state}" for v, state in sorted(live.versions.items()) if state != "END" or v in live.errors)
+        unloaded = sum(1 for v, state in live.versions.items() if state == "END" and v not in live.errors)
+        versions = ", ".join(p for p in (shown, f"{unloaded} unloaded" if unloaded else "") if p) or "nothing"
         labels = ", ".join(f"{k} v{v}" for k, v in sorted(live.labels.items())) or "no labels"
         drift = "" if live.labels == accepted["labels"] else f" (last accepted config: labels {accepted['labels']})"
         lines.append(f"  {model}: {versions}; {labels}{drift}")
