@@ -63,7 +63,9 @@ class Step:
 
 
 @dataclass(frozen=True)
-class RolloutState:
+class Rollout:
+    """One canary rollout of `version` beside `stable`: its phase now and every step that led there."""
+
     model: str
     version: int
     stable: int | None
@@ -84,7 +86,7 @@ class RolloutState:
         return ""
 
 
-def advance(state: RolloutState, event: Event, reason: str = "", at: float | None = None) -> RolloutState:
+def advance(state: Rollout, event: Event, reason: str = "", at: float | None = None) -> Rollout:
     """The one place where phases change."""
     target = TRANSITIONS.get((state.phase, event))
     if target is None:
@@ -100,16 +102,17 @@ class CheckOutcome:
 
 
 Check = Callable[[Endpoint], CheckOutcome]
-Observer = Callable[[RolloutState], None]
+Observer = Callable[[Rollout], None]
 
 
-def _act(state: RolloutState, target: Target, check: Check, ready_timeout_s: float) -> tuple[Event, str]:
+def _act(state: Rollout, target: Target, check: Check, ready_timeout_s: float) -> tuple[Event, str]:
     """Perform the current phase's side effect; return the event it produced."""
     model, version = state.model, state.version
     try:
         match state.phase:
             case Phase.PENDING:
-                return Event.START, f"{target.name}: canary v{version} beside stable v{state.stable}"
+                beside = f"beside stable v{state.stable}" if state.stable is not None else "with no stable version"
+                return Event.START, f"{target.name}: canary v{version} {beside}"
             case Phase.DEPLOYING:
                 target.deploy_canary(model, version, state.stable)
                 target.wait_ready(model, version, ready_timeout_s)
@@ -122,7 +125,8 @@ def _act(state: RolloutState, target: Target, check: Check, ready_timeout_s: flo
                 return Event.PROMOTED, f"v{version} is stable"
             case Phase.ROLLING_BACK:
                 target.roll_back(model, state.stable)
-                return Event.ROLLED_BACK, f"canary v{version} removed; stable v{state.stable} serving"
+                left = f"stable v{state.stable} serving" if state.stable is not None else "nothing else was serving"
+                return Event.ROLLED_BACK, f"canary v{version} removed; {left}"
     except Exception as error:  # noqa: BLE001 - whatever breaks, the rollback path must run
         detail = str(error) if isinstance(error, TargetError) else f"{type(error).__name__}: {error}"
         return Event.FAILED, detail
@@ -137,8 +141,8 @@ def run_rollout(
     check: Check,
     ready_timeout_s: float,
     observe: Observer | None = None,
-) -> RolloutState:
-    state = RolloutState(model=model, version=version, stable=stable)
+) -> Rollout:
+    state = Rollout(model=model, version=version, stable=stable)
     while not state.done:
         event, reason = _act(state, target, check, ready_timeout_s)
         state = advance(state, event, reason)

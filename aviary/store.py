@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aviary.types import GoldenSet, VersionMetadata
+
 ALIASES_FILE = "aliases.json"
 RESERVED_DIR = ".reserved"
 REJECTED_DIR = "rejected"
@@ -49,11 +51,11 @@ class ModelStore:
             return []
         return sorted(int(p.name) for p in self.base.iterdir() if p.name.isdigit() and p.is_dir())
 
-    def metadata(self, version: int) -> dict[str, Any]:
-        return json.loads((self.version_dir(version) / METADATA_FILE).read_text())
+    def metadata(self, version: int) -> VersionMetadata:
+        return VersionMetadata.model_validate_json((self.version_dir(version) / METADATA_FILE).read_bytes())
 
-    def golden(self, version: int) -> dict[str, Any]:
-        return json.loads((self.version_dir(version) / GOLDEN_FILE).read_text())
+    def golden(self, version: int) -> GoldenSet:
+        return GoldenSet.model_validate_json((self.version_dir(version) / GOLDEN_FILE).read_bytes())
 
     # -- aliases ---------------------------------------------------------
     def aliases(self) -> dict[str, int]:
@@ -133,7 +135,7 @@ class ModelStore:
 
 
 class History:
-    """Promotions and rollbacks of one model, oldest first: where `rollback` finds the version to return to."""
+    """Promotions and withdrawals of one model, oldest first: where `withdraw` finds the version to return to."""
 
     def __init__(self, store: ModelStore) -> None:
         self.path = store.base / "history.json"
@@ -148,7 +150,7 @@ class History:
         write_json_atomic(self.path, [*self.events(), entry])
 
     def previous_production(self, current: int | None) -> int | None:
-        """The newest version promoted before `current` that was not itself rolled back."""
+        """The newest version promoted before `current` that was not itself withdrawn."""
         events = self.events()
         withdrawn = {e["version"] for e in events if e["event"] == "withdrawn"}
         for entry in reversed(events):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Result(BaseModel):
@@ -56,3 +57,52 @@ class ModelVersion(_Result):
     model: str
     version: int
     path: Path
+
+
+class Provenance(_Result):
+    """How a version came about, beyond its data, metrics and verdict: what export records and nothing else."""
+
+    parameters: dict[str, Any] | None = None
+    """The run's PipelineConfig as JSON: with the code version, enough to make the version again."""
+    parent_version: int | None = None
+    """The version it was judged against."""
+
+
+class GoldenSet(_Result):
+    """Eval rows with what the exported signature answered for them: the post-deploy check's expectations.
+
+    Stored as `assets.extra/aviary_golden.json`; `class` is the on-disk name of `classes`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+    features: tuple[str, ...]
+    label: str
+    instances: tuple[dict[str, float], ...]
+    labels: tuple[int, ...]
+    probability: tuple[float, ...]
+    classes: tuple[int, ...] = Field(alias="class")
+
+
+class VersionMetadata(_Result):
+    """`assets.extra/aviary.json`: what a version is and how it was made. Unknown keys are kept out, not refused."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model: str
+    version: int
+    content_id: str
+    data_fingerprint: str
+    data_source: str
+    features: tuple[str, ...]
+    label: str
+    threshold: float
+    metrics: EvalReport
+    verdict: Verdict
+    parent_version: int | None = None
+    config: dict[str, Any] | None = None
+    warmup_records: int = 0
+    packages: dict[str, str] = Field(default_factory=dict)
+    git_commit: str | None = None
+    exported_at: str | None = None
+    """ISO 8601, UTC."""

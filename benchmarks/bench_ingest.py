@@ -45,9 +45,9 @@ def _variant(name: str, csv: Path, scratch: Path) -> Callable[[int], object]:
 
     cfg = DataConfig(path=csv, features=("x", "y"), label="class", min_rows=100)
     if name == "ingest-cold":
-        return lambda run: ingest_csv(csv, cfg, scratch / f"cold-{run}")
+        return lambda run: ingest_csv(cfg, scratch / f"cold-{run}")
     if name == "ingest-warm":
-        return lambda _: ingest_csv(csv, cfg, scratch / "warm")
+        return lambda _: ingest_csv(cfg, scratch / "warm")
     raise ValueError(f"unknown variant {name!r}")
 
 

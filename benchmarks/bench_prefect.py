@@ -41,12 +41,13 @@ def plain_retrain(config: Any) -> bool:
     from aviary.tasks.ingest import ingest_csv
     from aviary.tasks.split import split_dataset
     from aviary.tasks.train import train_model
+    from aviary.types import Provenance
 
     model = config.export.model_name
     store = ModelStore(config.export.store, model)
     key = uuid.uuid4().hex
     run_dir = config.runs_dir / model / key
-    dataset = ingest_csv(config.data.path, config.data, config.runs_dir / "datasets")
+    dataset = ingest_csv(config.data, config.runs_dir / "datasets")
     split = split_dataset(dataset, config.split, run_dir / "split")
     trained = train_model(split.train, config.train, run_dir)
     evaluation = evaluate_model(trained, split.eval, config.evaluate)
@@ -54,7 +55,8 @@ def plain_retrain(config: Any) -> bool:
     verdict = gate_model(evaluation, config.gate, None, baseline_version)
     version = store.reserve_version(key)
     if verdict.blessed:
-        export_model(trained, split.eval, evaluation, verdict, version, config.export, config, baseline_version)
+        provenance = Provenance(parameters=config.model_dump(mode="json"), parent_version=baseline_version)
+        export_model(trained, split.eval, evaluation, verdict, version, config.export, provenance)
     return verdict.blessed
 
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from aviary.data.generate import generate, write_csv
     from aviary.flows.retrain import retrain
     from aviary.ops.stack import Stack
-    from tests.ops.conftest import free_port
+    from tests.helpers import free_port
 
     work = Path(tempfile.mkdtemp(prefix="bench-prefect-"))
     csv = write_csv(generate(rows=args.rows, seed=0), work / "circle.csv")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from aviary.config import PipelineConfig
+
+T = TypeVar("T")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,3 +82,12 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def run_main(run: Callable[[], T], describe: Callable[[T], str]) -> int:
+    """A flow's command line: what `describe` says of the result and exit 0, or the one-line error and exit 1."""
+    try:
+        result = run()
+    except Exception as error:  # noqa: BLE001 - the CLI's contract is one line, not a traceback
+        print(f"error: {one_line(error)}", file=sys.stderr)
+        return 1
+    print(describe(result))
+    return 0

@@ -15,10 +15,10 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
+from aviary.cache import result_storage
 from aviary.config import PipelineConfig
 from aviary.flows.cli import add_config_arguments, config_from_args, one_line
 from aviary.flows.rollout import rollout
-from aviary.ops.cache import result_storage
 from aviary.store import ModelStore
 from aviary.tasks.evaluate import evaluate_model_task, evaluate_version_task
 from aviary.tasks.export import export_model_task
@@ -26,7 +26,7 @@ from aviary.tasks.gate import gate_model_task
 from aviary.tasks.ingest import ingest_csv_task
 from aviary.tasks.split import split_dataset_task
 from aviary.tasks.train import train_model_task
-from aviary.types import EvalReport, Verdict
+from aviary.types import EvalReport, Provenance, Verdict
 
 EXPORTED_EVENT = "aviary.model.exported"
 
@@ -44,12 +44,14 @@ class RetrainResult(BaseModel):
     rollout: str | None = None
 
 
-def metrics_table(candidate: EvalReport, baseline: EvalReport | None, version: int, baseline_version: int | None) -> list[dict[str, Any]]:
+def metrics_table(
+    candidate: EvalReport, baseline: EvalReport | None, version: int, baseline_version: int | None, baseline_role: str
+) -> list[dict[str, Any]]:
     rows = []
     for metric in ("precision", "recall", "f1", "accuracy", "roc_auc", "pr_auc", "threshold"):
         row: dict[str, Any] = {"metric": metric, f"v{version}": round(getattr(candidate, metric), 4)}
         if baseline is not None:
-            row[f"production v{baseline_version}"] = round(getattr(baseline, metric), 4)
+            row[f"{baseline_role} v{baseline_version}"] = round(getattr(baseline, metric), 4)
         rows.append(row)
     return rows
 
@@ -69,23 +71,25 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
     run_dir = config.runs_dir / model / run_key
 
     results = result_storage(config.runs_dir)  # ingest and training are cached across runs, under runs_dir
-    dataset = ingest_csv_task.with_options(result_storage=results)(config.data.path, config.data, config.runs_dir / "datasets")
+    dataset = ingest_csv_task.with_options(result_storage=results)(config.data, config.runs_dir / "datasets")
     split = split_dataset_task(dataset, config.split, run_dir / "split")
     trained = train_model_task.with_options(result_storage=results)(split.train, config.train, run_dir)
     evaluation = evaluate_model_task(trained, split.eval, config.evaluate)
 
     baseline_version = store.baseline()
+    # Never "production vN" for a version that was never promoted.
+    baseline_role = "production" if store.aliases().get("production") is not None else "last blessed"
     baseline = None
     if baseline_version is not None:
-        threshold = float(store.metadata(baseline_version)["threshold"])
+        threshold = store.metadata(baseline_version).threshold
         baseline = evaluate_version_task(store.version_dir(baseline_version), split.eval, threshold)
-    verdict = gate_model_task(evaluation, config.gate, baseline, baseline_version)
+    verdict = gate_model_task(evaluation, config.gate, baseline, baseline_version, baseline_role)
 
     version = store.reserve_version(run_key)
     key = model.lower()
     create_table_artifact(
         key=f"{key}-metrics",
-        table=metrics_table(evaluation, baseline, version, baseline_version),
+        table=metrics_table(evaluation, baseline, version, baseline_version, baseline_role),
         description=f"{model} v{version} on {split.eval.rows} eval rows",
     )
     create_markdown_artifact(key=f"{key}-verdict", markdown=verdict_markdown(model, version, verdict))
@@ -112,9 +116,8 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         logger.warning("%s v%s rejected: %s", model, version, "; ".join(verdict.reasons))
         return result
 
-    exported = export_model_task(
-        trained, split.eval, evaluation, verdict, version, config.export, config, baseline_version
-    )
+    provenance = Provenance(parameters=config.model_dump(mode="json"), parent_version=baseline_version)
+    exported = export_model_task(trained, split.eval, evaluation, verdict, version, config.export, provenance)
     logger.info("%s v%s exported to %s", model, version, exported.path)
     if store.claim_once("exported-event", version):
         emit_event(

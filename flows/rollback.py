@@ -1,45 +1,20 @@
-"""The rollback flow: put the previous production version back, through the same checked rollout."""
+"""`python -m flows.rollback`: the withdraw flow under the name users know.
+
+`rollback` stays importable for deployments registered with the entrypoint `flows/rollback.py:rollback`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from prefect import flow
+from aviary.flows.withdraw import main as _main
+from aviary.flows.withdraw import withdraw
 
-from aviary.config import PipelineConfig
-from aviary.flows.cli import add_config_arguments, config_from_args, one_line
-from aviary.flows.rollout import RolloutResult, deploy_version
-from aviary.store import History, ModelStore
-from aviary.targets import build_target
-
-
-@flow(name="rollback")
-def rollback(config: PipelineConfig = PipelineConfig()) -> RolloutResult:
-    """Withdraw the production version and promote the one before it."""
-    store = ModelStore(config.export.store, config.export.model_name)
-    history = History(store)
-    current = store.aliases().get("production")
-    previous = history.previous_production(current)
-    if previous is None:
-        raise ValueError(f"{store.base}: no earlier production version to roll back to (production is v{current})")
-    result = deploy_version(previous, config, build_target(config))
-    if current is not None:
-        history.record("withdrawn", current, replaced_by=previous)
-    return result
+rollback = withdraw
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.rollback", description=rollback.__doc__)
-    add_config_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        result = rollback(config_from_args(args))
-    except Exception as error:  # noqa: BLE001 - one line, not a traceback
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    print(f"{result.model}: v{result.version} is production again (was v{result.stable_before})")
-    return 0
+    return _main(argv, prog="python -m flows.rollback")
 
 
 if __name__ == "__main__":

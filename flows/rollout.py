@@ -12,10 +12,9 @@ from prefect.events import emit_event
 from pydantic import BaseModel, ConfigDict
 
 from aviary.config import PipelineConfig
-from aviary.flows.cli import add_config_arguments, config_from_args, one_line
-from aviary.lock import model_lock
-from aviary.ops.limits import rollout_slot
-from aviary.rollout import CheckOutcome, Phase, RolloutState, run_rollout
+from aviary.flows.cli import add_config_arguments, config_from_args, run_main
+from aviary.lock import model_lock, rollout_slot
+from aviary.rollout import CheckOutcome, Phase, Rollout, run_rollout
 from aviary.store import History, ModelStore
 from aviary.targets import build_target
 from aviary.targets.base import Endpoint, Target
@@ -40,7 +39,7 @@ class RolloutResult(BaseModel):
     stable_after: int | None
 
 
-def timeline_markdown(state: RolloutState) -> str:
+def timeline_markdown(state: Rollout) -> str:
     rows = [f"# Rollout of {state.model} v{state.version}: {state.phase}", "", "| at (UTC) | phase | why |", "|---|---|---|"]
     for step in state.history:
         at = datetime.fromtimestamp(step.at, UTC).strftime("%H:%M:%S.%f")[:-3]
@@ -85,7 +84,7 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
             report = check_predictions_task(endpoint, golden, config.rollout.check, model, version)
             return CheckOutcome(passed=report.passed, summary=report.summary)
 
-        def observe(state: RolloutState) -> None:
+        def observe(state: Rollout) -> None:
             logger.info("%s v%s: %s (%s)", model, version, state.phase, state.reason)
 
         state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe)
@@ -105,7 +104,8 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
     result = RolloutResult(model=model, version=version, phase=state.phase, reason=state.reason,
                            stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable)
     if state.phase is not Phase.PROMOTED:
-        raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; stable v{stable} keeps serving")
+        left = f"stable v{stable} keeps serving" if stable is not None else "no stable version was serving"
+        raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; {left}")
     return result
 
 
@@ -120,13 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("version", type=int, help="the exported version to deploy")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        result = rollout(args.version, config_from_args(args))
-    except Exception as error:  # noqa: BLE001 - one line, not a traceback
-        print(f"error: {one_line(error)}", file=sys.stderr)
-        return 1
-    print(f"{result.model} v{result.version}: {result.phase} ({result.reason})")
-    return 0
+    return run_main(
+        lambda: rollout(args.version, config_from_args(args)),
+        lambda result: f"{result.model} v{result.version}: {result.phase} ({result.reason})",
+    )
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""Prefect operations for aviary: the local stack, deployments, work pools, limits and notifications."""
+"""Operations tooling for aviary, nothing a flow run imports: the local Prefect stack, deployments, work pools, notifications."""

@@ -2,7 +2,7 @@
 
 The server does the sending (its automations service), so a message goes out even when the run's
 own process died. One `CustomWebhookNotificationBlock` holds the URL; two automations use it:
-- `aviary-run-failed`: a flow run of retrain, rollout or rollback went Failed or Crashed;
+- `aviary-run-failed`: a flow run of retrain, rollout or withdraw went Failed or Crashed;
 - `aviary-rollout-rolled-back`: the `aviary.rollout.rolled-back` or `aviary.rollout.failed` event,
   which `deploy_version` emits when a canary is not promoted.
 A canary that is rolled back also fails its run, so it sends both: what happened to the model, and
@@ -20,7 +20,7 @@ from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 
 BLOCK_NAME = "aviary-notify"
-FLOWS = ("retrain", "rollout", "rollback")
+FLOWS = ("retrain", "rollout", "withdraw")
 FAILED_RUN = "aviary-run-failed"
 ROLLED_BACK = "aviary-rollout-rolled-back"
 ROLLOUT_EVENTS = ("aviary.rollout.rolled-back", "aviary.rollout.failed")
@@ -33,7 +33,7 @@ HEARTBEAT_S = 180
 def automations(block_id: UUID) -> list[AutomationCore]:
     failed = AutomationCore(
         name=FAILED_RUN,
-        description="A retrain, rollout or rollback run failed or crashed.",
+        description="A retrain, rollout or withdraw run failed or crashed.",
         trigger=EventTrigger(
             expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
             match={"prefect.resource.id": "prefect.flow-run.*"},

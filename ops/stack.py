@@ -17,11 +17,9 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Any
 import httpx
 
 from aviary.ops import deployments
-from aviary.process import alive
+from aviary.process import Background, tail, wait_started
 
 DEFAULT_HOME = Path(".aviary/prefect")
 DEFAULT_PORT = 4200
@@ -46,12 +44,6 @@ WORKER_QUERY_S = 2
 
 class StackError(RuntimeError):
     """The stack could not be brought up or down; the message says what and where its log is."""
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass(frozen=True)
@@ -101,27 +93,17 @@ class Stack:
         return env
 
     # -- processes -------------------------------------------------------
+    def process(self, name: str) -> Background:
+        return Background(self.pid_file(name), self.log_file(name))
+
     def pid(self, name: str) -> int | None:
-        path = self.pid_file(name)
-        if not path.exists():
-            return None
-        try:
-            pid = int(json.loads(path.read_text())["pid"])
-        except (ValueError, KeyError, json.JSONDecodeError):
-            return None
-        return pid if alive(pid) else None
+        return self.process(name).pid()
 
     def _spawn(self, name: str, args: Sequence[str]) -> subprocess.Popen[bytes]:
-        """Start `python -m prefect ARGS` in its own session, so `down` can stop it and its children together."""
-        self.prefect_home.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file(name), "ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our interpreter, our arguments
-                [sys.executable, "-m", "prefect", *args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.root, env=self.env(), start_new_session=True,
-            )
-        self.pid_file(name).write_text(json.dumps({"pid": process.pid, "port": self.port, "started": time.time()}))
-        return process
+        """`python -m prefect ARGS` in the background, in the project root, with the stack's environment."""
+        return self.process(name).start(
+            [sys.executable, "-m", "prefect", *args], cwd=self.root, env=self.env(), record={"port": self.port}
+        )
 
     def healthy(self) -> bool:
         try:
@@ -137,15 +119,11 @@ class Stack:
         if _port_taken(self.host, self.port):
             raise StackError(f"{self.host}:{self.port} is taken by something this stack did not start; use --port")
         process = self._spawn("server", ["server", "start", "--host", self.host, "--port", str(self.port)])
-        deadline = time.monotonic() + SERVER_START_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise StackError(f"prefect server exited with code {process.returncode}:\n{_tail(self.log_file('server'))}")
-            if self.healthy():
-                return process.pid
-            time.sleep(POLL_S)
-        self._stop("server")
-        raise StackError(f"prefect server not healthy within {SERVER_START_S:g} s; see {self.log_file('server')}")
+        failed = wait_started(process, self.healthy, SERVER_START_S, "prefect server", self.log_file("server"), POLL_S)
+        if failed:
+            self._stop("server")
+            raise StackError(failed)
+        return process.pid
 
     def start_worker(self, pool: str) -> int:
         pid = self.pid("worker")
@@ -153,15 +131,14 @@ class Stack:
             return pid
         name = f"aviary-{socket.gethostname()}"
         process = self._spawn("worker", ["worker", "start", "--pool", pool, "--name", name, "--limit", "4"])
-        deadline = time.monotonic() + WORKER_START_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise StackError(f"worker exited with code {process.returncode}:\n{_tail(self.log_file('worker'))}")
-            if asyncio.run(self._worker_online(pool, name)):
-                return process.pid
-            time.sleep(POLL_S * 4)
-        self._stop("worker")
-        raise StackError(f"worker not online within {WORKER_START_S:g} s; see {self.log_file('worker')}")
+        def online() -> bool:
+            return asyncio.run(self._worker_online(pool, name))
+
+        failed = wait_started(process, online, WORKER_START_S, "worker", self.log_file("worker"), POLL_S * 4)
+        if failed:
+            self._stop("worker")
+            raise StackError(failed)
+        return process.pid
 
     async def _worker_online(self, pool: str, name: str) -> bool:
         async with self.client() as client:
@@ -169,21 +146,7 @@ class Stack:
         return any(w.name == name and str(w.status).upper().endswith("ONLINE") for w in workers)
 
     def _stop(self, name: str) -> bool:
-        """SIGTERM the process group started as `name`, SIGKILL it after a deadline; True if it was running."""
-        pid = self.pid(name)
-        self.pid_file(name).unlink(missing_ok=True)
-        if pid is None:
-            return False
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        deadline = time.monotonic() + STOP_S
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        if alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-        return True
+        return self.process(name).stop(STOP_S)
 
     # -- configuration through the API -----------------------------------
     def client(self) -> Any:
@@ -193,7 +156,7 @@ class Stack:
 
     async def configure(self, pool: str, models: set[str], notify_url: str | None) -> list[str]:
         """Work pool, one rollout limit per model, notifications: what `prefect deploy` does not create."""
-        from aviary.ops.limits import ensure_rollout_limit, rollout_limit_name
+        from aviary.lock import ensure_rollout_limit, rollout_limit_name
         from aviary.ops.notify import ensure_notifications, ensure_zombie_detection
         from aviary.ops.pools import ensure_work_pool
 
@@ -220,7 +183,7 @@ class Stack:
                 cwd=self.root, env=self.env(), timeout=DEPLOY_S, check=False,
             )
         if done.returncode != 0:
-            raise StackError(f"prefect deploy failed ({done.returncode}):\n{_tail(log)}")
+            raise StackError(f"prefect deploy failed ({done.returncode}):\n{tail(log)}")
         expected = [f"{_flow_name(d['entrypoint'])}/{d['name']}" for d in deployments.load(prefect_file)["deployments"]]
         missing = asyncio.run(self._missing_deployments(expected))
         if missing:  # prefect deploy skips what it cannot read and may still exit 0

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from aviary import behaviour
 from aviary.config import CheckConfig
 from aviary.targets.base import Endpoint
+from aviary.types import GoldenSet
 
 MAX_EXAMPLES = 5
 
@@ -66,10 +67,10 @@ def _predict(
         return None, (time.perf_counter() - start) * 1000, f"{type(error).__name__}: {error}"
 
 
-def check_predictions(endpoint: Endpoint, golden: dict[str, Any], cfg: CheckConfig) -> CheckReport:
-    instances: list[dict[str, float]] = golden["instances"]
-    expected_p = np.asarray(golden["probability"], dtype=float)
-    expected_c = np.asarray(golden["class"], dtype=int)
+def check_predictions(endpoint: Endpoint, golden: GoldenSet, cfg: CheckConfig) -> CheckReport:
+    instances = list(golden.instances)
+    expected_p = np.asarray(golden.probability, dtype=float)
+    expected_c = np.asarray(golden.classes, dtype=int)
     latencies: list[float] = []
     errors: list[str] = []
     examples: list[dict[str, Any]] = []
@@ -95,7 +96,7 @@ def check_predictions(endpoint: Endpoint, golden: dict[str, Any], cfg: CheckConf
                              "served": [got_p, got_c]}
                         )
         behaviour_failures: list[str] = []
-        if behaviour.applies_to(golden["features"]):
+        if behaviour.applies_to(golden.features):
             cases = [case for case, _ in behaviour.CASES]
             predictions, elapsed, error = _predict(session, endpoint, cases, cfg)
             latencies.append(elapsed)
@@ -149,7 +150,7 @@ def report_markdown(model: str, version: int, report: CheckReport) -> str:
 
 @task(name="check-predictions", retries=0)
 def check_predictions_task(
-    endpoint: Endpoint, golden: dict[str, Any], cfg: CheckConfig, model: str, version: int
+    endpoint: Endpoint, golden: GoldenSet, cfg: CheckConfig, model: str, version: int
 ) -> CheckReport:
     report = check_predictions(endpoint, golden, cfg)
     create_markdown_artifact(key=f"{model}-check", markdown=report_markdown(model, version, report))

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from prefect import task
 from sklearn.metrics import (
     accuracy_score,
@@ -19,6 +20,7 @@ from sklearn.metrics import (
 )
 
 from aviary.config import EvalConfig
+from aviary.saved_model import predict_saved_model
 from aviary.tasks.train import load_arrays
 from aviary.types import Dataset, EvalReport, TrainedModel
 
@@ -62,16 +64,6 @@ def predict_keras(model_path: Path, features: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(features, batch_size=8192, verbose=0)).reshape(-1)
 
 
-def predict_saved_model(version_dir: Path, features: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """Scores from an exported version's serving signature, as TF Serving would compute them."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    inputs = {name: tf.constant(features[:, i], dtype=tf.float32) for i, name in enumerate(names)}
-    return signature(**inputs)["probability"].numpy().reshape(-1)
-
-
 def evaluate_model(trained: TrainedModel, eval_set: Dataset, cfg: EvalConfig) -> EvalReport:
     features, labels = load_arrays(eval_set)
     scores = predict_keras(trained.path, features)
@@ -80,8 +72,9 @@ def evaluate_model(trained: TrainedModel, eval_set: Dataset, cfg: EvalConfig) ->
 
 def evaluate_version(version_dir: Path, eval_set: Dataset, threshold: float) -> EvalReport:
     """An exported version on this run's eval set, at the threshold it serves with."""
-    features, labels = load_arrays(eval_set)
-    return report(labels, predict_saved_model(version_dir, features, eval_set.features), threshold)
+    frame = pd.read_parquet(eval_set.path, columns=[*eval_set.features, eval_set.label])
+    scores = predict_saved_model(version_dir, frame, eval_set.features)["probability"]
+    return report(frame[eval_set.label].to_numpy(), scores, threshold)
 
 
 @task(name="evaluate-model")

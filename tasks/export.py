@@ -16,24 +16,31 @@ from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import task
 
-from aviary.config import ExportConfig, PipelineConfig
+from aviary.config import ExportConfig
+from aviary.files import file_digest
+from aviary.saved_model import SIGNATURE, predict_saved_model
 from aviary.store import GOLDEN_FILE, METADATA_FILE, WARMUP_FILE, ModelStore, write_json_atomic
-from aviary.types import Dataset, EvalReport, ModelVersion, TrainedModel, Verdict
+from aviary.types import (
+    Dataset,
+    EvalReport,
+    GoldenSet,
+    ModelVersion,
+    Provenance,
+    TrainedModel,
+    Verdict,
+    VersionMetadata,
+)
 
-SIGNATURE = "serving_default"
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "prefect", "pandas", "scikit-learn", "numpy")
+
+NO_PROVENANCE = Provenance()
 
 
 class ExportError(RuntimeError):
     pass
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -76,15 +83,6 @@ def write_saved_model(model_path: Path, features: tuple[str, ...], threshold: fl
     archive.write_out(str(out), verbose=False)
 
 
-def serve_rows(version_dir: Path, rows: pd.DataFrame, features: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """What the exported signature answers for these rows."""
-    import tensorflow as tf
-
-    signature = tf.saved_model.load(str(version_dir)).signatures[SIGNATURE]
-    inputs = {name: tf.constant(rows[name].to_numpy(dtype=np.float32)) for name in features}
-    return {key: value.numpy() for key, value in signature(**inputs).items()}
-
-
 def write_warmup(path: Path, model: str, rows: pd.DataFrame, features: tuple[str, ...]) -> int:
     """One single-instance PredictionLog per row, the format TF Serving replays before serving."""
     import tensorflow as tf
@@ -108,8 +106,7 @@ def export_model(
     verdict: Verdict,
     version: int,
     cfg: ExportConfig,
-    pipeline: PipelineConfig | None = None,
-    parent: int | None = None,
+    provenance: Provenance = NO_PROVENANCE,
 ) -> ModelVersion:
     if not verdict.blessed:
         raise ExportError(f"version {version} is not blessed: {'; '.join(verdict.reasons)}")
@@ -119,7 +116,7 @@ def export_model(
         f"{file_digest(trained.path)}:{evaluation.threshold!r}:{eval_set.fingerprint}".encode()
     ).hexdigest()
     if final.exists():
-        existing = store.metadata(version).get("content_id")
+        existing = store.metadata(version).content_id
         if existing != content_id:
             raise ExportError(f"{final}: version {version} already exists with other content; refusing to overwrite it")
         return ModelVersion(model=cfg.model_name, version=version, path=final)
@@ -130,40 +127,37 @@ def export_model(
         write_saved_model(trained.path, eval_set.features, evaluation.threshold, tmp)
         rows = pd.read_parquet(eval_set.path)
         golden = rows.head(cfg.golden_rows)
-        served = serve_rows(tmp, golden, eval_set.features)
-        write_json_atomic(
-            tmp / GOLDEN_FILE,
-            {
-                "features": list(eval_set.features),
-                "label": eval_set.label,
-                "instances": golden[list(eval_set.features)].to_dict(orient="records"),
-                "labels": golden[eval_set.label].astype(int).tolist(),
-                "probability": served["probability"].astype(float).tolist(),
-                "class": served["class"].astype(int).tolist(),
-            },
+        served = predict_saved_model(tmp, golden, eval_set.features)
+        features = list(eval_set.features)
+        golden_set = GoldenSet(
+            features=eval_set.features,
+            label=eval_set.label,
+            instances=tuple(golden[features].to_dict(orient="records")),
+            labels=tuple(golden[eval_set.label].astype(int).tolist()),
+            probability=tuple(served["probability"].astype(float).tolist()),
+            classes=tuple(served["class"].astype(int).tolist()),
         )
+        write_json_atomic(tmp / GOLDEN_FILE, golden_set.model_dump(mode="json"))
         warmup = write_warmup(tmp / WARMUP_FILE, cfg.model_name, rows.head(cfg.warmup_records), eval_set.features)
-        write_json_atomic(
-            tmp / METADATA_FILE,
-            {
-                "model": cfg.model_name,
-                "version": version,
-                "parent_version": parent,
-                "content_id": content_id,
-                "data_fingerprint": eval_set.fingerprint,
-                "data_source": str(eval_set.source),
-                "features": list(eval_set.features),
-                "label": eval_set.label,
-                "threshold": evaluation.threshold,
-                "metrics": evaluation.model_dump(mode="json"),
-                "verdict": verdict.model_dump(mode="json"),
-                "config": pipeline.model_dump(mode="json") if pipeline else None,
-                "warmup_records": warmup,
-                "packages": package_versions(),
-                "git_commit": git_commit(),
-                "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
+        metadata = VersionMetadata(
+            model=cfg.model_name,
+            version=version,
+            parent_version=provenance.parent_version,
+            content_id=content_id,
+            data_fingerprint=eval_set.fingerprint,
+            data_source=str(eval_set.source),
+            features=eval_set.features,
+            label=eval_set.label,
+            threshold=evaluation.threshold,
+            metrics=evaluation,
+            verdict=verdict,
+            config=provenance.parameters,
+            warmup_records=warmup,
+            packages=package_versions(),
+            git_commit=git_commit(),
+            exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
         )
+        write_json_atomic(tmp / METADATA_FILE, metadata.model_dump(mode="json"))
         os.rename(tmp, final)  # atomic; fails if a concurrent export won the race
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,7 +173,6 @@ def export_model_task(
     verdict: Verdict,
     version: int,
     cfg: ExportConfig,
-    pipeline: PipelineConfig | None = None,
-    parent: int | None = None,
+    provenance: Provenance = NO_PROVENANCE,
 ) -> ModelVersion:
-    return export_model(trained, eval_set, evaluation, verdict, version, cfg, pipeline, parent)
+    return export_model(trained, eval_set, evaluation, verdict, version, cfg, provenance)

@@ -1,4 +1,4 @@
-"""The gate: absolute floors, and no regression against the production version on the same eval set."""
+"""The gate: absolute floors, and no regression against the baseline (production, else the last blessed version) on the same eval set."""
 
 from __future__ import annotations
 
@@ -15,8 +15,12 @@ def gate_model(
     cfg: GateConfig,
     baseline: EvalReport | None = None,
     baseline_version: int | None = None,
+    baseline_role: str = "production",
 ) -> Verdict:
-    """One readable reason per rule, passed or failed; blessed only when every rule passes."""
+    """One readable reason per rule, passed or failed; blessed only when every rule passes.
+
+    `baseline_role` names the baseline in the reasons: "production", or "last blessed" for a version never promoted.
+    """
     reasons: list[str] = []
     passed = True
     for metric, floor in (("precision", cfg.min_precision), ("recall", cfg.min_recall)):
@@ -34,12 +38,16 @@ def gate_model(
             passed &= ok
             relation = f"fell {drop:.4f} below" if drop > 0 else f"is {-drop:.4f} above" if drop < 0 else "equals"
             limit = "" if ok else f" (more than the {cfg.max_regression:.2f} allowed)"
-            reasons.append(f"{metric} {value:.4f} {relation} production v{baseline_version} {reference:.4f}{limit}")
+            reasons.append(f"{metric} {value:.4f} {relation} {baseline_role} v{baseline_version} {reference:.4f}{limit}")
     return Verdict(blessed=passed, reasons=tuple(reasons), baseline_version=baseline_version)
 
 
 @task(name="gate-model")
 def gate_model_task(
-    candidate: EvalReport, cfg: GateConfig, baseline: EvalReport | None, baseline_version: int | None
+    candidate: EvalReport,
+    cfg: GateConfig,
+    baseline: EvalReport | None,
+    baseline_version: int | None,
+    baseline_role: str = "production",
 ) -> Verdict:
-    return gate_model(candidate, cfg, baseline, baseline_version)
+    return gate_model(candidate, cfg, baseline, baseline_version, baseline_role)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
+from aviary.cache import train_cache_key
 from aviary.config import TrainConfig
-from aviary.ops.cache import train_cache_key
 from aviary.types import Dataset, TrainedModel
 
 MODEL_FILE = "model.keras"

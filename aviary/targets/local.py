@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +20,7 @@ import requests
 
 from aviary.config import LocalConfig
 from aviary.model_config import ModelEntry, build_model_config, render_model_configs
-from aviary.process import alive
+from aviary.process import Background, wait_started
 from aviary.store import write_json_atomic
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 
@@ -102,15 +99,14 @@ class LocalTarget:
                                   f"{code.name}: {details}") from error
 
     # -- the server process ------------------------------------------------
+    @property
+    def process(self) -> Background:
+        return Background(self.pid_file, self.log_file)
+
     def pid(self) -> int | None:
         """The server's pid when it runs and answers, else None."""
-        if not self.pid_file.exists():
-            return None
-        try:
-            pid = int(json.loads(self.pid_file.read_text())["pid"])
-        except (ValueError, KeyError, json.JSONDecodeError):
-            return None
-        return pid if alive(pid) and self._answers() else None
+        pid = self.process.pid()
+        return pid if pid is not None and self._answers() else None
 
     def _answers(self) -> bool:
         try:
@@ -140,38 +136,19 @@ class LocalTarget:
             "--allow_version_labels_for_unavailable_models=true",
             f"--monitoring_config_file={monitoring.resolve()}",
         ]
-        with open(self.log_file, "ab") as log:
-            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=Path(__file__).resolve().parents[2],
-            )
-        write_json_atomic(self.pid_file, {"pid": process.pid, "rest_port": self.cfg.rest_port,
-                                          "grpc_port": self.cfg.grpc_port, "started": time.time()})
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise TargetError(f"local server exited with code {process.returncode}; see {self.log_file}")
-            if self._answers():
-                return process.pid
-            time.sleep(POLL_S)
-        process.kill()
-        raise TargetError(f"local server did not answer on {self.rest} within {START_TIMEOUT_S:.0f} s; see {self.log_file}")
+        process = self.process.start(
+            command, cwd=Path(__file__).resolve().parents[2],
+            record={"rest_port": self.cfg.rest_port, "grpc_port": self.cfg.grpc_port},
+        )
+        failed = wait_started(process, self._answers, START_TIMEOUT_S, f"local server on {self.rest}", self.log_file, POLL_S)
+        if failed:
+            self.process.stop(STOP_TIMEOUT_S)
+            raise TargetError(failed)
+        return process.pid
 
     def stop(self) -> bool:
         """Stop the background server; True if one was running."""
-        if not self.pid_file.exists():
-            return False
-        pid = int(json.loads(self.pid_file.read_text())["pid"])
-        self.pid_file.unlink()
-        if not alive(pid):
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        return True
+        return self.process.stop(STOP_TIMEOUT_S)
 
     # -- the Target interface ----------------------------------------------
     def _status(self, model: str, version: int) -> tuple[str, str]:

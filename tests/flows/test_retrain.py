@@ -13,7 +13,7 @@ from aviary.config import PipelineConfig
 from aviary.data.generate import generate, write_csv
 from aviary.flows.retrain import main, retrain
 from aviary.store import ModelStore
-from tests.conftest import FAST_TRAIN, free_port, small_pipeline
+from tests.helpers import FAST_TRAIN, free_port, small_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -36,11 +36,11 @@ def test_first_run_exports_v1_and_second_run_is_judged_against_it(tmp_path: Path
 
     second = retrain(cfg)
     assert (second.version, second.blessed, second.baseline_version) == (2, True, 1)
-    assert any("production v1" in r for r in second.reasons)
+    assert any("last blessed v1" in r for r in second.reasons), "v1 was never promoted (target none)"
     assert ModelStore(tmp_path / "store", "circle").versions() == [1, 2]
 
     metrics = Artifact.get("circle-metrics")
-    assert metrics is not None and "production v1" in str(metrics.data)
+    assert metrics is not None and "last blessed v1" in str(metrics.data)
     verdict = Artifact.get("circle-verdict")
     assert verdict is not None and str(verdict.data).startswith("# circle v2: blessed")
 

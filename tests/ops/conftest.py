@@ -8,111 +8,20 @@ for the local model server so a test never meets a server someone else runs.
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import pytest
 import yaml
 
 from aviary.ops import deployments
 from aviary.ops.stack import Stack
+from tests.helpers import free_port
+from tests.ops.helpers import Receiver, RunningStack, small_parameters
 
 COPIED = ("aviary", "flows", "tasks", "ops", "serving", "data", "prefect.yaml", "pyproject.toml")
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 120.0, every_s: float = 0.5) -> T:
-    """Poll `probe` until it returns something other than None or False; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(every_s)
-
-
-@dataclass
-class Receiver:
-    """A webhook on 127.0.0.1 that keeps what is posted to it."""
-
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    server: ThreadingHTTPServer | None = None
-
-    def start(self) -> Receiver:
-        messages = self.messages
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                messages.append(json.loads(body or b"{}"))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-
-    def wait_for(self, *fragments: str, timeout_s: float = 60.0) -> dict[str, Any]:
-        def find() -> dict[str, Any] | None:
-            return next((m for m in list(self.messages) if all(f in json.dumps(m) for f in fragments)), None)
-
-        return wait_for(f"a notification with {fragments} (got {self.messages})", find, timeout_s)
-
-
-@dataclass(frozen=True)
-class RunningStack:
-    stack: Stack
-    project: Path
-    receiver: Receiver
-
-    @property
-    def store(self) -> Path:
-        return self.project / "models"
-
-
-def small_parameters(doc: dict[str, Any], rest_port: int, grpc_port: int) -> dict[str, Any]:
-    """The project's prefect.yaml with test-sized values; keys and structure untouched."""
-    local = {"rest_port": rest_port, "grpc_port": grpc_port, "grace_s": 0}
-    for deployment in doc["deployments"]:
-        if deployment["name"].startswith("retrain"):
-            config = deployment["parameters"]["config"]
-            config["train"] = {"epochs": 25, "batch_size": 32, "learning_rate": 0.02, "patience": 5, "seed": 7}
-            config["export"] = {"warmup_records": 5, "golden_rows": 20}
-        elif deployment["name"] == "canary-deploy":
-            deployment["triggers"][0]["parameters"]["config"]["rollout"] = {"local": local, "ready_timeout_s": 60}
-        else:
-            deployment["parameters"] = {"config": {"rollout": {"local": local}}}
-    return doc
 
 
 @pytest.fixture(scope="session")

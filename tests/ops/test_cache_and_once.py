@@ -16,7 +16,7 @@ from aviary.data.generate import generate, write_csv
 from aviary.flows import retrain as retrain_module
 from aviary.flows.retrain import retrain
 from aviary.store import ModelStore
-from tests.conftest import FAST_TRAIN, small_pipeline
+from tests.helpers import FAST_TRAIN, small_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

@@ -22,7 +22,7 @@ EXPECTED = {
     "retrain-scheduled": "flows/retrain.py:retrain",
     "retrain-manual": "flows/retrain.py:retrain",
     "canary-deploy": "flows/rollout.py:rollout",
-    "rollback": "flows/rollback.py:rollback",
+    "rollback": "flows/withdraw.py:withdraw",
 }
 
 

@@ -18,8 +18,9 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
-from aviary.ops.limits import rollout_slot
-from tests.ops.conftest import RunningStack, wait_for
+from aviary.lock import rollout_slot
+from tests.helpers import wait_for
+from tests.ops.helpers import RunningStack
 
 pytestmark = pytest.mark.slow
 
@@ -94,12 +95,13 @@ def test_an_exported_version_is_canary_deployed_by_the_event_trigger(running_sta
 
 
 def test_a_failed_run_notifies_the_webhook(running_stack: RunningStack) -> None:
-    """rollback with no earlier production version fails: the server's automation posts to the receiver."""
-    flow_run_id = start(running_stack, "rollback/rollback")
+    """The rollback deployment (the withdraw flow) finds no earlier production version and fails: the server's
+    automation posts to the receiver."""
+    flow_run_id = start(running_stack, "withdraw/rollback")
     with api(running_stack) as client:
         run = finished(client, flow_run_id)
     assert run.state is not None and run.state.is_failed()
-    message = running_stack.receiver.wait_for("rollback run", run.name, "Failed")
+    message = running_stack.receiver.wait_for("withdraw run", run.name, "Failed")
     assert "no earlier production version" in message["body"]
 
 
@@ -125,7 +127,7 @@ def test_a_rolled_back_canary_notifies_the_webhook(running_stack: RunningStack) 
 
 HOLD_SLOT = """
 import sys
-from aviary.ops.limits import rollout_slot
+from aviary.lock import rollout_slot
 with rollout_slot(sys.argv[1], timeout_s=float(sys.argv[2])) as name:
     print("held", name, flush=True)
     sys.stdin.read()

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.ops.conftest import RunningStack, wait_for
+from tests.helpers import wait_for
+from tests.ops.helpers import RunningStack
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

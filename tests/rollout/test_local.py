@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from aviary.config import EvalConfig, PipelineConfig
-from aviary.flows.rollback import rollback
 from aviary.flows.rollout import RolloutFailed, rollout
+from aviary.flows.withdraw import withdraw
 from aviary.lock import Busy, model_lock
 from aviary.rollout import Phase
 from aviary.store import GOLDEN_FILE, ModelStore
@@ -23,7 +23,7 @@ from aviary.targets.local import LocalTarget
 from aviary.tasks.evaluate import evaluate_model
 from aviary.tasks.export import export_model
 from aviary.types import Split, TrainedModel, Verdict
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 BLESSED = Verdict(blessed=True, reasons=("test",))
@@ -88,7 +88,7 @@ def test_first_rollout_promotes_and_serves_predictions(
     assert again.reason == "already production"
 
 
-def test_promotion_moves_stable_and_unloads_the_old_version(
+def test_promotion_moves_stable_and_withdrawal_puts_the_old_version_back(
     cfg: PipelineConfig, trained: TrainedModel, circle_split: Split
 ) -> None:
     store = export_versions(cfg, trained, circle_split, 1, 2)
@@ -100,7 +100,7 @@ def test_promotion_moves_stable_and_unloads_the_old_version(
     # the old version is unloaded once the grace period is over
     assert served_versions(cfg).get("1") in (None, "END")
 
-    back = rollback(cfg)
+    back = withdraw(cfg)
     assert (back.version, back.stable_before) == (1, 2)
     assert store.aliases() == {"production": 1}
 

@@ -7,7 +7,7 @@ from aviary.rollout import (
     Event,
     InvalidTransition,
     Phase,
-    RolloutState,
+    Rollout,
     advance,
     run_rollout,
 )
@@ -18,14 +18,14 @@ PASS = CheckOutcome(passed=True, summary="200/200 golden predictions match")
 FAIL = CheckOutcome(passed=False, summary="12/200 golden predictions differ")
 
 
-def drive(target: FakeTarget, outcome: CheckOutcome = PASS) -> RolloutState:
+def drive(target: FakeTarget, outcome: CheckOutcome = PASS) -> Rollout:
     seen: list[Phase] = []
     state = run_rollout(target, "circle", 2, 1, lambda _e: outcome, 5.0, lambda s: seen.append(s.phase))
     assert [step.phase for step in state.history] == seen
     return state
 
 
-def phases(state: RolloutState) -> list[Phase]:
+def phases(state: Rollout) -> list[Phase]:
     return [step.phase for step in state.history]
 
 
@@ -85,7 +85,7 @@ def test_every_phase_that_can_fail_leads_to_rolling_back() -> None:
 
 
 def test_advance_is_pure_and_rejects_invalid_transitions() -> None:
-    start = RolloutState(model="circle", version=2, stable=1)
+    start = Rollout(model="circle", version=2, stable=1)
     moved = advance(start, Event.START, "go", at=1.0)
     assert start.phase is Phase.PENDING and start.history == ()
     assert moved.phase is Phase.DEPLOYING and moved.history[0].at == 1.0

@@ -95,7 +95,7 @@ def test_existing_version_with_other_content_is_never_overwritten(
     other = evaluation.model_copy(update={"threshold": 0.123})
     with pytest.raises(ExportError, match="already exists with other content"):
         export(trained, circle_split, other, tmp_path)
-    assert ModelStore(tmp_path, "circle").metadata(1)["threshold"] == evaluation.threshold
+    assert ModelStore(tmp_path, "circle").metadata(1).threshold == evaluation.threshold
 
 
 def test_a_version_that_is_not_blessed_is_not_exported(

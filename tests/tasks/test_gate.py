@@ -39,3 +39,9 @@ def test_small_drop_within_tolerance_and_improvements_pass() -> None:
     assert "precision 0.9200 fell 0.0100 below production v1 0.9300" in verdict.reasons
     assert "recall 0.9000 is 0.0200 above production v1 0.8800" in verdict.reasons
     assert len(verdict.reasons) == 5
+
+
+def test_a_baseline_never_promoted_is_named_the_last_blessed_version() -> None:
+    verdict = gate_model(evaluation(0.92, 0.90), CFG, evaluation(0.93, 0.88), 2, "last blessed")
+    assert "precision 0.9200 fell 0.0100 below last blessed v2 0.9300" in verdict.reasons
+    assert not any("production" in reason for reason in verdict.reasons)

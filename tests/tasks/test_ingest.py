@@ -24,8 +24,13 @@ GOOD = b"0.5,0.5,1\n1,-0.5,0\n"
 """Two valid rows, lines 2 and 3 after the header."""
 
 
-def cfg(min_rows: int = 2) -> DataConfig:
-    return DataConfig(path=Path("data.csv"), features=("x", "y"), label="class", min_rows=min_rows)
+def cfg(min_rows: int = 2, path: Path = Path("data.csv")) -> DataConfig:
+    return DataConfig(path=path, features=("x", "y"), label="class", min_rows=min_rows)
+
+
+def ingest(path: Path, config: DataConfig, work_dir: Path) -> Dataset:
+    """ingest_csv of `path`, with the rest of `config`."""
+    return ingest_csv(config.model_copy(update={"path": path}), work_dir)
 
 
 def write(tmp_path: Path, content: bytes, name: str = "data.csv") -> Path:
@@ -111,7 +116,7 @@ def test_malformed_file_gives_one_line_error_and_writes_nothing(
     path = write(tmp_path, content, "bad.csv")
     work_dir = tmp_path / "work"
     with pytest.raises(DataError) as exc:
-        ingest_csv(path, cfg(min_rows), work_dir)
+        ingest(path, cfg(min_rows), work_dir)
     assert_one_line_error(exc, path, fragments)
     assert_nothing_written(work_dir)
 
@@ -119,7 +124,7 @@ def test_malformed_file_gives_one_line_error_and_writes_nothing(
 def test_missing_path(tmp_path: Path) -> None:
     path = tmp_path / "nope.csv"
     with pytest.raises(DataError) as exc:
-        ingest_csv(path, cfg(), tmp_path / "work")
+        ingest(path, cfg(), tmp_path / "work")
     assert_one_line_error(exc, path, ("no such file",))
     assert_nothing_written(tmp_path / "work")
 
@@ -128,7 +133,7 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
     path = tmp_path / "folder.csv"
     path.mkdir()
     with pytest.raises(DataError) as exc:
-        ingest_csv(path, cfg(), tmp_path / "work")
+        ingest(path, cfg(), tmp_path / "work")
     assert_one_line_error(exc, path, ("is a directory",))
 
 
@@ -137,7 +142,7 @@ def test_error_deep_in_a_large_file_names_its_line(tmp_path: Path) -> None:
     rows[7_321] = b"0.5,oops,1"
     path = write(tmp_path, HEADER + b"\n".join(rows) + b"\n")
     with pytest.raises(DataError) as exc:
-        ingest_csv(path, cfg(), tmp_path / "work")
+        ingest(path, cfg(), tmp_path / "work")
     assert_one_line_error(exc, path, ("column 'y'", "1 non-numeric value", "first at line 7323: 'oops'"))
 
 
@@ -169,12 +174,12 @@ ODDITIES = {
 
 @pytest.fixture
 def clean_dataset(tmp_path: Path) -> Dataset:
-    return ingest_csv(write(tmp_path, CLEAN, "clean.csv"), cfg(), tmp_path / "work")
+    return ingest(write(tmp_path, CLEAN, "clean.csv"), cfg(), tmp_path / "work")
 
 
 @pytest.mark.parametrize("content", list(ODDITIES.values()), ids=list(ODDITIES))
 def test_oddity_reads_as_the_clean_file(tmp_path: Path, clean_dataset: Dataset, content: bytes) -> None:
-    dataset = ingest_csv(write(tmp_path, content, "odd.csv"), cfg(), tmp_path / "work")
+    dataset = ingest(write(tmp_path, content, "odd.csv"), cfg(), tmp_path / "work")
     assert dataset.fingerprint == clean_dataset.fingerprint
     assert dataset.path == clean_dataset.path
     assert dataset.rows == 7
@@ -194,7 +199,7 @@ def test_dataset_points_at_parquet_of_exactly_the_validated_columns(tmp_path: Pa
 
 def test_parquet_is_reused_and_no_temp_files_remain(tmp_path: Path, clean_dataset: Dataset) -> None:
     before = clean_dataset.path.stat().st_mtime_ns
-    again = ingest_csv(tmp_path / "clean.csv", cfg(), tmp_path / "work")
+    again = ingest(tmp_path / "clean.csv", cfg(), tmp_path / "work")
     assert again == clean_dataset
     assert again.path.stat().st_mtime_ns == before
     assert [p.name for p in (tmp_path / "work").iterdir()] == [clean_dataset.path.name]
@@ -202,23 +207,23 @@ def test_parquet_is_reused_and_no_temp_files_remain(tmp_path: Path, clean_datase
 
 def test_any_value_change_changes_the_fingerprint(tmp_path: Path, clean_dataset: Dataset) -> None:
     nudged = CLEAN.replace(b"-0.5,1,0", b"-0.5000000001,1,0")
-    assert ingest_csv(write(tmp_path, nudged, "nudged.csv"), cfg(), tmp_path / "work").fingerprint != clean_dataset.fingerprint
+    assert ingest(write(tmp_path, nudged, "nudged.csv"), cfg(), tmp_path / "work").fingerprint != clean_dataset.fingerprint
     relabelled = CLEAN.replace(b"0,-1,1", b"0,-1,0")
-    assert ingest_csv(write(tmp_path, relabelled, "relabelled.csv"), cfg(), tmp_path / "work").fingerprint != (
+    assert ingest(write(tmp_path, relabelled, "relabelled.csv"), cfg(), tmp_path / "work").fingerprint != (
         clean_dataset.fingerprint
     )
 
 
 def test_feature_order_is_part_of_the_fingerprint(tmp_path: Path, clean_dataset: Dataset) -> None:
     swapped = DataConfig(path=Path("clean.csv"), features=("y", "x"), label="class", min_rows=2)
-    dataset = ingest_csv(tmp_path / "clean.csv", swapped, tmp_path / "work")
+    dataset = ingest(tmp_path / "clean.csv", swapped, tmp_path / "work")
     assert dataset.fingerprint != clean_dataset.fingerprint
     assert list(pd.read_parquet(dataset.path).columns) == ["y", "x", "class"]
 
 
 def test_task_runs_the_step_under_its_name(tmp_path: Path, clean_dataset: Dataset) -> None:
     assert ingest_csv_task.name == "ingest-csv"
-    assert ingest_csv_task.fn(tmp_path / "clean.csv", cfg(), tmp_path / "work") == clean_dataset
+    assert ingest_csv_task.fn(cfg(path=tmp_path / "clean.csv"), tmp_path / "work") == clean_dataset
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

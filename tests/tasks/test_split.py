@@ -4,7 +4,7 @@ import pandas as pd
 
 from aviary.config import SplitConfig
 from aviary.tasks.split import split_dataset, split_dataset_task
-from tests.conftest import circle_frame, parquet_dataset
+from tests.helpers import circle_frame, parquet_dataset
 
 
 def test_split_is_stratified_disjoint_and_complete(tmp_path: Path) -> None:

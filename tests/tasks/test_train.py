@@ -5,7 +5,7 @@ import numpy as np
 from aviary.tasks.evaluate import predict_keras
 from aviary.tasks.train import load_arrays, train_model_task
 from aviary.types import Split, TrainedModel
-from tests.conftest import FAST_TRAIN
+from tests.helpers import FAST_TRAIN
 
 
 def test_train_writes_model_and_tensorboard_logs(trained: TrainedModel) -> None:

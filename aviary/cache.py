@@ -1,7 +1,8 @@
 """Cache keys for the steps whose inputs fully determine their output: ingest and training.
 
 A key is made of what the step reads (the bytes of its input file), its slice of the config and the
-source of its module, never of run ids or output paths. So re-running retrain on unchanged data and
+source of its module, never of run ids or run directories. Ingest's output directory is part of its
+key, as the Parquet file its result names lives there. So re-running retrain on unchanged data and
 config reuses the earlier results (Prefect logs "Finished in state Cached(...)"), and any change to
 the data, the config or the step's code computes afresh. Results are persisted under the runs
 directory (`result_storage`), beside the run directories their paths point into: pruning one
@@ -18,21 +19,14 @@ from typing import Any
 from prefect.context import TaskRunContext
 from pydantic import BaseModel
 
-CHUNK = 1 << 20
+from aviary.files import file_digest
+
 RESULTS_DIR = "results"
 
 
 def result_storage(runs_dir: Path) -> Path:
     """Where cached results live: `<runs_dir>/results` (a path, which Prefect takes as local storage; no block to save)."""
     return (runs_dir / RESULTS_DIR).resolve()
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _source_digest(context: TaskRunContext) -> str:
@@ -52,11 +46,12 @@ def _key(*parts: Any) -> str:
 
 def ingest_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
     """The CSV's bytes and path, the data config and the output directory; no key (no cache) for a missing file."""
-    path = Path(parameters["path"])
+    cfg = parameters["cfg"]
+    path = Path(cfg.path)
     if not path.is_file():
         return None
     work_dir = Path(parameters["work_dir"]).resolve()
-    return _key("ingest-csv", file_digest(path), path.resolve(), parameters["cfg"], work_dir, _source_digest(context))
+    return _key("ingest-csv", file_digest(path), path.resolve(), cfg, work_dir, _source_digest(context))
 
 
 def train_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
