@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aviary.store import METADATA_FILE, History, ModelStore
 
@@ -32,6 +32,7 @@ PICTURE_TITLES = {
     "versus_baseline": "Beside the baseline, same eval set",
     "history": "All versions",
 }
+T = TypeVar("T")
 METRICS = ("precision", "recall", "f1", "accuracy", "roc_auc", "pr_auc")
 PASS, FAIL = "✅", "❌"
 
@@ -220,8 +221,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     return out + [""]
 
 
-def compare_markdown(store: ModelStore, a: int, b: int) -> str:
-    """Metrics, threshold, data, training config, verdict and rollout of two versions, differing rows marked."""
+def compare_markdown(store: ModelStore, a: int, b: int, images: bool = True) -> str:
+    """Metrics, threshold, data, training config, verdict and rollout of two versions; `images` off for a terminal."""
     left, right = version_record(store, a), version_record(store, b)
     va, vb = f"v{a}", f"v{b}"
     lines = [f"# {store.model}: v{a} beside v{b}", ""]
@@ -282,10 +283,10 @@ def compare_markdown(store: ModelStore, a: int, b: int) -> str:
         outcome = record.get("outcome") or record.get("phase") or "?"
         why = record.get("reason") or record.get("failure") or ""
         lines += [f"**v{rec.version}**: {outcome}" + (f" ({_cell(why)})" if why else ""), ""]
-        if png is not None:
+        if png is not None and images:
             lines += [img(png, f"rollout of v{rec.version}", 460), ""]
 
-    pictures = [(rec.version, read_pictures(store, rec.version)) for rec in (left, right)]
+    pictures = [(rec.version, read_pictures(store, rec.version)) for rec in (left, right)] if images else []
     if any(p for _, p in pictures):
         lines += ["## Pictures", ""]
         for name in ("pr_curve", "roc_curve", "confusion_matrix"):
@@ -303,3 +304,18 @@ def _judged(rec: VersionRecord) -> str | None:
 def _fails(reason: str) -> bool:
     """For records written before verdicts listed their failures: the gate's failing phrasings."""
     return " < floor " in reason or "more than the" in reason
+
+
+# -- final states -------------------------------------------------------------
+
+
+def final_state(data: T, name: str, message: str, failed: bool = False) -> T:
+    """A named final state for a flow to return, typed as what callers of the flow receive.
+
+    Prefect makes a returned state the run's final state (its name on the badge, its message beside it)
+    and hands callers its data, or raises it when the data is an exception of a failed state.
+    """
+    from prefect.states import Completed, Failed
+
+    state: Any = Failed(name=name, message=message, data=data) if failed else Completed(name=name, message=message, data=data)
+    return cast(T, state)

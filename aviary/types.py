@@ -50,6 +50,8 @@ class EvalReport(_Result):
 class Verdict(_Result):
     blessed: bool
     reasons: tuple[str, ...]
+    failed: tuple[str, ...] = ()
+    """The reasons of the rules that failed, so readers can set them apart from those that passed."""
     baseline_version: int | None = None
 
 
@@ -66,6 +68,8 @@ class Provenance(_Result):
     """The run's PipelineConfig as JSON: with the code version, enough to make the version again."""
     parent_version: int | None = None
     """The version it was judged against."""
+    tensorboard_run: str | None = None
+    """`<model>/v<version>` under `<runs_dir>/tensorboard`."""
 
 
 class GoldenSet(_Result):
@@ -106,3 +110,5 @@ class VersionMetadata(_Result):
     git_commit: str | None = None
     exported_at: str | None = None
     """ISO 8601, UTC."""
+    tensorboard_run: str | None = None
+    """`<model>/v<version>`: its run under `<runs_dir>/tensorboard`."""

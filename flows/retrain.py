@@ -18,12 +18,15 @@ from pydantic import BaseModel, ConfigDict
 from aviary.cache import result_storage
 from aviary.config import PipelineConfig
 from aviary.flows.cli import add_config_arguments, config_from_args, one_line
-from aviary.flows.rollout import rollout
+from aviary.flows.rollout import RolloutFailed, rollout
+from aviary.report import final_state, pictures_markdown
+from aviary.report import verdict_markdown as verdict_text
 from aviary.store import ModelStore
 from aviary.tasks.evaluate import evaluate_model_task, evaluate_version_task
 from aviary.tasks.export import export_model_task
 from aviary.tasks.gate import gate_model_task
 from aviary.tasks.ingest import ingest_csv_task
+from aviary.tasks.plots import Baseline, draw_pictures_task
 from aviary.tasks.split import split_dataset_task
 from aviary.tasks.train import train_model_task
 from aviary.types import EvalReport, Provenance, Verdict
@@ -42,6 +45,7 @@ class RetrainResult(BaseModel):
     baseline_version: int | None
     path: Path | None = None
     rollout: str | None = None
+    rollout_reason: str | None = None
 
 
 def metrics_table(
@@ -57,8 +61,7 @@ def metrics_table(
 
 
 def verdict_markdown(model: str, version: int, verdict: Verdict) -> str:
-    head = "blessed" if verdict.blessed else "rejected"
-    return f"# {model} v{version}: {head}\n\n" + "\n".join(f"- {reason}" for reason in verdict.reasons) + "\n"
+    return verdict_text(model, version, verdict.blessed, verdict.reasons, verdict.failed)
 
 
 @flow(name="retrain")
@@ -93,6 +96,17 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         description=f"{model} v{version} on {split.eval.rows} eval rows",
     )
     create_markdown_artifact(key=f"{key}-verdict", markdown=verdict_markdown(model, version, verdict))
+    judged = None if baseline is None or baseline_version is None else Baseline(
+        version=baseline_version, role=baseline_role, report=baseline)
+    hparams = {**config.train.model_dump(), "eval_fraction": config.split.eval_fraction,
+               "precision_floor": config.evaluate.precision_floor, "data": str(config.data.path)}
+    pictures = draw_pictures_task(trained, split.eval, evaluation, judged, store, version, config.runs_dir, hparams)
+    create_markdown_artifact(
+        key=f"{key}-pictures",
+        markdown=pictures_markdown(f"{model} v{version}", {n: p.read_bytes() for n, p in pictures.pictures.items()},
+                                   pictures.pictures["pr_curve"].parent),
+        description=f"TensorBoard run {pictures.tensorboard_run}",
+    )
 
     result = RetrainResult(
         model=model,
@@ -111,12 +125,17 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
                 "data_fingerprint": dataset.fingerprint,
                 "metrics": evaluation.model_dump(mode="json"),
                 "verdict": verdict.model_dump(mode="json"),
+                "config": config.model_dump(mode="json"),
+                "tensorboard_run": pictures.tensorboard_run,
             },
         )
-        logger.warning("%s v%s rejected: %s", model, version, "; ".join(verdict.reasons))
-        return result
+        why = "; ".join(verdict.failed)
+        logger.info("%s v%s rejected: %s", model, version, why)
+        # Its own final state, so the runs list tells a rejected model from a shipped one.
+        return final_state(result, "Rejected", f"{model} v{version} rejected: {why}")
 
-    provenance = Provenance(parameters=config.model_dump(mode="json"), parent_version=baseline_version)
+    provenance = Provenance(parameters=config.model_dump(mode="json"), parent_version=baseline_version,
+                            tensorboard_run=pictures.tensorboard_run)
     exported = export_model_task(trained, split.eval, evaluation, verdict, version, config.export, provenance)
     logger.info("%s v%s exported to %s", model, version, exported.path)
     if store.claim_once("exported-event", version):
@@ -127,14 +146,20 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
                 "aviary.model.name": model,
                 "aviary.model.version": str(version),
                 "aviary.model.path": str(exported.path.resolve()),
+                "aviary.retrain.flow-run": flow_run.get_id() or "",
             },
             payload={"blessed": True, "metrics": evaluation.model_dump(mode="json")},
         )
     result = result.model_copy(update={"path": exported.path})
-    if config.rollout.target != "none":
+    if config.rollout.target == "none":
+        return final_state(result, "Exported", f"{model} v{version} exported; not rolled out here")
+    try:
         deployed = rollout(version, config)
-        result = result.model_copy(update={"rollout": deployed.phase})
-    return result
+    except RolloutFailed as failure:
+        result = result.model_copy(update={"rollout": failure.phase, "rollout_reason": str(failure)})
+        return final_state(result, failure.phase, str(failure), failed=True)
+    result = result.model_copy(update={"rollout": deployed.phase})
+    return final_state(result, str(deployed.phase), f"{model} v{version} {deployed.phase}")
 
 
 # -- command line -----------------------------------------------------------
@@ -163,14 +188,25 @@ def describe(result: RetrainResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aviary.quiet import finish_progress
+
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        result = retrain(config)
+        state = retrain(config, return_state=True)
+        outcome = state.result(raise_on_failure=False)
+        if not isinstance(outcome, RetrainResult):  # the run failed before it had a result
+            raise outcome if isinstance(outcome, BaseException) else RuntimeError(state.message or state.name)
+        result = outcome
     except Exception as error:  # noqa: BLE001 - the CLI's contract is one line, not a traceback
+        finish_progress()
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
+    finish_progress()
     print(describe(result))
+    if result.rollout_reason:  # rolled back: the stable version keeps serving
+        print(f"error: {result.rollout_reason}", file=sys.stderr)
+        return 1
     if result.rollout == "Promoted" and config.rollout.target == "local":
         local = config.rollout.local
         body = json.dumps({"instances": [dict.fromkeys(config.data.features, 0.5)]})
@@ -180,4 +216,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aviary.quiet import command_line
+
+    sys.exit(command_line(main))

@@ -156,6 +156,7 @@ def export_model(
             packages=package_versions(),
             git_commit=git_commit(),
             exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            tensorboard_run=provenance.tensorboard_run,
         )
         write_json_atomic(tmp / METADATA_FILE, metadata.model_dump(mode="json"))
         os.rename(tmp, final)  # atomic; fails if a concurrent export won the race

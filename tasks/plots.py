@@ -1,16 +1,23 @@
-"""The pictures of a model version, drawn with matplotlib's Agg backend into PNG bytes.
+"""The pictures of a model version, drawn with matplotlib's Agg backend into PNG bytes, and the step that keeps them.
 
-Each function is pure over arrays and numbers and returns one PNG: no Prefect, no files, no screen.
+Each `*_png` function is pure over arrays and numbers and returns one PNG: no files, no screen.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from prefect import task
+from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import precision_recall_curve, roc_curve
+
+from aviary.store import ModelStore
+from aviary.types import Dataset, EvalReport, TrainedModel
 
 DPI = 100
 SIZE = (5.0, 4.0)
@@ -137,3 +144,83 @@ def history_png(rows: Sequence[Mapping[str, Any]], model: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8, ncols=4)
     return _png(figure)
+
+
+# -- the step: every picture of a version, and its TensorBoard run -------------
+
+
+class Baseline(BaseModel):
+    """The version a candidate was judged against, and how it scored on the same eval set."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: int
+    role: str
+    """"production", or "last blessed" for a version never promoted."""
+    report: EvalReport
+
+
+class VersionPictures(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    pictures: dict[str, Path]
+    tensorboard_run: str
+    tensorboard_dir: Path
+
+
+def draw_pictures(
+    trained: TrainedModel,
+    eval_set: Dataset,
+    evaluation: EvalReport,
+    baseline: Baseline | None,
+    store: ModelStore,
+    version: int,
+    runs_dir: Path,
+    hparams: Mapping[str, Any],
+) -> VersionPictures:
+    """Curves, confusion matrix, the baseline beside it and all versions, kept beside the version; its TensorBoard run."""
+    from aviary.report import history, write_pictures
+    from aviary.saved_model import predict_saved_model
+    from aviary.tasks.evaluate import predict_keras
+    from aviary.tasks.train import load_arrays
+    from aviary.tensorboard import log_version, run_name
+
+    features, labels = load_arrays(eval_set)
+    scores = predict_keras(trained.path, features)
+    name = f"v{version}"
+    other = None
+    if baseline is not None:
+        frame = pd.DataFrame(features, columns=list(eval_set.features))
+        baseline_scores = predict_saved_model(store.version_dir(baseline.version), frame, eval_set.features)["probability"]
+        other = (f"{baseline.role} v{baseline.version}", baseline_scores, baseline.report.threshold)
+    rows: list[dict[str, Any]] = [
+        {"version": r.version, "status": r.status, "metrics": r.metrics} for r in history(store) if r.version != version
+    ]
+    rows.append({"version": version, "status": "candidate", "metrics": evaluation.model_dump()})
+    pngs = {
+        "pr_curve": pr_curve_png(labels, scores, evaluation.threshold, name, other),
+        "roc_curve": roc_curve_png(labels, scores, evaluation.threshold, name, other),
+        "confusion_matrix": confusion_matrix_png(evaluation.confusion_matrix, evaluation.threshold, name),
+        "versus_baseline": compare_metrics_png(
+            evaluation.model_dump(), baseline.report.model_dump() if baseline else None, (name, other[0] if other else "")
+        ),
+        "history": history_png(rows, store.model),
+    }
+    logdir = log_version(runs_dir, store.model, version, trained.path.parent / "tensorboard", hparams,
+                         {m: getattr(evaluation, m) for m in PLOTTED_METRICS}, labels, scores)
+    return VersionPictures(pictures=write_pictures(store, version, pngs), tensorboard_run=run_name(store.model, version),
+                           tensorboard_dir=logdir)
+
+
+@task(name="draw-pictures")
+def draw_pictures_task(
+    trained: TrainedModel,
+    eval_set: Dataset,
+    evaluation: EvalReport,
+    baseline: Baseline | None,
+    store: ModelStore,
+    version: int,
+    runs_dir: Path,
+    hparams: dict[str, Any],
+) -> VersionPictures:
+    return draw_pictures(trained, eval_set, evaluation, baseline, store, version, runs_dir, hparams)

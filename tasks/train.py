@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 
 from aviary.cache import train_cache_key
 from aviary.config import TrainConfig
@@ -43,7 +44,11 @@ def build_model(n_features: int, cfg: TrainConfig) -> Any:
     return model
 
 
-def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel:
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+"""Called after each epoch with (epoch from 1, the epoch bound, the epoch's losses and metrics)."""
+
+
+def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: EpochCallback | None = None) -> TrainedModel:
     """Early stopping watches a validation slice of the training set, so the eval set stays unseen."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -54,6 +59,9 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
     features, labels = load_arrays(train)
     model = build_model(features.shape[1], cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    progress = [] if on_epoch is None else [keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, cfg.epochs, {k: float(v) for k, v in (logs or {}).items()})
+    )]
     history = model.fit(
         features,
         labels,
@@ -65,6 +73,7 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
+            *progress,
         ],
     )
     path = run_dir / MODEL_FILE
@@ -80,4 +89,11 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
 
 @task(name="train-model", cache_key_fn=train_cache_key, persist_result=True)
 def train_model_task(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel:
-    return train_model(train, cfg, run_dir)
+    logger = get_run_logger()
+
+    def log_epoch(epoch: int, bound: int, logs: dict[str, float]) -> None:
+        numbers = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+        # `progress` lets a command line draw a bar from the same record the run's log keeps.
+        logger.info("epoch %d/%d: %s", epoch, bound, numbers, extra={"progress": ("training", epoch, bound)})
+
+    return train_model(train, cfg, run_dir, log_epoch)
