@@ -83,7 +83,7 @@ def pictures_markdown(title: str, pictures: Mapping[str, bytes], where: Path | N
     """One markdown artifact: the pictures side by side, in the order of PICTURE_TITLES."""
     ordered = [n for n in PICTURE_TITLES if n in pictures] + [n for n in pictures if n not in PICTURE_TITLES]
     body = [f"# {title}", ""]
-    body.append(" ".join(img(pictures[n], PICTURE_TITLES.get(n, n), 460) for n in ordered))
+    body.append(" ".join(img(pictures[n], PICTURE_TITLES.get(n, n), 380) for n in ordered))  # two to a row
     if where is not None:
         body += ["", f"Kept in `{where}`."]
     return "\n".join(body) + "\n"

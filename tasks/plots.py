@@ -58,7 +58,7 @@ def pr_curve_png(
     figure, ax = _figure()
     curves = [(title, scores, threshold, CANDIDATE)]
     if baseline is not None:
-        curves.append((baseline[0], baseline[1], baseline[2], BASELINE))
+        curves.insert(0, (baseline[0], baseline[1], baseline[2], BASELINE))  # underneath: the candidate stays visible
     for name, s, t, color in curves:
         precision, recall, thresholds = precision_recall_curve(labels, s)
         ax.plot(recall, precision, color=color, label=name)
@@ -82,7 +82,7 @@ def roc_curve_png(
     figure, ax = _figure()
     curves = [(title, scores, threshold, CANDIDATE)]
     if baseline is not None:
-        curves.append((baseline[0], baseline[1], baseline[2], BASELINE))
+        curves.insert(0, (baseline[0], baseline[1], baseline[2], BASELINE))  # underneath: the candidate stays visible
     for name, s, t, color in curves:
         fpr, tpr, thresholds = roc_curve(labels, s)
         ax.plot(fpr, tpr, color=color, label=name)
@@ -121,7 +121,7 @@ def compare_metrics_png(candidate: Mapping[str, float], baseline: Mapping[str, f
         ax.bar_label(drawn, fmt="%.3f", fontsize=7, padding=1)
     low = min(float(v[m]) for _, v, _ in bars for m in PLOTTED_METRICS)
     ax.set(xticks=x, xticklabels=list(PLOTTED_METRICS), ylim=(max(0.0, low - 0.1), 1.05), title="Same eval set")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=8, ncols=2, frameon=False)
     return _png(figure)
 
 
@@ -139,10 +139,11 @@ def history_png(rows: Sequence[Mapping[str, Any]], model: str) -> bytes:
     for r in rows:
         if r["status"] == "production":
             ax.axvline(int(r["version"]), color="tab:green", alpha=0.2, linewidth=8)
-    ax.set(xlabel="version (hollow: rejected; band: production)", title=f"{model}: metrics by version")
+    ax.set(xlabel="version", title=f"{model}: metrics by version (hollow: rejected, band: production)")
     ax.set_xticks(versions)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8, ncols=4)
+    ax.margins(y=0.15)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncols=4, frameon=False)
     return _png(figure)
 
 
