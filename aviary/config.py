@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+
+
+def _blank_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+def _plain(schema: dict[str, Any]) -> None:
+    """An optional value is a plain field in the UI's form, left empty when unset, not a toggle between types."""
+    branches = [s for s in schema.pop("anyOf", []) if s.get("type") != "null"]
+    if branches:
+        schema.update(branches[0])
+    schema.pop("default", None)
+
+
+Unset = BeforeValidator(_blank_is_none)
+"""An empty form field means the value is not set."""
 
 
 class _Frozen(BaseModel):
@@ -16,8 +32,11 @@ class _Frozen(BaseModel):
 
 class DataConfig(_Frozen):
     path: Path = Field(Path("data/circle.csv"), description="CSV file to train on.")
-    features: tuple[str, ...] = Field(("x", "y"), min_length=1, description="Feature columns, in model input order.")
-    label: str = Field("class", min_length=1, description="Label column: 0 or 1.")
+    features: tuple[str, ...] = Field(
+        ("x", "y"), min_length=1, json_schema_extra={"uniqueItems": True},
+        description="Feature columns, in model input order; none of them the label column.",
+    )
+    label: str = Field("class", min_length=1, description="Label column: 0 or 1; not one of the features.")
     min_rows: int = Field(100, ge=2, description="Fewer valid rows than this fails ingest.")
 
     @model_validator(mode="after")
@@ -58,7 +77,7 @@ class GateConfig(_Frozen):
 
 
 class ExportConfig(_Frozen):
-    store: Path = Field(Path("models"), description="Model store root: <store>/<model>/<version>/.")
+    store: Path = Field(Path("models"), description="Model store root; a version is the folder store/model/version.")
     model_name: str = Field("circle", pattern=NAME_PATTERN, description="Model name, as TF Serving and Kubernetes see it.")
     warmup_records: int = Field(100, ge=0, le=1000, description="Warmup requests TF Serving replays before serving.")
     golden_rows: int = Field(200, ge=1, le=10_000, description="Eval rows kept, with their predictions, for the post-deploy check.")
@@ -80,21 +99,27 @@ class LocalConfig(_Frozen):
 
 
 class KubernetesConfig(_Frozen):
-    kubeconfig: Path | None = Field(None, description="Kubeconfig file; in-cluster credentials when empty and in_cluster.")
-    context: str | None = Field(None, description="Kubeconfig context; the current one when empty.")
+    kubeconfig: Annotated[Path | None, Unset] = Field(
+        None, json_schema_extra=_plain, description="Kubeconfig file; empty: $KUBECONFIG or ~/.kube/config."
+    )
+    context: Annotated[str | None, Unset] = Field(
+        None, json_schema_extra=_plain, description="Kubeconfig context; empty: the current one."
+    )
     in_cluster: bool = Field(False, description="Use the pod's service account and in-cluster DNS.")
     namespace: str = Field("aviary", pattern=NAME_PATTERN, description="Namespace of the serving Deployments.")
     image: str = Field("tensorflow/serving:2.19.0", description="TF Serving image, pinned by version.")
     replicas: int = Field(2, ge=1, le=100, description="Stable replicas.")
     canary_replicas: int = Field(1, ge=1, le=100, description="Canary replicas; its traffic share is their ratio.")
-    canary_weight: int | None = Field(
-        None, ge=0, le=100, description="Canary traffic percent through a Gateway API HTTPRoute, when set."
+    canary_weight: Annotated[int | None, Unset] = Field(
+        None, ge=0, le=100, json_schema_extra=_plain,
+        description="Canary traffic percent through a Gateway API HTTPRoute; empty: by replica ratio, no route.",
     )
     store_claim: str = Field("aviary-models", description="PersistentVolumeClaim that holds the model store.")
     store_mount: str = Field("/models", description="Where the pods mount the store.")
     copy_image: str = Field("busybox:1.36", description="Image of the Job that copies a version onto the volume.")
-    store_uri: str | None = Field(
-        None, description="Object-store base TF Serving reads versions from (gs://..., s3://...) instead of the volume."
+    store_uri: Annotated[str | None, Unset] = Field(
+        None, json_schema_extra=_plain,
+        description="Object-store base TF Serving reads versions from (gs://..., s3://...); empty: the volume.",
     )
     gateway: str = Field("aviary", description="Gateway API Gateway that the canary HTTPRoute attaches to.")
 
@@ -112,7 +137,9 @@ class RolloutConfig(_Frozen):
     kubernetes: KubernetesConfig = Field(KubernetesConfig(), description="TF Serving in Kubernetes (target kubernetes).")
 
 
-class PipelineConfig(_Frozen):
+class RetrainConfig(_Frozen):
+    """What retraining uses: the form of the retrain deployments, which hand each version to canary-deploy."""
+
     runs_dir: Path = Field(Path("runs"), description="Run directories: splits, trained model, TensorBoard logs.")
     data: DataConfig = Field(DataConfig(), description="The training CSV and its columns.")
     split: SplitConfig = Field(SplitConfig(), description="The train/eval split.")
@@ -120,4 +147,9 @@ class PipelineConfig(_Frozen):
     evaluate: EvalConfig = Field(EvalConfig(), description="How the decision threshold is chosen.")
     gate: GateConfig = Field(GateConfig(), description="Rules a new model must pass to be exported.")
     export: ExportConfig = Field(ExportConfig(), description="The model store and what each version carries.")
+
+
+class PipelineConfig(RetrainConfig):
+    """Retraining and the rollout of what it exports, in one run: the command line's and the retrain flow's parameter."""
+
     rollout: RolloutConfig = Field(RolloutConfig(), description="Where and how a blessed version is canary-deployed.")
