@@ -26,8 +26,24 @@ Unset = BeforeValidator(_blank_is_none)
 """An empty form field means the value is not set."""
 
 
+RULES = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "pattern", "minLength",
+         "maxLength", "uniqueItems")
+
+
+def rules_for_the_ui(schema: dict[str, Any], *_: Any) -> None:
+    """Copy each property's rules under `allOf`, the form of them that Prefect's UI validates before a run exists.
+
+    The UI passes only some schema keys to its validation (not minimum, maximum or pattern: the server then
+    refuses one bad field at a time on submit); `allOf` goes through whole, and means the same to any validator.
+    """
+    for prop in schema.get("properties", {}).values():
+        rules = {k: prop[k] for k in RULES if k in prop}
+        if rules and rules not in prop.get("allOf", []):
+            prop["allOf"] = [*prop.get("allOf", []), rules]
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=rules_for_the_ui)
 
 
 class DataConfig(_Frozen):

@@ -22,8 +22,9 @@ from aviary.flows.rollout import rollout as rollout_flow
 from aviary.flows.withdraw import withdraw
 
 _EXPORT, _RETRAIN, _ROLLOUT = ExportConfig(), RetrainConfig(), RolloutConfig()
-ModelName = Annotated[str, Field(pattern=NAME_PATTERN)]
-Version = Annotated[int, Field(ge=1)]
+# The rules twice: where validators look, and under allOf, where Prefect's UI does (see config.rules_for_the_ui).
+ModelName = Annotated[str, Field(pattern=NAME_PATTERN, json_schema_extra={"allOf": [{"pattern": NAME_PATTERN}]})]
+Version = Annotated[int, Field(ge=1, json_schema_extra={"allOf": [{"minimum": 1}]})]
 
 
 @flow(name="retrain")
