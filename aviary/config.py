@@ -142,7 +142,7 @@ class KubernetesConfig(_Frozen):
 
 class RolloutConfig(_Frozen):
     target: Literal["none", "local", "kubernetes"] = Field(
-        "local", description="Where the new version goes: none stops after export."
+        "local", description="Where versions are served: local (this machine) or kubernetes; none stops after export."
     )
     ready_timeout_s: float = Field(120.0, gt=0, description="Deadline for the canary to become available.")
     lock_timeout_s: float = Field(
