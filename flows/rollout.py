@@ -162,8 +162,8 @@ def rollout(
         result = deploy_version(version, config, build_target(config))
     except RolloutFailed as failure:
         # An expected outcome: a red final state named for it, its reason the one line logged, not a traceback.
-        # Callers still get the exception (the state's data) when they call the flow.
-        return final_state(cast(RolloutResult, failure), failure.phase, str(failure), failed=True)  # callers get it raised
+        # Callers of the flow still get the exception raised: it is the failed state's data.
+        return final_state(cast(RolloutResult, failure), failure.phase, str(failure), failed=True)
     return final_state(result, str(result.phase), f"{result.model} v{result.version}: {result.reason}")
 
 
