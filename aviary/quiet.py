@@ -73,8 +73,9 @@ def filter_stderr() -> None:
     assert child.stdin is not None
     os.dup2(child.stdin.fileno(), 2)
     child.stdin.close()
+    # Python's own writes go through the filter too, so they keep their order with TensorFlow's; only the
+    # progress bar, which redraws one line without ending it, writes to the terminal directly.
     _terminal = open(saved, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the process
-    sys.stderr = _terminal  # Python's own writes need no filtering and keep their order
 
     def restore() -> None:
         sys.stderr.flush()

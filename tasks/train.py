@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from aviary.cache import train_cache_key
 from aviary.config import TrainConfig
@@ -89,7 +91,10 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: Epoch
 
 @task(name="train-model", cache_key_fn=train_cache_key, persist_result=True)
 def train_model_task(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel:
-    logger = get_run_logger()
+    try:
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+    except MissingContextError:  # called through .fn, outside a run
+        logger = logging.getLogger(__name__)
 
     def log_epoch(epoch: int, bound: int, logs: dict[str, float]) -> None:
         numbers = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
