@@ -52,20 +52,42 @@ class DataConfig(_Frozen):
         ("x", "y"), min_length=1, json_schema_extra={"uniqueItems": True},
         description="Feature columns, in model input order; none of them the label column.",
     )
-    label: str = Field("class", min_length=1, description="Label column: 0 or 1; not one of the features.")
+    label: str = Field(
+        "class",
+        min_length=1,
+        description="Label column: 0/1 (also 0.0/1.0), true/false or yes/no in any letter case; 1, true and yes are "
+        "class 1. Not one of the features.",
+    )
     min_rows: int = Field(100, ge=2, description="Fewer valid rows than this fails ingest.")
+    categorical: tuple[str, ...] = Field(
+        (), description="Features read as categories even when they look numeric (codes); text columns always are."
+    )
+    missing: Literal["reject", "impute"] = Field(
+        "reject",
+        description="Empty or NaN feature cells: reject fails ingest naming the first; impute keeps them for training to fill.",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> DataConfig:
-        names = [*self.features, self.label]
-        if len(set(names)) != len(names):
-            raise ValueError(f"feature and label columns must be distinct, got {names}")
+        seen: set[str] = set()
+        for name in self.features:
+            if name in seen:
+                raise ValueError(f"feature {name!r} is listed twice in features")
+            seen.add(name)
+        if self.label in seen:
+            raise ValueError(f"label {self.label!r} is also listed among the features")
+        unknown = [name for name in self.categorical if name not in seen]
+        if unknown:
+            raise ValueError(f"categorical column {unknown[0]!r} is not among the features {list(self.features)}")
         return self
 
 
 class SplitConfig(_Frozen):
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Share of rows held out for evaluation.")
-    seed: int = Field(42, description="Seed of the stratified split.")
+    seed: int = Field(42, description="Seed of the split: a hash of each row's index and the seed picks its side.")
+    max_categories: int = Field(
+        1000, ge=1, le=1_000_000, description="Most frequent values per categorical feature kept in the training profile."
+    )
 
 
 class TrainConfig(_Frozen):

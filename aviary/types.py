@@ -7,13 +7,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from aviary.profile import DataProfile
+
 
 class _Result(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Dataset(_Result):
-    """A validated data set: `path` is a Parquet file of exactly the feature and label columns."""
+    """A validated data set: `path` is a Parquet file of exactly the feature and label columns.
+
+    Features are float64, bool or string columns (null where missing), the label int8 0/1. A
+    training split carries its `profile`, computed while it was written.
+    """
 
     path: Path
     source: Path
@@ -21,6 +27,7 @@ class Dataset(_Result):
     fingerprint: str
     features: tuple[str, ...]
     label: str
+    profile: DataProfile | None = None
 
 
 class Split(_Result):

@@ -20,6 +20,7 @@ import pandas as pd
 from prefect import task
 
 from aviary.config import ExportConfig
+from aviary.dataio import head_frame
 from aviary.files import file_digest
 from aviary.saved_model import SIGNATURE, predict_saved_model
 from aviary.store import GOLDEN_FILE, METADATA_FILE, WARMUP_FILE, ModelStore, write_json_atomic
@@ -125,7 +126,7 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=store.base))
     try:
         write_saved_model(trained.path, eval_set.features, evaluation.threshold, tmp)
-        rows = pd.read_parquet(eval_set.path)
+        rows = head_frame(eval_set, max(cfg.golden_rows, cfg.warmup_records))  # not the whole eval set
         golden = rows.head(cfg.golden_rows)
         served = predict_saved_model(tmp, golden, eval_set.features)
         features = list(eval_set.features)

@@ -1,31 +1,62 @@
 """From a CSV that ingest cannot use to one readable line: file, column, first bad lines as written.
 
 Only the header is read here on every ingest (cheaply, with Python's csv module); the rows are read
-here only when the fast parse or the schema has failed, to find the file lines and the text behind
-the failure. Line numbers are the file's own: the header is line 1.
+here only when the fast parse has refused a value or found one the rules refuse, to find the file
+lines and the text behind it. That pass streams: it keeps counts and the first few bad lines of each
+kind, so its memory does not depend on the file. Line numbers are the file's own: the header is line 1.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import difflib
+import math
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
-from pandera.errors import SchemaErrors
-
-from aviary.config import DataConfig
 
 SHOWN = 3
 """How many bad lines a message quotes."""
 
+NULL_VALUES = ("", "NaN", "nan", "-nan", "-NaN", "NA", "N/A", "n/a", "null", "NULL")
+"""Cells that mean "missing" in any column (pandas' common markers)."""
+
+NAN_SPELLINGS = frozenset({"NaN", "nan", "-nan", "-NaN"})
+
+
+def _casings(word: str) -> list[str]:
+    """Every upper/lower-case spelling of `word`: Arrow matches true/false values exactly."""
+    spellings = [""]
+    for char in word:
+        spellings = [s + c for s in spellings for c in dict.fromkeys((char.lower(), char.upper()))]
+    return spellings
+
+
+TRUE_VALUES = ("1", "1.0", *_casings("true"), *_casings("yes"))
+FALSE_VALUES = ("0", "0.0", *_casings("false"), *_casings("no"))
+"""Spellings of a boolean (and of a label): 1, true and yes are class 1, in any letter case."""
+
+_BOOLEANS = frozenset(TRUE_VALUES) | frozenset(FALSE_VALUES)
+_NULLS = frozenset(NULL_VALUES)
 _OTHER_DELIMITERS = (";", "\t", "|")
+_LISTED = 12
+"""Header names quoted in a message about a missing column, at most."""
 
 
 class DataError(ValueError):
     """The file cannot be used as training data. The message is one line: file, column, first bad lines."""
+
+
+class Rule(StrEnum):
+    """How a column's cells are read, which decides what is wrong with a cell."""
+
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    TEXT = "text"
+    LABEL = "label"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -44,6 +75,8 @@ class _Record:
 class Header:
     line: int
     names: list[str]
+    size: int = 0
+    """Bytes up to the end of the header line: the parser's block must hold it whole."""
 
     def position(self, column: str) -> int:
         return self.names.index(column)
@@ -65,21 +98,59 @@ def _records(path: Path) -> Iterator[_Record]:
 
         try:
             for fields in csv.reader(feed()):
-                text = "".join(consumed).rstrip("\r\n")
+                text = "".join(consumed)
                 start = lines_before + 1
                 lines_before += len(consumed)
                 consumed.clear()
                 if fields:
-                    yield _Record(start, text, fields)
+                    yield _Record(start, text.rstrip("\r\n"), fields)
         except csv.Error as exc:  # e.g. a field over csv's 128 KiB limit
             raise DataError(f"{path}: cannot parse as CSV at line {lines_before + 1}: {exc}") from None
 
 
+def _rows(path: Path, header: Header) -> Iterator[tuple[int, list[str]]]:
+    """Data records after the header with the file line each starts on; blank lines skipped.
+
+    Leaner than `_records` (no raw text kept), as it may read millions of lines.
+    """
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        reader = csv.reader(handle)
+        last = 0
+        try:
+            for fields in reader:
+                start, last = last + 1, reader.line_num
+                if fields and start > header.line:
+                    yield start, fields
+        except csv.Error as exc:
+            raise DataError(f"{path}: cannot parse as CSV at line {last + 1}: {exc}") from None
+
+
+def check_regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before opening it: a FIFO would block, a device never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        what = "a directory"
+    elif stat.S_ISFIFO(mode):
+        what = "a named pipe (FIFO)"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "a device"
+    elif stat.S_ISSOCK(mode):
+        what = "a socket"
+    else:
+        what = "not a regular file"
+    raise DataError(f"{path}: is {what}, not a CSV file; give the path of a regular file")
+
+
 def read_header(path: Path, columns: Sequence[str]) -> Header:
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, not a CSV file")
+    """The header, checked: a regular file, UTF-8, no name twice, every wanted column present."""
+    check_regular_file(path)
     try:
         first = next(_records(path), None)
     except OSError as exc:
@@ -87,7 +158,9 @@ def read_header(path: Path, columns: Sequence[str]) -> Header:
     wanted = ", ".join(columns)
     if first is None or not "".join(first.fields).strip():
         raise DataError(f"{path}: empty file, expected a header line naming columns {wanted}")
-    header = Header(first.line, first.fields)
+    # Bytes to the header's end, generously: its text re-encoded, plus a BOM, blank lines and line ends.
+    size = len(first.text.encode("utf-8", "surrogateescape")) + 8 * first.line
+    header = Header(first.line, first.fields, size)
     if _has_undecodable(first.text):
         utf16 = first.text.startswith(("\udcff\udcfe", "\udcfe\udcff"))
         hint = " (it starts with a UTF-16 byte order mark)" if utf16 else ""
@@ -95,7 +168,7 @@ def read_header(path: Path, columns: Sequence[str]) -> Header:
     seen: dict[str, int] = {}
     for name in header.names:
         seen[name] = seen.get(name, 0) + 1
-    duplicated = [name for name, count in seen.items() if count > 1]
+    duplicated = [name for name in columns if seen.get(name, 0) > 1]
     if duplicated:
         name = duplicated[0]
         where = " and ".join(str(i + 1) for i, n in enumerate(header.names) if n == name)
@@ -112,20 +185,23 @@ def _missing_message(path: Path, header: Header, text: str, missing: list[str]) 
     which = ", ".join(map(repr, missing))
     noun = "column" if len(missing) == 1 else "columns"
     for delimiter in _OTHER_DELIMITERS:
-        if set(missing) <= set(next(csv.reader([text], delimiter=delimiter))):
+        if set(missing) <= set(next(csv.reader([text[:100_000]], delimiter=delimiter))):
             return (
                 f"{path}: {noun} {which}: not found, the header (line {header.line}) {_show(text)} "
                 f"looks {delimiter!r} delimited but only ',' is read"
             )
-    found = ", ".join(map(repr, header.names))
-    hints = [
-        f"{name!r} for {want!r}"
-        for want in missing
-        for name in header.names
-        if name != want and name.strip().casefold() == want.casefold()
-    ]
+    names = header.names
+    found = ", ".join(map(repr, names[:_LISTED])) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")
+    folded = {name.strip().casefold(): name for name in names}
+    hints = []
+    for want in missing:
+        close = [folded[want.casefold()]] if want.casefold() in folded else []
+        close += [n for n in difflib.get_close_matches(want, names, n=3, cutoff=0.6) if n not in close]
+        if close:
+            hints.append(f"{' or '.join(map(repr, close[:3]))} for {want!r}")
     hint = f" (close: {'; '.join(hints)})" if hints else ""
     return f"{path}: {noun} {which}: not in the header (line {header.line}), which has {found}{hint}"
+
 
 
 def _has_undecodable(text: str) -> bool:
@@ -141,125 +217,138 @@ def _show(text: str, limit: int = 40) -> str:
     return repr(text)
 
 
-def _rows(path: Path, wanted: set[int]) -> dict[int, _Record]:
-    """The records of data rows `wanted` (0-based, as pandas numbers them), reading no further than needed."""
-    found: dict[int, _Record] = {}
-    if not wanted:
-        return found
-    last = max(wanted)
-    for index, record in enumerate(_records(path), start=-1):
-        if index in wanted:
-            found[index] = record
-        if index >= last:
-            break
-    return found
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # ----------------------------------------------------------------------------------------------
-# From a failure to one line
+# One streaming pass from a refusal to one line
 
 
-def diagnose_parse(path: Path, header: Header, exc: BaseException) -> DataError:
-    """pyarrow refused the file: find the first row whose field count differs from the header's."""
+@dataclass
+class _Tally:
+    """How many of one kind of problem, and the first few, as (line, text)."""
+
+    n: int = 0
+    first: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, line: int, text: str) -> None:
+        self.n += 1
+        if len(self.first) < SHOWN:
+            self.first.append((line, text))
+
+    def shown(self) -> str:
+        return ", ".join(f"line {line}: {_show(text)}" for line, text in self.first)
+
+
+# Per column, the order in which problems are reported: the most basic first.
+_KINDS = ("undecodable", "non-numeric", "not boolean", "missing", "infinite", "bad label")
+
+
+def _classifier(rule: Rule, missing_ok: bool) -> Callable[[str], str | None]:
+    """What is wrong with one cell under its column's rule, as the fast parse would see it, or None.
+
+    The common case (a valid cell) returns after one test: this runs once per cell of a big file.
+    """
+    null = None if missing_ok and rule is not Rule.LABEL else "missing"
+
+    def text(cell: str) -> str | None:
+        if cell in _NULLS:
+            return null
+        return "undecodable" if _has_undecodable(cell) else None
+
+    def boolean(cell: str) -> str | None:
+        if cell in _BOOLEANS:
+            return None
+        if cell in _NULLS:
+            return null
+        if _has_undecodable(cell):
+            return "undecodable"
+        return "bad label" if rule is Rule.LABEL else "not boolean"
+
+    def number(cell: str) -> str | None:
+        try:
+            value = float(cell)
+        except ValueError:
+            if cell in _NULLS:
+                return null
+            return "undecodable" if _has_undecodable(cell) else "non-numeric"
+        if value - value == 0:  # finite
+            return None
+        if math.isnan(value):
+            return null
+        return "infinite"
+
+    if rule is Rule.TEXT:
+        return text
+    if rule is Rule.NUMBER:
+        return number
+    return boolean
+
+
+def diagnose(path: Path, header: Header, rules: dict[str, Rule], missing_ok: bool, detail: str) -> DataError:
+    """Read every record once and report the first problem: rows of the wrong length, then columns in
+    order, each with its most basic problem first. `detail` is what the fast parse said, for when
+    this pass finds nothing it would refuse."""
     expected = len(header.names)
-    short: list[_Record] = []
-    long: list[_Record] = []
-    records = _records(path)
-    next(records)  # the header
-    for record in records:
-        if len(record.fields) < expected:
-            short.append(record)
-        elif len(record.fields) > expected:
-            long.append(record)
-    for record in short[:1]:
-        if record.text.count('"') % 2:
-            column = header.names[len(record.fields) - 1]
-            return DataError(
-                f"{path}: column {column!r}: a quote is never closed, first at line {record.line}: {_show(record.text)}"
-            )
-    first_short = short[0].line if short else None
-    first_long = long[0].line if long else None
-    if first_short is not None and (first_long is None or first_short < first_long):
-        lost = header.names[len(short[0].fields)]
-        shown = ", ".join(f"line {r.line}: {_show(r.text)}" for r in short[:SHOWN])
+    short, long = _Tally(), _Tally()
+    short_fields: int | None = None
+    unclosed: tuple[int, str, int] | None = None
+    checks = [(column, header.position(column), _classifier(rule, missing_ok)) for column, rule in rules.items()]
+    tallies: dict[tuple[str, str], _Tally] = {}
+    for line, fields in _rows(path, header):
+        if len(fields) != expected:
+            text = ",".join(fields)
+            if len(fields) < expected:
+                if not short.n:
+                    short_fields = len(fields)
+                    if any("\n" in f or "\r" in f for f in fields):  # the parser ran to the end inside quotes
+                        unclosed = (line, '"' + text, len(fields))
+                short.add(line, text)
+            else:
+                long.add(line, text)
+            continue
+        for column, position, check in checks:
+            kind = check(fields[position])
+            if kind is not None:
+                tally = tallies.get((column, kind))
+                if tally is None:
+                    tally = tallies[(column, kind)] = _Tally()
+                tally.add(line, fields[position])
+    if unclosed is not None:
+        line, text, n = unclosed
+        return DataError(f"{path}: column {header.names[n - 1]!r}: a quote is never closed, first at line {line}: {_show(text)}")
+    if short.n and (not long.n or short.first[0][0] < long.first[0][0]):
+        lost = header.names[short_fields or 0]
         return DataError(
-            f"{path}: column {lost!r}: no value in {_count(len(short), 'row')} with fewer fields than "
-            f"the header's {expected} (truncated?), first at {shown}"
+            f"{path}: column {lost!r}: no value in {count(short.n, 'row')} with fewer fields than "
+            f"the header's {expected} (truncated?), first at {short.shown()}"
         )
-    if long:
-        shown = ", ".join(f"line {r.line}: {_show(r.text)}" for r in long[:SHOWN])
-        return DataError(f"{path}: {_count(len(long), 'row')} with more fields than the header's {expected}, first at {shown}")
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if long.n:
+        return DataError(f"{path}: {count(long.n, 'row')} with more fields than the header's {expected}, first at {long.shown()}")
+    for column, rule in rules.items():
+        for kind in _KINDS:
+            tally = tallies.get((column, kind))
+            if tally is not None:
+                return DataError(f"{path}: column {column!r}: {_what(kind, rule, tally)}, first at {tally.shown()}")
     return DataError(f"{path}: cannot parse as CSV: {detail}")
 
 
-_KINDS = ("non-numeric", "missing", "infinite", "not 0 or 1", "one class")
-
-
-def _kind(check: str) -> str | None:
-    if check.startswith(("coerce_dtype", "dtype(")):
-        return "non-numeric"
-    if check == "not_nullable":
-        return "missing"
-    if check == "finite":
-        return "infinite"
-    if check == "zero_or_one":
-        return "not 0 or 1"
-    if check == "both_classes":
-        return "one class"
-    return None
-
-
-def diagnose_schema(path: Path, header: Header, frame: pd.DataFrame, cfg: DataConfig, exc: SchemaErrors) -> DataError:
-    """Report the first problem: columns in config order, and per column the most basic problem first."""
-    cases = exc.failure_cases
-    kinds = cases["check"].astype(str).map(_kind)
-    for column in [*cfg.features, cfg.label]:
-        for kind in _KINDS:
-            rows = cases.loc[(cases["column"] == column) & (kinds == kind), "index"]
-            if rows.empty:
-                continue
-            if kind == "one class":
-                only = int(frame[column].iloc[0])
-                return DataError(
-                    f"{path}: column {column!r}: only class {only} present in {_count(len(frame), 'row')}; "
-                    "both 0 and 1 are needed"
-                )
-            indices = pd.to_numeric(rows, errors="coerce").dropna().astype(np.int64).unique()
-            if len(indices):
-                return _value_error(path, header, column, kind, indices)
-    if (cases["check"].astype(str) == "min_rows").any():
-        return DataError(f"{path}: {_count(len(frame), 'data row')}, fewer than the {cfg.min_rows} required (min_rows)")
-    summary = "; ".join(str(line) for line in str(exc).strip().splitlines()[:1])
-    return DataError(f"{path}: failed validation: {summary}")
-
-
-def _value_error(path: Path, header: Header, column: str, kind: str, indices: np.ndarray) -> DataError:
-    """`count what, first at line L: 'text', ...`, quoting the cells as written in the file."""
-    first = [int(i) for i in np.sort(indices)[:SHOWN]]
-    records = _rows(path, set(first))
-    position = header.position(column)
-    raw = [(records[i].line, records[i].fields[position]) for i in first if i in records]
-    texts = [text for _, text in raw]
-    count = len(indices)
-    if kind == "non-numeric" and any(map(_has_undecodable, texts)):
-        what = _count(count, "value") + " not valid UTF-8"
-    elif kind == "non-numeric":
-        what = _count(count, "non-numeric value")
-    elif kind == "missing" and texts and all(text.strip() == "" for text in texts):
-        what = _count(count, "empty cell")
-    elif kind == "missing" and texts and all(text.strip() != "" for text in texts):
-        what = _count(count, "NaN value")
-    elif kind == "missing":
-        what = _count(count, "missing value") + " (empty or NaN)"
-    elif kind == "infinite":
-        what = _count(count, "infinite value")
-    else:
-        what = _count(count, "label") + " not 0 or 1"
-    # Without raw records (the careful parse disagreeing with pyarrow on where rows are), say what is known.
-    shown = ", ".join(f"line {line}: {_show(text)}" for line, text in raw) or f"data row {first[0] + 1}"
-    return DataError(f"{path}: column {column!r}: {what}, first at {shown}")
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def _what(kind: str, rule: Rule, tally: _Tally) -> str:
+    texts = [text for _, text in tally.first]
+    if kind == "undecodable":
+        return count(tally.n, "value") + " not valid UTF-8"
+    if kind == "non-numeric":
+        return count(tally.n, "non-numeric value") + " (list the column in categorical if it holds categories)"
+    if kind == "not boolean":
+        return count(tally.n, "value") + " not true or false (nor 1/0, yes/no)"
+    if kind == "bad label":
+        return count(tally.n, "label") + " not 0 or 1 (nor true/false, yes/no)"
+    if kind == "infinite":
+        return count(tally.n, "infinite value")
+    policy = "" if rule is Rule.LABEL else " (or set missing: impute)"
+    if all(text.strip() == "" for text in texts):
+        return count(tally.n, "empty cell") + policy
+    if all(text in NAN_SPELLINGS for text in texts):
+        return count(tally.n, "NaN value") + policy
+    return count(tally.n, "missing value") + " (empty, NaN or NA)" + policy

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import precision_recall_curve, roc_curve
@@ -180,19 +179,16 @@ def draw_pictures(
     hparams: Mapping[str, Any],
 ) -> VersionPictures:
     """Curves, confusion matrix, the baseline beside it and all versions, kept beside the version; its TensorBoard run."""
+    from aviary.dataio import label_array
     from aviary.report import history, write_pictures
-    from aviary.saved_model import predict_saved_model
-    from aviary.tasks.evaluate import predict_keras
-    from aviary.tasks.train import load_arrays
+    from aviary.tasks.evaluate import score_keras, score_version
     from aviary.tensorboard import log_version, run_name
 
-    features, labels = load_arrays(eval_set)
-    scores = predict_keras(trained.path, features)
+    labels, scores = label_array(eval_set), score_keras(trained.path, eval_set)
     name = f"v{version}"
     other = None
     if baseline is not None:
-        frame = pd.DataFrame(features, columns=list(eval_set.features))
-        baseline_scores = predict_saved_model(store.version_dir(baseline.version), frame, eval_set.features)["probability"]
+        baseline_scores = score_version(store.version_dir(baseline.version), eval_set)
         other = (f"{baseline.role} v{baseline.version}", baseline_scores, baseline.report.threshold)
     rows: list[dict[str, Any]] = [
         {"version": r.version, "status": r.status, "metrics": r.metrics} for r in history(store) if r.version != version

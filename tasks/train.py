@@ -15,10 +15,14 @@ from prefect.exceptions import MissingContextError
 
 from aviary.cache import train_cache_key
 from aviary.config import TrainConfig
+from aviary.dataio import tf_batches
+from aviary.profile import input_names
 from aviary.types import Dataset, TrainedModel
 
 MODEL_FILE = "model.keras"
 VALIDATION_SPLIT = 0.1
+VALIDATION_BATCH = 8192
+"""Rows per validation batch: no gradients, so as large as is cheap."""
 
 
 def load_arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -46,31 +50,46 @@ def build_model(n_features: int, cfg: TrainConfig) -> Any:
     return model
 
 
+def model_inputs(inputs: dict[str, Any], features: tuple[str, ...]) -> Any:
+    """What the model takes from a batch of the data reader (`aviary.dataio.tf_batches`): the features stacked."""
+    import tensorflow as tf
+
+    names = input_names(features)
+    return tf.stack([inputs[names[column]] for column in features], axis=1)
+
+
+def model_batches(dataset: Dataset, batch_size: int, **options: Any) -> Any:
+    """(model input, label) batches streamed from the data set's Parquet file."""
+    return tf_batches(dataset, batch_size, **options).map(lambda inputs, label: (model_inputs(inputs, dataset.features), label))
+
+
 EpochCallback = Callable[[int, int, dict[str, float]], None]
 """Called after each epoch with (epoch from 1, the epoch bound, the epoch's losses and metrics)."""
 
 
 def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: EpochCallback | None = None) -> TrainedModel:
-    """Early stopping watches a validation slice of the training set, so the eval set stays unseen."""
+    """Early stopping watches a validation share of the training set, so the eval set stays unseen.
+
+    Batches stream from the training split's Parquet file (shuffled each epoch from the seed), so
+    memory does not grow with the rows; the validation share is chosen by a hash of the row index.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
-    features, labels = load_arrays(train)
-    model = build_model(features.shape[1], cfg)
+    fit = model_batches(train, cfg.batch_size, seed=cfg.seed, part="fit", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
+    held = model_batches(train, VALIDATION_BATCH, part="holdout", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
+    model = build_model(len(train.features), cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = [] if on_epoch is None else [keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, cfg.epochs, {k: float(v) for k, v in (logs or {}).items()})
     )]
     history = model.fit(
-        features,
-        labels,
-        batch_size=cfg.batch_size,
+        fit,
+        validation_data=held,
         epochs=cfg.epochs,
-        validation_split=VALIDATION_SPLIT,
-        shuffle=True,
         verbose=0,
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),

@@ -75,7 +75,7 @@ MALFORMED = [
     ("empty label", HEADER + GOOD + b"1,1,\n", 2, ("column 'class'", "1 empty cell", "first at line 4")),
     ("label 2", HEADER + GOOD + b"1,1,2\n", 2, ("column 'class'", "1 label not 0 or 1", "first at line 4: '2'")),
     ("label 0.5", HEADER + GOOD + b"1,1,0.5\n", 2, ("column 'class'", "1 label not 0 or 1", "first at line 4: '0.5'")),
-    ("label word", HEADER + GOOD + b"1,1,yes\n", 2, ("column 'class'", "1 non-numeric value", "line 4: 'yes'")),
+    ("label word", HEADER + GOOD + b"1,1,maybe\n", 2, ("column 'class'", "1 label not 0 or 1 (nor true/false, yes/no)", "line 4: 'maybe'")),
     ("one class only", HEADER + b"0.5,0.5,1\n0,0,1\n0,1,1\n", 2, ("column 'class'", "only class 1 present in 3 rows")),
     (
         "semicolon delimited",
@@ -248,7 +248,7 @@ def test_cli_prints_the_one_line_error_and_exits_1(tmp_path: Path) -> None:
     done = run_cli(str(path), "--min-rows", "2")
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr == f"{path}: column 'class': 1 label not 0 or 1, first at line 4: '2'\n"
+    assert done.stderr == f"{path}: column 'class': 1 label not 0 or 1 (nor true/false, yes/no), first at line 4: '2'\n"
 
 
 def test_cli_default_min_rows_comes_from_data_config(tmp_path: Path) -> None:
