@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TextIO
 
@@ -42,6 +43,12 @@ ENVIRONMENT = {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 """Defaults only: a value the user set wins."""
+
+BENIGN_WARNINGS = (
+    # Keras 3 on a tf.data input: the reader shuffles itself, and a stream of unknown length ends each epoch.
+    r"`shuffle=True` was passed, but will be ignored since the data `x` was provided as a tf\.data\.Dataset",
+    r"Your input ran out of data; interrupting training",
+)
 
 _FILTER = r"""
 import re, sys
@@ -134,6 +141,8 @@ def quiet_terminal(verbose: bool = False) -> ProgressBar | None:
     for name, value in ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     filter_stderr()
+    for message in BENIGN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
     try:
         from absl import logging as absl_logging
 
