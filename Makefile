@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 
-.PHONY: setup run test lint typecheck data serve-status serve-stop bench clean
+.PHONY: setup run test lint typecheck data serve-status serve-stop bench clean image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,3 +69,12 @@ stack-deploy: setup
 
 bench-prefect: setup
 	$(PY) benchmarks/bench_prefect.py
+
+# -- The flow image for the Kubernetes work pool (Dockerfile), with docker or podman ----------------
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= aviary:$(VERSION)
+ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+
+image:
+	@test -n "$(ENGINE)" || { echo "make image: neither docker nor podman is on PATH (or set ENGINE=...)" >&2; exit 1; }
+	$(ENGINE) build -t $(IMAGE) .

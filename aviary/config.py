@@ -11,7 +11,8 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 
 
 def _blank_is_none(value: Any) -> Any:
-    return None if value == "" else value
+    empty = value == "" or (isinstance(value, dict) and not any(value.values()))  # a form's empty field or section
+    return None if empty else value
 
 
 def _plain(schema: dict[str, Any]) -> None:
@@ -136,6 +137,11 @@ class LocalConfig(_Frozen):
     grace_s: float = Field(2.0, ge=0, description="How long the old stable version keeps serving after a promotion.")
 
 
+class ResourcesConfig(_Frozen):
+    requests: dict[str, str] = Field(default_factory=dict, description="e.g. {cpu: 250m, memory: 256Mi}")
+    limits: dict[str, str] = Field(default_factory=dict, description="e.g. {cpu: '1', memory: 1Gi}")
+
+
 class KubernetesConfig(_Frozen):
     kubeconfig: Annotated[Path | None, Unset] = Field(
         None, json_schema_extra=_plain, description="Kubeconfig file; empty: $KUBECONFIG or ~/.kube/config."
@@ -146,7 +152,9 @@ class KubernetesConfig(_Frozen):
     in_cluster: bool = Field(False, description="Use the pod's service account and in-cluster DNS.")
     namespace: str = Field("aviary", pattern=NAME_PATTERN, description="Namespace of the serving Deployments.")
     image: str = Field("tensorflow/serving:2.19.0", description="TF Serving image, pinned by version.")
-    replicas: int = Field(2, ge=1, le=100, description="Stable replicas.")
+    replicas: int = Field(
+        2, ge=1, le=100, description="Stable replicas, only where the flow creates the stable track (no overlay applied)."
+    )
     canary_replicas: int = Field(1, ge=1, le=100, description="Canary replicas; its traffic share is their ratio.")
     canary_weight: Annotated[int | None, Unset] = Field(
         None, ge=0, le=100, json_schema_extra=_plain,
@@ -155,6 +163,11 @@ class KubernetesConfig(_Frozen):
     store_claim: str = Field("aviary-models", description="PersistentVolumeClaim that holds the model store.")
     store_mount: str = Field("/models", description="Where the pods mount the store.")
     copy_image: str = Field("busybox:1.36", description="Image of the Job that copies a version onto the volume.")
+    copy_timeout_s: float = Field(300.0, gt=0, description="Deadline of the copy Job, in seconds.")
+    resources: Annotated[ResourcesConfig | None, Unset] = Field(
+        None, json_schema_extra=_plain,
+        description="Serving container resources of the Deployments the flow creates; empty: the stable track's.",
+    )
     store_uri: Annotated[str | None, Unset] = Field(
         None, json_schema_extra=_plain,
         description="Object-store base TF Serving reads versions from (gs://..., s3://...); empty: the volume.",
@@ -166,7 +179,13 @@ class RolloutConfig(_Frozen):
     target: Literal["none", "local", "kubernetes"] = Field(
         "local", description="Where versions are served: local (this machine) or kubernetes; none stops after export."
     )
-    ready_timeout_s: float = Field(120.0, gt=0, description="Deadline for the canary to become available.")
+    hand_off: bool = Field(
+        False,
+        description="Leave the rollout to the canary-deploy deployment: the export event carries these settings to it.",
+    )
+    ready_timeout_s: float = Field(
+        120.0, gt=0, description="Deadline for the canary (and a promotion) to become available; on Kubernetes also the progress deadline."
+    )
     lock_timeout_s: float = Field(
         60.0, ge=0, description="How long a rollout waits for another rollout of the same model before refusing."
     )
@@ -176,7 +195,7 @@ class RolloutConfig(_Frozen):
 
 
 class RetrainConfig(_Frozen):
-    """What retraining uses: the form of the retrain deployments, which hand each version to canary-deploy."""
+    """What retraining uses; PipelineConfig adds where and how the version is rolled out."""
 
     runs_dir: Path = Field(Path("runs"), description="Run directories: splits, trained model, TensorBoard logs.")
     data: DataConfig = Field(DataConfig(), description="The training CSV and its columns.")

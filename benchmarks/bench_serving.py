@@ -2,7 +2,7 @@
 
     python benchmarks/bench_serving.py [--seconds 2] [--max-requests 60000] [--pairs 3]
 
-Prints one table: for 1, 8 and 64 concurrent clients, p50/p99 latency and throughput of
+Prints one table: for 1, 8, 32 and 64 concurrent clients, p50/p99 latency and throughput of
   * in-process: the SavedModel's serving signature called directly (one instance per call),
   * in-process batched: the same calls merged by the server's batcher (no transport),
   * REST and gRPC against `python -m serving` started in a subprocess, batching off and on.
@@ -312,7 +312,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="time budget per cell")
     parser.add_argument("--max-requests", type=int, default=60000, help="request budget per cell")
-    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--clients", default="1,8,32,64")
     parser.add_argument("--pairs", type=int, default=3,
                         help="back-to-back in-process/REST batched measurements at the top client count")
     parser.add_argument("--batch-timeout-us", type=int, default=0,
@@ -392,6 +392,11 @@ def main() -> int:
     if paired:
         print(f"REST/in-process batched at {top} clients, median of {len(paired)} back-to-back pairs: "
               f"{statistics.median(paired):.2f} (each: {', '.join(f'{r:.2f}' for r in paired)})")
+    for n in clients:
+        grpc_row, rest_row = table.get(("gRPC, batching on", n)), table.get(("REST, batching on", n))
+        if grpc_row and rest_row:
+            print(f"gRPC/REST at {n} clients, batching on: throughput {grpc_row['rps'] / rest_row['rps']:.2f}x, "
+                  f"p50 {grpc_row['p50_ms']:.3f} vs {rest_row['p50_ms']:.3f} ms")
     if ("gRPC, batching on", top) in table and ("in-process batched", top) in table:
         ratio = table[("gRPC, batching on", top)]["rps"] / table[("in-process batched", top)]["rps"]
         print(f"gRPC throughput at {top} clients, batching on / in-process batched: {ratio:.2f}")

@@ -24,6 +24,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=["none", "local", "kubernetes"], help="where the new version goes")
     parser.add_argument("--config", type=Path, help="a JSON file with a full or partial PipelineConfig")
     parser.add_argument("--ready-timeout", type=float, help="seconds for the canary to become available")
+    parser.add_argument("--hand-off", action="store_const", const=True,
+                        help="export only: the export event has canary-deploy roll out with these settings")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's log on the console too")
     kube = parser.add_argument_group("kubernetes target")
     kube.add_argument("--namespace", help="namespace of the TF Serving Deployments (default: aviary)")
@@ -37,6 +39,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     kube.add_argument("--store-claim", help="PersistentVolumeClaim holding the model store")
     kube.add_argument("--store-uri", help="object-store base that TF Serving reads (gs://, s3://) instead of the claim")
     kube.add_argument("--copy-image", help="image of the Job that copies a version onto the claim")
+    kube.add_argument("--copy-timeout", type=float, help="seconds the copy Job may take (default: 300)")
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -50,6 +53,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         ("export", "store"): args.store,
         ("rollout", "target"): args.target,
         ("rollout", "ready_timeout_s"): args.ready_timeout,
+        ("rollout", "hand_off"): getattr(args, "hand_off", None),
     }
     kube_overrides = {
         "namespace": args.namespace,
@@ -63,6 +67,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         "store_claim": args.store_claim,
         "store_uri": args.store_uri,
         "copy_image": args.copy_image,
+        "copy_timeout_s": getattr(args, "copy_timeout", None),
     }
     for (section, field), value in overrides.items():
         if value is not None:

@@ -1,9 +1,9 @@
-"""The flows prefect.yaml deploys: each takes only what its deployment uses, so its form in the UI fits it.
+"""The rollout flows prefect.yaml deploys: each takes only what its deployment uses, so its form in the UI fits it.
 
-The retrain deployments stop after export (the export event starts canary-deploy), so their form has no
-rollout settings; canary-deploy and rollback roll out an existing version, so theirs has no data, training
-or gate settings. Each builds the full PipelineConfig and runs the same flow code as the command line.
-Flow names are those of the flows they run, so the UI and `prefect deployment run retrain/retrain-manual` read the same.
+canary-deploy and rollback roll out an existing version, so their forms have no data, training or gate
+settings (the retrain deployments take the whole PipelineConfig: their rollout settings travel with the
+export event to canary-deploy). Each builds the PipelineConfig and runs the same flow code as the command
+line. Flow names are those of the flows they run, so the UI and `prefect deployment run` read the same.
 """
 
 from __future__ import annotations
@@ -14,27 +14,15 @@ from typing import Annotated
 from prefect import flow
 from pydantic import Field
 
-from aviary.config import NAME_PATTERN, ExportConfig, PipelineConfig, RetrainConfig, RolloutConfig
-from aviary.flows.retrain import RetrainResult
-from aviary.flows.retrain import retrain as retrain_flow
+from aviary.config import NAME_PATTERN, ExportConfig, PipelineConfig, RolloutConfig
 from aviary.flows.rollout import RolloutResult
 from aviary.flows.rollout import rollout as rollout_flow
 from aviary.flows.withdraw import withdraw
 
-_EXPORT, _RETRAIN, _ROLLOUT = ExportConfig(), RetrainConfig(), RolloutConfig()
+_EXPORT, _ROLLOUT = ExportConfig(), RolloutConfig()
 # The rules twice: where validators look, and under allOf, where Prefect's UI does (see config.rules_for_the_ui).
 ModelName = Annotated[str, Field(pattern=NAME_PATTERN, json_schema_extra={"allOf": [{"pattern": NAME_PATTERN}]})]
 Version = Annotated[int, Field(ge=1, json_schema_extra={"allOf": [{"minimum": 1}]})]
-
-
-@flow(name="retrain")
-def retrain(config: RetrainConfig = _RETRAIN) -> RetrainResult:
-    """Retrain from the CSV and export the version the gate blesses; canary-deploy rolls it out on the export event.
-
-    Args:
-        config: Data, training, the gate and the model store; every field is described below.
-    """
-    return retrain_flow.fn(PipelineConfig(**dict(config), rollout=RolloutConfig(target="none")))
 
 
 @flow(name="rollout")

@@ -66,7 +66,11 @@ def verdict_markdown(model: str, version: int, verdict: Verdict) -> str:
 
 @flow(name="retrain")
 def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
-    """Retrain the model from its CSV; export it when the gate blesses it, then roll it out."""
+    """Retrain the model from its CSV; export it when the gate blesses it, then roll it out.
+
+    Args:
+        config: Data, training, the gate, the store and the rollout; every field is described below.
+    """
     logger = get_run_logger()
     model = config.export.model_name
     store = ModelStore(config.export.store, model)
@@ -147,11 +151,14 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
                 "aviary.model.version": str(version),
                 "aviary.model.path": str(exported.path.resolve()),
                 "aviary.retrain.flow-run": flow_run.get_id() or "",
+                "aviary.rollout.hand-off": str(config.rollout.hand_off).lower(),
             },
-            payload={"blessed": True, "metrics": evaluation.model_dump(mode="json")},
+            # The rollout settings travel with the version, so canary-deploy rolls it out where this run meant to.
+            payload={"blessed": True, "metrics": evaluation.model_dump(mode="json"),
+                     "rollout": config.rollout.model_dump(mode="json", exclude_none=True)},  # unset: left out
         )
     result = result.model_copy(update={"path": exported.path})
-    if config.rollout.target == "none":
+    if config.rollout.target == "none" or config.rollout.hand_off:
         return final_state(result, "Exported", f"{model} v{version} exported; not rolled out here")
     try:
         deployed = rollout(version, config)

@@ -1,21 +1,25 @@
 """The request logic REST and gRPC share: resolve the servable, check, run, shape the answer.
 
-Each call is split as `prepare -> Future -> finish` so the asyncio REST front end can await the
-model run while gRPC worker threads block on it; both end in the same checks and messages.
+Each model call is one `prepare` that checks the request and builds the feeds, returning
+`(runner, feeds, finish)`: the front ends run the feeds through the dispatcher (batched or not) and
+finish() shapes the answer; warmup runs the same calls in the loading thread.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from aviary.serving import jsontensor as jt
+from aviary.serving.http1 import HttpError, Request
+from aviary.serving.largebody import HelperProcess
 from aviary.serving.manager import ModelManager
 from aviary.serving.servable import Runner, Servable, check_output_dtype
+from aviary.serving.shadow import Shadow
 from aviary.serving.status import ServingError, invalid
 
 Outputs = dict[str, np.ndarray]
@@ -28,7 +32,39 @@ _STATE_NUMBERS = {"UNKNOWN": 0, "START": 10, "LOADING": 20, "AVAILABLE": 30, "UN
 # --------------------------------------------------------------------------- tensor protos
 
 
+# Dtypes read straight into numpy (tensor_content bytes, or the typed repeated field); others go through
+# tf.make_ndarray. The rules are make_ndarray's: one value fills the shape, fewer values repeat the
+# last one, no values mean zeros.
+_FAST_DTYPES: dict[int, tuple[Any, str]] = {
+    jt.DT_FLOAT: (np.float32, "float_val"), jt.DT_DOUBLE: (np.float64, "double_val"),
+    jt.DT_INT32: (np.int32, "int_val"), jt.DT_INT64: (np.int64, "int64_val"), jt.DT_BOOL: (np.bool_, "bool_val"),
+}
+
+
 def tensor_proto_to_array(proto: Any) -> np.ndarray:
+    fast = _FAST_DTYPES.get(proto.dtype)
+    if fast is not None and not proto.tensor_shape.unknown_rank:
+        shape = [d.size for d in proto.tensor_shape.dim]
+        if all(d >= 0 for d in shape):
+            dtype, field = fast
+            count = math.prod(shape)
+            if proto.tensor_content:
+                data = proto.tensor_content
+                if len(data) == count * np.dtype(dtype).itemsize:
+                    return np.frombuffer(data, dtype=dtype).reshape(shape)  # read-only view: inputs are
+            else:
+                field_values = getattr(proto, field)
+                values = np.fromiter(field_values, dtype, len(field_values))
+                if values.size == count:
+                    return values.reshape(shape)
+                if values.size == 0:
+                    return np.zeros(shape, dtype)
+                if values.size < count:
+                    return np.pad(values, (0, count - values.size), "edge").reshape(shape)
+    return _make_ndarray(proto)
+
+
+def _make_ndarray(proto: Any) -> np.ndarray:
     import tensorflow as tf
 
     try:
@@ -37,14 +73,18 @@ def tensor_proto_to_array(proto: Any) -> np.ndarray:
         raise invalid(f"tensor parsing error: {exc}") from None
 
 
+_DTYPE_ENUMS = {np.dtype(np.int32): 3, np.dtype(np.int16): 5, np.dtype(np.int8): 6, np.dtype(np.uint8): 4,
+                np.dtype(np.uint16): 17}
+
+
 def array_to_tensor_proto(arr: np.ndarray) -> Any:
     """AsProtoField: typed repeated fields (float_val, int64_val, ...), as TF Serving answers."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2
+    from tensorflow.core.framework import tensor_pb2
 
     proto = tensor_pb2.TensorProto()
-    proto.tensor_shape.CopyFrom(
-        tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in arr.shape])
-    )
+    dims = proto.tensor_shape.dim
+    for d in arr.shape:
+        dims.add().size = d
     flat = arr.ravel()
     kind = arr.dtype
     if kind == np.float32:
@@ -56,9 +96,8 @@ def array_to_tensor_proto(arr: np.ndarray) -> Any:
     elif kind == np.int64:
         proto.dtype = jt.DT_INT64
         proto.int64_val.extend(flat.tolist())
-    elif kind in (np.int32, np.int16, np.int8, np.uint8, np.uint16):
-        proto.dtype = {np.dtype(np.int32): 3, np.dtype(np.int16): 5, np.dtype(np.int8): 6,
-                       np.dtype(np.uint8): 4, np.dtype(np.uint16): 17}[np.dtype(kind)]
+    elif kind in _DTYPE_ENUMS:
+        proto.dtype = _DTYPE_ENUMS[kind]
         proto.int_val.extend(flat.astype(np.int64).tolist())
     elif kind == np.bool_:
         proto.dtype = jt.DT_BOOL
@@ -153,42 +192,81 @@ def classification_values(outputs: Outputs, num_examples: int) -> list[list[tupl
 class ServingApi:
     """TF Serving's request handlers over a ModelManager."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, shadow: Shadow | None = None) -> None:
         self.manager = manager
+        self.shadow = shadow
+
+    def _route(self, name: str, version: int | None, label: str | None) -> tuple[Servable, Servable | None]:
+        """An inference request's version: the traffic split decides when it names no version or label."""
+        if version is None and label is None:
+            return self.manager.route(name)
+        return self.manager.resolve(name, version, label), None
+
+    def _mirrored(self, finish: Finish, model: str, stable: Servable, canary: Servable | None, signature_name: str,
+                  feeds: dict[str, np.ndarray]) -> Finish:
+        """finish() that also queues the canary's shadow run once stable's outputs exist."""
+        shadow = self.shadow
+        if canary is None or shadow is None:
+            return finish
+
+        def finish_and_mirror(outputs: Outputs) -> Any:
+            shadow.mirror(model, stable.version, canary, signature_name, feeds, outputs)
+            return finish(outputs)
+
+        return finish_and_mirror
 
     # ----------------------------------------------------------------- REST
 
-    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        servable = self.manager.resolve(name, version, label)
-        runner = servable.runner_for_rest(signature_name)
-        if not runner.input_dtypes:
-            raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
-        feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
-        return runner, feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
+    def rest_predict(self, name: str, version: int | None, label: str | None, body: bytes,
+                     large: bool = False) -> Prepared:
+        doc = jt.parse_json_object(body, yielding=large)
+        try:
+            signature_name = jt.signature_name_of(doc)
+            servable, mirror = self._route(name, version, label)
+            runner = servable.runner_for_rest(signature_name)
+            if not runner.input_dtypes:
+                raise invalid(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+            feeds, row_format = jt.predict_tensors_from_json(doc, runner.input_dtypes, body)
+        finally:
+            if large:
+                jt.release(doc)
+        finish = self._mirrored(lambda outputs: jt.predict_response_json(outputs, row_format), name, servable,
+                                mirror, runner.name, feeds)
+        return runner, feeds, finish
 
-    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        request_input = jt.input_from_json(doc)
-        servable = self.manager.resolve(name, version, label)
-        _, runner = servable.prepare_classify(signature_name)
-        examples = serialized_examples(request_input)
-        n = len(examples)
-        return (runner, {"inputs": examples},
-                lambda outputs: jt.classify_response_json(classification_values(outputs, n)))
+    def rest_predict_large(self, name: str, version: int | None, label: str | None, request: Request,
+                           helper: HelperProcess) -> Prepared:
+        """rest_predict for a large body: the JSON is parsed in the helper process (call from a worker thread)."""
+        servable: Servable | None = None
+        resolve_error = None
+        try:
+            servable = self._route(name, version, label)[0]  # no mirror for bodies this large
+        except ServingError as exc:  # reported after the body's own checks, as rest_predict orders them
+            resolve_error = (exc.code, exc.message)
+        signatures = ({key: dict(r.input_dtypes) for key, r in servable.runners.items()}
+                      if servable is not None else None)
+        outcome = helper.parse_predict(request.parts, request.gzip, request.max_body, signatures, resolve_error)
+        if outcome[0] == "http":
+            raise HttpError(outcome[1], outcome[2])
+        if outcome[0] == "error":
+            raise ServingError(outcome[1], outcome[2])
+        _, key, feeds, row_format = outcome
+        assert servable is not None
+        return servable.runners[key], feeds, lambda outputs: jt.predict_response_json(outputs, row_format)
 
-    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes) -> Prepared:
-        doc = jt.parse_json_object(body)
-        signature_name = jt.signature_name_of(doc)
-        request_input = jt.input_from_json(doc)
-        servable = self.manager.resolve(name, version, label)
-        _, runner = servable.prepare_regress(signature_name)
-        examples = serialized_examples(request_input)
-        n = len(examples)
-        return (runner, {"inputs": examples},
-                lambda outputs: jt.regress_response_json(regression_values(outputs, n)))
+    def rest_classify(self, name: str, version: int | None, label: str | None, body: bytes,
+                      large: bool = False) -> Prepared:
+        signature_name, request_input = _examples_from_json(body, large)
+        servable = self._route(name, version, label)[0]
+        _, runner, feeds, n = _examples_call(servable.prepare_classify, signature_name, request_input)
+        return runner, feeds, lambda outputs: jt.classify_response_json(classification_values(outputs, n))
+
+    def rest_regress(self, name: str, version: int | None, label: str | None, body: bytes,
+                     large: bool = False) -> Prepared:
+        signature_name, request_input = _examples_from_json(body, large)
+        servable = self._route(name, version, label)[0]
+        _, runner, feeds, n = _examples_call(servable.prepare_regress, signature_name, request_input)
+        return runner, feeds, lambda outputs: jt.regress_response_json(regression_values(outputs, n))
 
     def rest_status(self, name: str, version: int | None) -> bytes:
         response = self.model_status(name, version)
@@ -221,6 +299,7 @@ class ServingApi:
     # ----------------------------------------------------------------- protos (gRPC + warmup)
 
     def _servable_for(self, spec: Any) -> Servable:
+        """Metadata's version: TF Serving's rule, never the traffic split."""
         choice = spec.WhichOneof("version_choice")
         if choice == "version":
             return self.manager.resolve(spec.name, spec.version.value)
@@ -228,9 +307,20 @@ class ServingApi:
             return self.manager.resolve(spec.name, None, spec.version_label)
         return self.manager.resolve(spec.name)
 
-    def predict_prepare(self, request: Any, servable: Servable | None = None
-                        ) -> tuple[Runner, dict[str, np.ndarray], list[str]]:
-        servable = servable or self._servable_for(request.model_spec)
+    def _routed(self, spec: Any) -> tuple[Servable, Servable | None]:
+        """An inference call's version (and the canary to mirror to): the split applies when none is named."""
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self.manager.resolve(spec.name, spec.version.value), None
+        if choice == "version_label":
+            return self.manager.resolve(spec.name, None, spec.version_label), None
+        return self.manager.route(spec.name)
+
+    def predict(self, request: Any, servable: Servable | None = None) -> Prepared:
+        """gRPC Predict (and warmup): checks done, feeds built; finish() makes the PredictResponse."""
+        mirror = None
+        if servable is None:
+            servable, mirror = self._routed(request.model_spec)
         runner = servable.runner_for_predict(request.model_spec.signature_name)
         sig_inputs = set(runner.input_dtypes)
         sent = set(request.inputs)
@@ -266,101 +356,53 @@ class ServingApi:
             if alias in wanted:
                 raise invalid(f"duplicate output tensor alias: {alias}")
             wanted.append(alias)
-        return runner, feeds, wanted
-
-    def predict_response(self, request: Any, servable_version: int, runner: Runner, outputs: Outputs,
-                         wanted: list[str]) -> Any:
-        from tensorflow_serving.apis import predict_pb2
-
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = servable_version
-        response.model_spec.signature_name = runner.name
-        for alias in wanted or sorted(outputs):
-            response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
-        return response
-
-    def predict(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
-                direct: bool = False) -> Any:
-        servable = servable or self._servable_for(request.model_spec)
-        runner, feeds, wanted = self.predict_prepare(request, servable)
-        outputs = runner.run(feeds) if direct else _result(runner.submit(feeds), timeout)
-        return self.predict_response(request, servable.version, runner, outputs, wanted)
-
-    def grpc_predict(self, request: Any) -> Prepared:
-        """Predict split for the loop: checks done, feeds built; finish() makes the response."""
-        servable = self._servable_for(request.model_spec)
-        runner, feeds, wanted = self.predict_prepare(request, servable)
         version = servable.version
-        return runner, feeds, lambda outputs: self.predict_response(request, version, runner, outputs, wanted)
 
-    def grpc_classify(self, request: Any) -> Prepared:
+        def finish(outputs: Outputs) -> Any:
+            from tensorflow_serving.apis import predict_pb2
+
+            response = predict_pb2.PredictResponse()
+            _fill_spec(response.model_spec, request.model_spec.name, version, runner.name)
+            for alias in wanted or sorted(outputs):
+                response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
+            return response
+
+        return runner, feeds, self._mirrored(finish, request.model_spec.name, servable, mirror, runner.name, feeds)
+
+    def classify(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import classification_pb2
 
-        servable = self._servable_for(request.model_spec)
-        key, runner = servable.prepare_classify(request.model_spec.signature_name)
-        examples = serialized_examples(request.input)
+        servable = servable or self._routed(request.model_spec)[0]
+        key, runner, feeds, n = _examples_call(servable.prepare_classify, request.model_spec.signature_name,
+                                               request.input)
         version = servable.version
 
         def finish(outputs: Outputs) -> Any:
             response = classification_pb2.ClassificationResponse()
             _fill_spec(response.model_spec, request.model_spec.name, version, key)
-            _fill_classifications(response.result, classification_values(outputs, len(examples)))
+            _fill_classifications(response.result, classification_values(outputs, n))
             return response
 
-        return runner, {"inputs": examples}, finish
+        return runner, feeds, finish
 
-    def grpc_regress(self, request: Any) -> Prepared:
+    def regress(self, request: Any, servable: Servable | None = None) -> Prepared:
         from tensorflow_serving.apis import regression_pb2
 
-        servable = self._servable_for(request.model_spec)
-        key, runner = servable.prepare_regress(request.model_spec.signature_name)
-        examples = serialized_examples(request.input)
+        servable = servable or self._routed(request.model_spec)[0]
+        key, runner, feeds, n = _examples_call(servable.prepare_regress, request.model_spec.signature_name,
+                                               request.input)
         version = servable.version
 
         def finish(outputs: Outputs) -> Any:
             response = regression_pb2.RegressionResponse()
             _fill_spec(response.model_spec, request.model_spec.name, version, key)
-            for value in regression_values(outputs, len(examples)):
-                response.result.regressions.add().value = value
+            _fill_regressions(response.result, regression_values(outputs, n))
             return response
 
-        return runner, {"inputs": examples}, finish
+        return runner, feeds, finish
 
-    def _run_examples(self, runner: Runner, request_input: Any, timeout: float | None, direct: bool
-                      ) -> tuple[Outputs, int]:
-        examples = serialized_examples(request_input)
-        feeds = {"inputs": examples}
-        outputs = runner.run(feeds) if direct else _result(runner.submit(feeds), timeout)
-        return outputs, len(examples)
-
-    def classify(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
-                 direct: bool = False) -> Any:
-        from tensorflow_serving.apis import classification_pb2
-
-        servable = servable or self._servable_for(request.model_spec)
-        key, runner = servable.prepare_classify(request.model_spec.signature_name)
-        outputs, n = self._run_examples(runner, request.input, timeout, direct)
-        response = classification_pb2.ClassificationResponse()
-        _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
-        _fill_classifications(response.result, classification_values(outputs, n))
-        return response
-
-    def regress(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
-                direct: bool = False) -> Any:
-        from tensorflow_serving.apis import regression_pb2
-
-        servable = servable or self._servable_for(request.model_spec)
-        key, runner = servable.prepare_regress(request.model_spec.signature_name)
-        outputs, n = self._run_examples(runner, request.input, timeout, direct)
-        response = regression_pb2.RegressionResponse()
-        _fill_spec(response.model_spec, request.model_spec.name, servable.version, key)
-        for value in regression_values(outputs, n):
-            response.result.regressions.add().value = value
-        return response
-
-    def multi_inference(self, request: Any, timeout: float | None = None, servable: Servable | None = None,
-                        direct: bool = False) -> Any:
+    def multi_inference(self, request: Any, servable: Servable | None = None) -> Any:
+        """Runs every task in the calling thread (a worker thread, or the loader during warmup)."""
         from tensorflow_serving.apis import inference_pb2
 
         tasks = list(request.tasks)
@@ -377,24 +419,22 @@ class ServingApi:
             seen.add(key)
             if task.method_name not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
                 raise invalid(f"Unsupported signature method_name: {task.method_name}")
-        servable = servable or self._servable_for(tasks[0].model_spec)
+        servable = servable or self._routed(tasks[0].model_spec)[0]
         response = inference_pb2.MultiInferenceResponse()
         for task in tasks:
             result = response.results.add()
-            if task.method_name == "tensorflow/serving/classify":
-                key, runner = servable.prepare_classify(task.model_spec.signature_name)
-                outputs, n = self._run_examples(runner, request.input, timeout, direct)
+            classify = task.method_name == "tensorflow/serving/classify"
+            prepare = servable.prepare_classify if classify else servable.prepare_regress
+            key, runner, feeds, n = _examples_call(prepare, task.model_spec.signature_name, request.input)
+            outputs = runner.run(feeds)
+            if classify:
                 _fill_classifications(result.classification_result, classification_values(outputs, n))
             else:
-                key, runner = servable.prepare_regress(task.model_spec.signature_name)
-                outputs, n = self._run_examples(runner, request.input, timeout, direct)
-                for value in regression_values(outputs, n):
-                    result.regression_result.regressions.add().value = value
+                _fill_regressions(result.regression_result, regression_values(outputs, n))
             _fill_spec(result.model_spec, task.model_spec.name, servable.version, key)
         return response
 
     def metadata(self, request: Any) -> Any:
-        from tensorflow.core.protobuf import meta_graph_pb2
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         fields = list(request.metadata_field)
@@ -410,7 +450,6 @@ class ServingApi:
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for key, sig in servable.signature_defs.items():
             sig_map.signature_def[key].CopyFrom(sig)
-        del meta_graph_pb2
         response.metadata["signature_def"].Pack(sig_map)
         return response
 
@@ -429,16 +468,15 @@ class ServingApi:
         return response
 
     def run_warmup_record(self, servable: Servable, record: Any) -> None:
-        """Replays one PredictionLog against a version that is not yet serving."""
+        """Replays one PredictionLog against a version that is not yet serving, in the calling thread."""
         kind = record.WhichOneof("log_type")
-        if kind == "predict_log":
-            self.predict(record.predict_log.request, servable=servable, direct=True)
-        elif kind == "classify_log":
-            self.classify(record.classify_log.request, servable=servable, direct=True)
-        elif kind == "regress_log":
-            self.regress(record.regress_log.request, servable=servable, direct=True)
-        elif kind == "multi_inference_log":
-            self.multi_inference(record.multi_inference_log.request, servable=servable, direct=True)
+        if kind == "multi_inference_log":
+            self.multi_inference(record.multi_inference_log.request, servable=servable)
+            return
+        prepare = {"predict_log": self.predict, "classify_log": self.classify, "regress_log": self.regress}.get(kind)
+        if prepare is not None:
+            runner, feeds, finish = prepare(getattr(record, kind).request, servable=servable)
+            finish(runner.run(feeds))
 
 
 def _error_code_number(name: str) -> int:
@@ -447,13 +485,21 @@ def _error_code_number(name: str) -> int:
     return CODE_VALUES.get(name, 2)
 
 
-def _result(future: Future[Outputs], timeout: float | None) -> Outputs:
-    from concurrent.futures import TimeoutError as FutureTimeout
-
+def _examples_from_json(body: bytes, large: bool) -> tuple[str, Any]:
+    doc = jt.parse_json_object(body, yielding=large)
     try:
-        return future.result(timeout)
-    except FutureTimeout:
-        raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded") from None
+        return jt.signature_name_of(doc), jt.input_from_json(doc)
+    finally:
+        if large:
+            jt.release(doc)
+
+
+def _examples_call(prepare: Callable[[str], tuple[str, Runner]], signature_name: str, request_input: Any
+                   ) -> tuple[str, Runner, dict[str, np.ndarray], int]:
+    """Classify/regress: the checked signature, its runner, the serialized-Examples feed and its size."""
+    key, runner = prepare(signature_name)
+    examples = serialized_examples(request_input)
+    return key, runner, {"inputs": examples}, len(examples)
 
 
 def _fill_spec(spec: Any, name: str, version: int, signature_name: str) -> None:
@@ -471,6 +517,11 @@ def _fill_classifications(result: Any, values: list[list[tuple[str, float]]]) ->
             cls.score = score
 
 
+def _fill_regressions(result: Any, values: list[float]) -> None:
+    for value in values:
+        result.regressions.add().value = value
+
+
 def parse_version(text: str) -> int:
     value = int(text)
     if value >= 2**63:
@@ -479,4 +530,3 @@ def parse_version(text: str) -> int:
 
 
 __all__ = ["ServingApi", "array_to_tensor_proto", "parse_version", "tensor_proto_to_array"]
-_ = Mapping

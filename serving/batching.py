@@ -35,25 +35,24 @@ class BatchingOptions:
     max_execution_batch_size: int = 0
 
     @classmethod
-    def from_text(cls, text: str) -> BatchingOptions:
-        """Parses a `BatchingParameters` text proto (the --batching_parameters_file)."""
-        from aviary.serving import textproto
+    def from_text(cls, text: str, source: str = "<batching parameters>") -> BatchingOptions:
+        """Parses a `BatchingParameters` text proto (the --batching_parameters_file); unknown fields are refused."""
+        from aviary.serving import configpb
 
-        params = textproto.parse(text)
+        params = configpb.parse_text(text, configpb.batching_parameters(), source)
         kwargs: dict[str, Any] = {}
         for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
                      "max_execution_batch_size", "enable_large_batch_splitting"):
-            value = textproto.scalar(params, name)
-            if value is not None:
-                kwargs[name] = value
-        kwargs["allowed_batch_sizes"] = tuple(int(v) for v in params.get("allowed_batch_sizes", []))
+            if params.HasField(name):
+                kwargs[name] = getattr(params, name).value
+        kwargs["allowed_batch_sizes"] = tuple(int(v) for v in params.allowed_batch_sizes)
         options = cls(**kwargs)
         sizes = options.allowed_batch_sizes
         if sizes:
             if list(sizes) != sorted(set(sizes)):
-                raise ValueError("allowed_batch_sizes entries must be monotonically increasing")
+                raise ValueError(f"{source}: allowed_batch_sizes entries must be monotonically increasing")
             if sizes[-1] != options.max_batch_size:
-                raise ValueError("final entry in allowed_batch_sizes must equal max_batch_size")
+                raise ValueError(f"{source}: final entry in allowed_batch_sizes must equal max_batch_size")
         return options
 
 

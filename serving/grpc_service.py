@@ -53,8 +53,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     async def _run(self, name: str, model: str, request: Any, context: grpc.aio.ServicerContext,
                    prepare: Callable[[Any], Prepared]) -> Any:
         start = time.perf_counter()
+        version = ""
         try:
             runner, feeds, finish = prepare(request)
+            version = str(runner.version)
             waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
             def done(result: Any) -> None:
@@ -68,27 +70,25 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = finish(result)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
             error = _as_serving_error(exc)
-            self.metrics.record_request(model, name, "GRPC", error.code, (time.perf_counter() - start) * 1e6)
+            self.metrics.record_request(model, name, "GRPC", error.code, (time.perf_counter() - start) * 1e6, version)
             return await _abort(context, error)
-        self.metrics.record_request(model, name, "GRPC", "OK", (time.perf_counter() - start) * 1e6)
+        self.metrics.record_request(model, name, "GRPC", "OK", (time.perf_counter() - start) * 1e6, version)
         return response
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._run("predict", request.model_spec.name, request, context, self.api.grpc_predict)
+        return await self._run("predict", request.model_spec.name, request, context, self.api.predict)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._run("classify", request.model_spec.name, request, context, self.api.grpc_classify)
+        return await self._run("classify", request.model_spec.name, request, context, self.api.classify)
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._run("regress", request.model_spec.name, request, context, self.api.grpc_regress)
+        return await self._run("regress", request.model_spec.name, request, context, self.api.regress)
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         model = request.tasks[0].model_spec.name if request.tasks else ""
         start = time.perf_counter()
         try:
-            timeout = context.time_remaining()
-            response = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: self.api.multi_inference(request, timeout=timeout))
+            response = await asyncio.get_running_loop().run_in_executor(None, self.api.multi_inference, request)
         except Exception as exc:  # noqa: BLE001 - every failure becomes the call's status
             error = _as_serving_error(exc)
             self.metrics.record_request(model, "multi_inference", "GRPC", error.code,

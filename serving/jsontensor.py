@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import gc
 import json
 import math
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -228,8 +231,41 @@ def _innermost_container(doc: str, pos: int) -> str:
     return stack[-1] if stack else ""
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """ParseJson(): an object, or INVALID_ARGUMENT with rapidjson's reason and offset."""
+_gc_lock = threading.Lock()
+_gc_holders = 0
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pauses the cyclic collector while any holder is inside (reference counting still frees memory)."""
+    global _gc_holders
+    with _gc_lock:
+        _gc_holders += 1
+        if _gc_holders == 1:
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0:
+                gc.enable()
+
+
+def _yield_float(text: str) -> float:
+    return float(text)
+
+
+def _yield_int(text: str) -> int:
+    return int(text)
+
+
+def parse_json_object(body: bytes, yielding: bool = False) -> dict[str, Any]:
+    """ParseJson(): an object, or INVALID_ARGUMENT with rapidjson's reason and offset.
+
+    `yielding` (for large bodies parsed on a worker thread): every number goes through a Python
+    function, so the interpreter can hand the GIL to the event loop thread while the C decoder runs.
+    """
     if not body:
         raise invalid("JSON Parse error: The document is empty")
     try:
@@ -237,7 +273,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise invalid(f"JSON Parse error: Invalid encoding in string. at offset: {exc.start}") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_float=_yield_float, parse_int=_yield_int) if yielding else json.loads(text)
     except json.JSONDecodeError as exc:
         if not text.strip():
             raise invalid(f"JSON Parse error: The document is empty. at offset: {len(body)}") from None
@@ -382,7 +418,7 @@ def _fast_numeric(val: Any, dtype: int, expected_shape: list[int]) -> np.ndarray
     if dtype not in (DT_FLOAT, DT_DOUBLE, DT_INT32, DT_INT64):
         return None
     try:
-        arr = np.array(val)
+        arr = _array_in_slices(val)
     except (ValueError, OverflowError):
         return None
     if list(arr.shape) != expected_shape or arr.dtype.kind not in "if" or arr.size == 0:
@@ -402,6 +438,40 @@ def _fast_numeric(val: Any, dtype: int, expected_shape: list[int]) -> np.ndarray
     if dtype == DT_INT32 and arr.size and (arr.min() < -(2**31) or arr.max() > 2**31 - 1):
         return None
     return arr.astype(np.int32 if dtype == DT_INT32 else np.int64, copy=False)
+
+
+_SLICE_VALUES = 1 << 16
+
+
+def _array_in_slices(val: Any) -> np.ndarray:
+    """np.array(val), a slice of rows at a time: a huge request never holds the GIL for long."""
+    if not isinstance(val, list) or not val:
+        return np.array(val)
+    row_values = max(1, math.prod(_dense_shape(val[0])))
+    step = max(1, _SLICE_VALUES // row_values)
+    if len(val) <= step:
+        return np.array(val)
+    parts = [np.array(val[i:i + step]) for i in range(0, len(val), step)]
+    if any(p.dtype.kind not in "if" or p.shape[1:] != parts[0].shape[1:] for p in parts):
+        raise ValueError("ragged or non-numeric")
+    return np.concatenate(parts)
+
+
+def release(doc: Any) -> None:
+    """Frees a large parsed document a slice at a time (one `del` of millions of values holds the GIL)."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        children = list(node.values()) if isinstance(node, dict) else node
+        if isinstance(node, dict):
+            node.clear()
+        for child in children:
+            if isinstance(child, (list, dict)) and len(child) > 64:
+                stack.append(child)
+        if isinstance(node, list):
+            while node:
+                del node[-256:]
+        children.clear()
 
 
 def _value_to_tensor(val: Any, dtype: int, allow_fast: bool) -> np.ndarray:

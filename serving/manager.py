@@ -46,6 +46,31 @@ class ModelEntry:
     versions: dict[int, VersionState] = field(default_factory=dict)
 
 
+@dataclass
+class TrafficSplit:
+    """How requests that name no version or label are spread (an extension; absent = TF Serving's rule).
+
+    Shares are kept exact over any run of requests (an accumulator, not a coin), so 25% is every 4th.
+    """
+
+    canary_percent: float = 0.0
+    mirror_percent: float = 0.0
+    _canary_acc: float = 0.0
+    _mirror_acc: float = 0.0
+
+    def take(self, which: str) -> bool:
+        percent = self.canary_percent if which == "canary" else self.mirror_percent
+        acc = (self._canary_acc if which == "canary" else self._mirror_acc) + percent
+        hit = acc >= 100.0
+        if hit:
+            acc -= 100.0
+        if which == "canary":
+            self._canary_acc = acc
+        else:
+            self._mirror_acc = acc
+        return hit
+
+
 @dataclass(frozen=True)
 class ManagerOptions:
     allow_labels_for_unavailable: bool = False
@@ -83,6 +108,7 @@ class ModelManager:
         self._load_pool = ThreadPoolExecutor(max(1, options.load_threads), thread_name_prefix="load")
         self.models: dict[str, ModelEntry] = {}
         self.labels: dict[str, dict[str, int]] = {}
+        self.traffic: dict[str, TrafficSplit] = {}
         self._closed = False
         self._closing = threading.Event()
 
@@ -275,6 +301,50 @@ class ModelManager:
             if found is None or found.servable is None:
                 raise not_found(f"Servable not found for request: Specific({name}, {version})")
             return found.servable
+
+    def route(self, name: str) -> tuple[Servable, Servable | None]:
+        """The version that answers an inference request naming no version or label, and the canary to
+        mirror it to (or None). Without a traffic split, or without a loaded `stable` label, that is
+        TF Serving's rule (the newest version); with one, `stable` answers except the canary share."""
+        with self._lock:
+            split = self.traffic.get(name)
+            stable = self._labelled(name, "stable") if split is not None else None
+            if split is None or stable is None:
+                return self.resolve(name), None
+            canary = self._labelled(name, "canary")
+            if canary is None or canary.version == stable.version:
+                return stable, None
+            if split.take("canary"):
+                return canary, None
+            return stable, canary if split.take("mirror") else None
+
+    def _labelled(self, name: str, label: str) -> Servable | None:
+        version = self.labels.get(name, {}).get(label)
+        entry = self.models.get(name)
+        state = entry.versions.get(version) if entry is not None and version is not None else None
+        return state.servable if state is not None else None
+
+    def set_traffic(self, name: str, canary_percent: float, mirror_percent: float) -> None:
+        with self._lock:
+            self.traffic[name] = TrafficSplit(canary_percent, mirror_percent)
+
+    def clear_traffic(self, name: str) -> None:
+        with self._lock:
+            self.traffic.pop(name, None)
+
+    def traffic_state(self, name: str) -> dict[str, Any]:
+        """The split as the admin endpoint reports it, with the versions the labels point at now."""
+        with self._lock:
+            split = self.traffic.get(name)
+            labels = self.labels.get(name, {})
+            return {
+                "model": name,
+                "enabled": split is not None,
+                "canary_percent": split.canary_percent if split else 0,
+                "mirror_percent": split.mirror_percent if split else 0,
+                "stable_version": str(labels["stable"]) if "stable" in labels else None,
+                "canary_version": str(labels["canary"]) if "canary" in labels else None,
+            }
 
     def version_states(self, name: str, version: int | None = None) -> list[VersionState]:
         """GetModelStatus: every version seen, newest first; errors as TF Serving words them."""

@@ -1,4 +1,17 @@
-"""Prometheus text exposition of TF Serving's metric names (`/tensorflow/serving/...` -> `:tensorflow:serving:...`)."""
+"""Prometheus text exposition of TF Serving's metric names (`/tensorflow/serving/...` -> `:tensorflow:serving:...`).
+
+Extensions (labels and names TF Serving does not have):
+* `version` on `:tensorflow:serving:request_count{model_name,version,status}` and
+  `:tensorflow:serving:request_latency{model_name,version,API,entrypoint}` (the version that answered;
+  empty when the request failed before a version was chosen), so error rate, latency quantiles and
+  request counts can be computed per version.
+* `:aviary:serving:shadow:*`, the comparison of mirrored requests (see `shadow.py`), labelled
+  `model_name`, `stable_version`, `canary_version` and, per output tensor, `output`:
+  `request_count{status}` (OK, an error code, or DROPPED when too many mirrors were in flight),
+  `compared_count` (values compared), `disagreement_count` (values whose class differs: for float
+  outputs the side of 0.5, else inequality), `positive_count{track=stable|canary}` (float > 0.5, or
+  non-zero), and the histogram `abs_diff` of |stable - canary| for float outputs.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +31,8 @@ def _exp_buckets(scale: float, growth: float, count: int) -> list[float]:
 
 # TF Serving's request latency sampler: exponential buckets 10us * 1.8^i, 33 of them.
 LATENCY_BUCKETS_US = _exp_buckets(10, 1.8, 33)
+DIFF_BUCKETS = [1e-6, 1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+SHADOW = ("model_name", "stable_version", "canary_version")
 
 
 def _fmt(value: float) -> str:
@@ -51,12 +66,41 @@ class Metrics:
         self.request_latency: dict[tuple[str, ...], _Histogram] = {}
         self.warmup_latency: dict[tuple[str, ...], _Histogram] = {}
         self.example_counts: dict[tuple[str, ...], _Histogram] = {}
+        self.shadow_requests: dict[tuple[str, ...], int] = {}
+        self.shadow_compared: dict[tuple[str, ...], int] = {}
+        self.shadow_disagreements: dict[tuple[str, ...], int] = {}
+        self.shadow_positives: dict[tuple[str, ...], int] = {}
+        self.shadow_abs_diff: dict[tuple[str, ...], _Histogram] = {}
 
-    def record_request(self, model: str, api: str, entrypoint: str, status: str, latency_us: float) -> None:
+    def record_request(self, model: str, api: str, entrypoint: str, status: str, latency_us: float,
+                       version: str = "") -> None:
         with self._lock:
-            key = (model, status)
+            key = (model, version, status)
             self.request_count[key] = self.request_count.get(key, 0) + 1
-            self._observe(self.request_latency, (model, api, entrypoint), latency_us, LATENCY_BUCKETS_US)
+            self._observe(self.request_latency, (model, version, api, entrypoint), latency_us, LATENCY_BUCKETS_US)
+
+    def record_shadow_request(self, pair: tuple[str, str, str], status: str) -> None:
+        with self._lock:
+            key = (*pair, status)
+            self.shadow_requests[key] = self.shadow_requests.get(key, 0) + 1
+
+    def record_shadow_output(self, pair: tuple[str, str, str], output: str, compared: int, disagreements: int,
+                             positives: tuple[int, int], diff_counts: list[int] | None, diff_sum: float) -> None:
+        """One output tensor of one mirrored request; diff_counts are per DIFF_BUCKETS bucket (+Inf last)."""
+        key = (*pair, output)
+        with self._lock:
+            self.shadow_compared[key] = self.shadow_compared.get(key, 0) + compared
+            self.shadow_disagreements[key] = self.shadow_disagreements.get(key, 0) + disagreements
+            for track, count in zip(("stable", "canary"), positives, strict=True):
+                self.shadow_positives[(*key, track)] = self.shadow_positives.get((*key, track), 0) + count
+            if diff_counts is not None:
+                hist = self.shadow_abs_diff.get(key)
+                if hist is None:
+                    hist = self.shadow_abs_diff[key] = _Histogram([0] * (len(DIFF_BUCKETS) + 1))
+                for i, count in enumerate(diff_counts):
+                    hist.counts[i] += count
+                hist.total += diff_sum
+                hist.n += sum(diff_counts)
 
     def record_warmup(self, model: str, version: int, seconds: float) -> None:
         with self._lock:
@@ -78,12 +122,31 @@ class Metrics:
             name = exported_name("/tensorflow/serving/request_count")
             out.append(f"# TYPE {name} counter")
             for key, count in sorted(self.request_count.items()):
-                out.append(f"{name}{_labels(('model_name', 'status'), key)} {count}")
-            self._render_hist(out, "/tensorflow/serving/request_latency", ("model_name", "API", "entrypoint"),
-                              self.request_latency, LATENCY_BUCKETS_US)
+                out.append(f"{name}{_labels(('model_name', 'version', 'status'), key)} {count}")
+            self._render_hist(out, "/tensorflow/serving/request_latency",
+                              ("model_name", "version", "API", "entrypoint"), self.request_latency, LATENCY_BUCKETS_US)
             self._render_hist(out, "/tensorflow/serving/model_warmup_latency", ("model_path",),
                               self.warmup_latency, LATENCY_BUCKETS_US)
+            if self.shadow_requests:
+                self._render_counter(out, "/aviary/serving/shadow/request_count", (*SHADOW, "status"),
+                                     self.shadow_requests)
+                self._render_counter(out, "/aviary/serving/shadow/compared_count", (*SHADOW, "output"),
+                                     self.shadow_compared)
+                self._render_counter(out, "/aviary/serving/shadow/disagreement_count", (*SHADOW, "output"),
+                                     self.shadow_disagreements)
+                self._render_counter(out, "/aviary/serving/shadow/positive_count", (*SHADOW, "output", "track"),
+                                     self.shadow_positives)
+                self._render_hist(out, "/aviary/serving/shadow/abs_diff", (*SHADOW, "output"),
+                                  self.shadow_abs_diff, DIFF_BUCKETS)
         return "\n".join(out) + "\n"
+
+    @staticmethod
+    def _render_counter(out: list[str], metric: str, label_names: tuple[str, ...],
+                        table: dict[tuple[str, ...], int]) -> None:
+        name = exported_name(metric)
+        out.append(f"# TYPE {name} counter")
+        for key, count in sorted(table.items()):
+            out.append(f"{name}{_labels(label_names, key)} {count}")
 
     @staticmethod
     def _render_hist(out: list[str], metric: str, label_names: tuple[str, ...],

@@ -39,8 +39,9 @@ class Runner:
     """A signature's concrete function, called directly; batching is optional and per signature."""
 
     def __init__(self, name: str, signature_def: Any, fn: Callable[..., Any], executor: Executor,
-                 batching: BatchingOptions | None) -> None:
+                 batching: BatchingOptions | None, version: int = 0) -> None:
         self.name = name
+        self.version = version  # the model version it belongs to (metrics label)
         self.signature_def = signature_def
         self.input_dtypes: dict[str, int] = {k: v.dtype for k, v in signature_def.inputs.items()}
         self.output_names = sorted(signature_def.outputs)
@@ -113,7 +114,7 @@ class Servable:
         signatures = self._loaded.signatures
         for key, sig in self.signature_defs.items():
             if key in signatures:
-                self.runners[key] = Runner(key, sig, signatures[key], executor, options.batching)
+                self.runners[key] = Runner(key, sig, signatures[key], executor, options.batching, version)
 
     def close(self) -> None:
         for runner in self.runners.values():

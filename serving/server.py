@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ VERSION = "2.21.0-aviary"
 
 @dataclass
 class Flags:
-    """tensorflow_model_server's flags (main.cc), plus --host and --max_request_bytes of our own."""
+    """tensorflow_model_server's flags (main.cc), plus --host, --max_request_bytes and the REST guards of our own."""
 
     port: int = 8500
     rest_api_port: int = 8501
@@ -52,6 +53,10 @@ class Flags:
     tensorflow_session_parallelism: int = 0
     enable_grpc_healthcheck_service: bool = False
     max_request_bytes: int = 64 * 1024 * 1024
+    # Our own REST guards: seconds a client may take to send a request head, and the most open REST
+    # connections (0: half the descriptor limit, at most 4096); connections past it get 503 and close.
+    rest_api_header_timeout_in_ms: int = 10000
+    rest_api_max_connections: int = 0
     version: bool = False
 
 
@@ -140,7 +145,8 @@ def _read_model_config(flags: Flags) -> Any:
         try:
             text_format.Parse(text, config)
         except text_format.ParseError as exc:
-            raise ValueError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {exc}") from None
+            raise ValueError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: "
+                             f"'{flags.model_config_file}': {exc}") from None
         return config
     if flags.model_base_path:
         model = config.model_config_list.config.add()
@@ -153,14 +159,12 @@ def _read_model_config(flags: Flags) -> Any:
 def _metrics_path(flags: Flags) -> str | None:
     if not flags.monitoring_config_file:
         return None
-    from aviary.serving import textproto
+    from aviary.serving import configpb
 
-    with open(flags.monitoring_config_file, encoding="utf-8") as fh:
-        parsed = textproto.parse(fh.read())
-    prom = parsed.get("prometheus_config", [{}])[-1]
-    if not textproto.scalar(prom, "enable", False):
+    config = configpb.read_text_file(flags.monitoring_config_file, configpb.monitoring_config())
+    if not config.prometheus_config.enable:
         return None
-    return str(textproto.scalar(prom, "path", "") or "/monitoring/prometheus/metrics")
+    return str(config.prometheus_config.path or "/monitoring/prometheus/metrics")
 
 
 class ModelServer:
@@ -172,13 +176,15 @@ class ModelServer:
         from aviary.serving.manager import ManagerOptions, ModelManager
         from aviary.serving.metrics import Metrics
         from aviary.serving.servable import LoadOptions
+        from aviary.serving.shadow import Shadow
 
         self.flags = flags
+        self.metrics_path = _metrics_path(flags)  # a bad monitoring file fails start-up, before any load
         batching = None
         if flags.enable_batching:
             if flags.batching_parameters_file:
                 with open(flags.batching_parameters_file, encoding="utf-8") as fh:
-                    batching = BatchingOptions.from_text(fh.read())
+                    batching = BatchingOptions.from_text(fh.read(), flags.batching_parameters_file)
             else:
                 batching = BatchingOptions()
         cpus = os.cpu_count() or 1
@@ -199,13 +205,18 @@ class ModelServer:
         )
         self.api: ServingApi
         self.manager = ModelManager(options, self.executor, lambda s, r: self.api.run_warmup_record(s, r),
-                                    on_loaded=self.metrics.record_warmup)
-        self.api = ServingApi(self.manager)
+                                    on_loaded=self._loaded)
+        self.api = ServingApi(self.manager, Shadow(self.executor, self.metrics))
         self._stop = threading.Event()
         self._config_text: str | None = None
         self._threads: list[threading.Thread] = []
         self.grpc_port = 0
         self.rest_port = 0
+        self.rest_server: Any = None
+
+    def _loaded(self, model: str, version: int, seconds: float) -> None:
+        self.metrics.record_warmup(model, version, seconds)
+        gc.freeze()
 
     def reload(self, config: Any) -> None:
         """Apply a config; like ServerCore, fail if a model ends up with no available version."""
@@ -277,9 +288,12 @@ class ModelServer:
             rest = RestServer(self.api, self.metrics, RestOptions(
                 timeout_s=flags.rest_api_timeout_in_ms / 1000.0,
                 max_request_bytes=flags.max_request_bytes,
-                metrics_path=_metrics_path(flags),
+                metrics_path=self.metrics_path,
                 enable_cors=flags.rest_api_enable_cors_support,
+                header_timeout_s=flags.rest_api_header_timeout_in_ms / 1000.0,
+                max_connections=flags.rest_api_max_connections,
             ))
+            self.rest_server = rest
             self.rest_port = await rest.start(flags.host, flags.rest_api_port, dispatcher)
             log.info("Exporting HTTP/REST API at:%s:%d ...", flags.host, self.rest_port)
         loop = asyncio.get_running_loop()

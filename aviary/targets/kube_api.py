@@ -82,12 +82,13 @@ class KubeApi:
         path = f"{k.prefix}/namespaces/{self.namespace}/{k.plural}"
         return path if name is None else f"{path}/{name}"
 
-    def apply(self, obj: Obj) -> Obj:
-        """Server-side apply: create or converge to exactly `obj`'s fields; unchanged when equal."""
+    def apply(self, obj: Obj, field_manager: str | None = None) -> Obj:
+        """Server-side apply: this manager's fields become exactly `obj`'s (fields it set before and
+        left out now are removed; other managers' fields stay); unchanged when equal."""
         kind, name = obj["kind"], obj["metadata"]["name"]
         result = self._call(
             "PATCH", self._path(kind, name), verb="patch", kind=kind, name=name, body=obj,
-            query={"fieldManager": self.field_manager, "force": "true"}, content_type=APPLY,
+            query={"fieldManager": field_manager or self.field_manager, "force": "true"}, content_type=APPLY,
         )
         assert result is not None
         return result
@@ -101,13 +102,26 @@ class KubeApi:
         result = self._call("GET", self._path(kind), verb="list", kind=kind, name=None, query={"labelSelector": selector})
         return list((result or {}).get("items") or [])
 
-    def delete(self, kind: str, name: str) -> bool:
-        """Delete (dependents in the background); False when it was already gone."""
+    def delete(self, kind: str, name: str, propagation: str = "Background") -> bool:
+        """Delete (dependents in the background, or first with `Foreground`); False when already gone."""
         result = self._call(
             "DELETE", self._path(kind, name), verb="delete", kind=kind, name=name,
-            body={"propagationPolicy": "Background"}, missing_ok=True,
+            body={"propagationPolicy": propagation}, missing_ok=True,
         )
         return result is not None
+
+    def serves(self, group: str, version: str, plural: str) -> bool:
+        """Whether the API server serves a resource (discovery, which every authenticated user may read)."""
+        path = f"/apis/{group}/{version}"
+        try:
+            found = self._send("GET", path, None, None, None)
+        except ApiException as e:
+            if int(e.status or 0) == 404:
+                return False
+            raise self._error(e, "discover", f"{group}/{version}", 1) from e
+        except urllib3.exceptions.HTTPError as e:
+            raise TargetError(f"cannot discover {group}/{version}: {type(e).__name__} ({e})") from e
+        return any(r.get("name") == plural for r in found.get("resources") or [])
 
     def _call(
         self,

@@ -1,14 +1,16 @@
 """The Kubernetes objects of one model's serving tracks, as plain dicts ready for server-side apply.
 
-Pure functions: names, labels, manifests. k8s/base holds the same stable Deployment for
-`kubectl apply -k`; tests/k8s checks the two agree, so one pod spec serves both.
+Pure functions: names, labels, manifests. Who owns what (see docs/kubernetes.md): the overlays in
+k8s/ own the stable Deployment's shape (replicas, resources, topology, probes); the flow owns its
+version pin (`stable_pin`: two annotations and the progress deadline), the track ConfigMaps and the
+whole canary Deployment, which `deployment` builds. tests/k8s checks k8s/base against these builders.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from aviary.model_config import render_model_config
@@ -18,9 +20,12 @@ Obj = dict[str, Any]
 
 APP = "aviary-serving"
 MANAGER = "aviary"
+BOOTSTRAP_MANAGER = "aviary-bootstrap"
 VERSION_KEY = "aviary.dev/version"
 HASH_KEY = "aviary.dev/config-hash"
 CONFIG_FILE = "models.config"
+MONITORING_FILE = "monitoring.config"
+METRICS_PATH = "/monitoring/prometheus/metrics"
 CONFIG_DIR = "/etc/aviary"
 GRPC_PORT = 8500
 REST_PORT = 8501
@@ -29,6 +34,11 @@ DEFAULT_RESOURCES: Mapping[str, Mapping[str, str]] = {
     "limits": {"cpu": "1", "memory": "1Gi"},
 }
 RUN_AS = 1000
+SCRAPE_ANNOTATIONS: Mapping[str, str] = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(REST_PORT),
+    "prometheus.io/path": METRICS_PATH,
+}
 
 
 def deployment_name(model: str, track: Track) -> str:
@@ -58,13 +68,31 @@ def model_config_text(model: str, base_path: str, version: int, track: Track) ->
     return render_model_config(model, base_path, [version], {track: version})
 
 
+def monitoring_config_text() -> str:
+    """TF Serving's MonitoringConfig: Prometheus metrics on the REST port."""
+    return f'prometheus_config {{\n  enable: true\n  path: "{METRICS_PATH}"\n}}\n'
+
+
 def config_map(namespace: str, model: str, track: Track, text: str) -> Obj:
+    """A track's TF Serving config files. The flow alone writes them (the overlays ship none), so
+    re-applying an overlay can never unpin what a track serves."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": config_name(model, track), "namespace": namespace, "labels": selector(model, track)},
-        "data": {CONFIG_FILE: text},
+        "data": {CONFIG_FILE: text, MONITORING_FILE: monitoring_config_text()},
     }
+
+
+def pinned_versions(text: str) -> list[int]:
+    """The versions a model config file pins (its `specific` policy); [] when it pins none."""
+    from aviary.model_config import parse_model_config
+
+    try:
+        parsed = parse_model_config(text)
+    except Exception:  # noqa: BLE001 - a config someone else wrote pins nothing we can vouch for
+        return []
+    return [int(v) for c in parsed.model_config_list.config for v in c.model_version_policy.specific.versions]
 
 
 def pod_security() -> Obj:
@@ -86,7 +114,13 @@ def container_security() -> Obj:
     }
 
 
-def serving_container(model: str, image: str, store_mount: str, resources: Mapping[str, Any]) -> Obj:
+def probe_path(model: str, track: Track) -> str:
+    """Answers 200 only once the version the track's label points at is AVAILABLE: metadata needs a
+    loaded servable, and a label resolves only to its pinned version."""
+    return f"/v1/models/{model}/labels/{track}/metadata"
+
+
+def serving_container(model: str, track: Track, image: str, store_mount: str, resources: Mapping[str, Any]) -> Obj:
     return {
         "name": "serving",
         "image": image,
@@ -95,22 +129,30 @@ def serving_container(model: str, image: str, store_mount: str, resources: Mappi
             f"--port={GRPC_PORT}",
             f"--rest_api_port={REST_PORT}",
             f"--model_config_file={CONFIG_DIR}/{CONFIG_FILE}",
+            f"--monitoring_config_file={CONFIG_DIR}/{MONITORING_FILE}",
+            # The config labels a version that is still loading when the server starts.
+            "--allow_version_labels_for_unavailable_models=true",
             "--enable_model_warmup=true",
         ],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "rest", "containerPort": REST_PORT, "protocol": "TCP"},
         ],
+        # A large model may load (and warm up) for minutes: up to 10 before liveness counts.
+        "startupProbe": {
+            "httpGet": {"path": probe_path(model, track), "port": "rest"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 120,
+        },
         "readinessProbe": {
-            "httpGet": {"path": f"/v1/models/{model}", "port": "rest"},
-            "initialDelaySeconds": 2,
+            "httpGet": {"path": probe_path(model, track), "port": "rest"},
             "periodSeconds": 5,
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
         "livenessProbe": {
             "tcpSocket": {"port": "grpc"},
-            "initialDelaySeconds": 10,
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
@@ -124,6 +166,10 @@ def serving_container(model: str, image: str, store_mount: str, resources: Mappi
     }
 
 
+def progress_deadline_s(ready_timeout_s: float) -> int:
+    return max(1, int(ready_timeout_s + 0.999))
+
+
 def deployment(
     *,
     namespace: str,
@@ -135,12 +181,13 @@ def deployment(
     replicas: int,
     store_claim: str,
     store_mount: str,
+    ready_timeout_s: float,
     resources: Mapping[str, Any] = DEFAULT_RESOURCES,
 ) -> Obj:
-    """One track serving one pinned version. The config hash in the pod template rolls the pods
-    whenever the ConfigMap changes (TF Serving reads its config file only at start)."""
+    """A whole track serving one pinned version: the canary, or a stable track the flow creates in a
+    namespace no overlay bootstrapped. The config hash in the pod template rolls the pods whenever
+    the ConfigMap changes (TF Serving reads its config file only at start)."""
     labels = selector(model, track)
-    annotations = {VERSION_KEY: str(version), HASH_KEY: config_hash}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -153,18 +200,21 @@ def deployment(
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": 300,
+            "progressDeadlineSeconds": progress_deadline_s(ready_timeout_s),
             "selector": {"matchLabels": labels},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
-                "metadata": {"labels": labels, "annotations": annotations},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {**SCRAPE_ANNOTATIONS, VERSION_KEY: str(version), HASH_KEY: config_hash},
+                },
                 "spec": {
                     "serviceAccountName": "default",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 30,
                     "securityContext": pod_security(),
-                    "containers": [serving_container(model, image, store_mount, resources)],
+                    "containers": [serving_container(model, track, image, store_mount, resources)],
                     "volumes": [
                         {"name": "config", "configMap": {"name": config_name(model, track)}},
                         {"name": "store", "persistentVolumeClaim": {"claimName": store_claim, "readOnly": True}},
@@ -172,6 +222,25 @@ def deployment(
                     ],
                 },
             },
+        },
+    }
+
+
+def stable_pin(namespace: str, model: str, version: int, config_hash: str, ready_timeout_s: float) -> Obj:
+    """All the flow applies to an existing stable Deployment: which version it serves (the annotations
+    roll the pods onto the ConfigMap's new content) and how long a rollout may take. Replicas,
+    resources, topology and probes stay the overlay's."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(model, "stable"),
+            "namespace": namespace,
+            "annotations": {VERSION_KEY: str(version)},
+        },
+        "spec": {
+            "progressDeadlineSeconds": progress_deadline_s(ready_timeout_s),
+            "template": {"metadata": {"annotations": {VERSION_KEY: str(version), HASH_KEY: config_hash}}},
         },
     }
 
@@ -213,116 +282,5 @@ def http_route(namespace: str, model: str, gateway: str, canary_weight: int | No
                     "backendRefs": backends,
                 }
             ],
-        },
-    }
-
-
-# Copying a version onto the store volume from outside the cluster (see docs/kubernetes.md).
-
-COPY_APP = "aviary-copy"
-CHUNK_KEY = "part"
-CHUNK_DIR = "/aviary/chunks"
-COPY_SCRIPT = """\
-set -eu
-dst="$STORE/$MODEL/$VERSION"
-if [ -d "$dst" ]; then echo "$dst already exists: nothing to copy"; exit 0; fi
-mkdir -p "$STORE/$MODEL"
-tmp="$STORE/$MODEL/.tmp-$VERSION-$HOSTNAME"
-rm -rf "$tmp"
-mkdir "$tmp"
-cat "$CHUNKS"/part-* > /tmp/version.tar.gz
-echo "$SHA256  /tmp/version.tar.gz" | sha256sum -c -
-tar -xzf /tmp/version.tar.gz -C "$tmp"
-mv "$tmp" "$dst"
-echo "copied $dst"
-"""
-
-
-def copy_name(model: str, version: int, digest: str) -> str:
-    """Content-addressed, so a re-run with the same files finds its finished Job (a Job's pod
-    template is immutable) and different files never reuse one."""
-    return f"{model}-copy-v{version}-{digest[:10]}"
-
-
-def copy_labels(model: str, version: int) -> dict[str, str]:
-    return {"app": COPY_APP, "model": model, VERSION_KEY: str(version)}
-
-
-def chunk_config_maps(namespace: str, model: str, version: int, digest: str, chunks: Sequence[str]) -> list[Obj]:
-    """The version's tar.gz, base64 in `binaryData`, split under the ConfigMap size limit."""
-    name = copy_name(model, version, digest)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": f"{name}-{i}", "namespace": namespace, "labels": copy_labels(model, version)},
-            "binaryData": {CHUNK_KEY: chunk},
-        }
-        for i, chunk in enumerate(chunks)
-    ]
-
-
-def copy_job(
-    *,
-    namespace: str,
-    model: str,
-    version: int,
-    digest: str,
-    chunk_count: int,
-    image: str,
-    store_claim: str,
-    store_mount: str,
-    deadline_s: int,
-    tmp_size: str,
-) -> Obj:
-    """One pod that unpacks the chunks into a temporary directory on the volume, checks the
-    digest, and renames it to `<store>/<model>/<version>`: TF Serving never sees half a version."""
-    name = copy_name(model, version, digest)
-    labels = copy_labels(model, version)
-    sources = [
-        {"configMap": {"name": f"{name}-{i}", "items": [{"key": CHUNK_KEY, "path": f"part-{i:05d}"}]}}
-        for i in range(chunk_count)
-    ]
-    env = {"STORE": store_mount, "MODEL": model, "VERSION": str(version), "SHA256": digest, "CHUNKS": CHUNK_DIR}
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "backoffLimit": 1,
-            "activeDeadlineSeconds": deadline_s,
-            "ttlSecondsAfterFinished": 3600,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "securityContext": pod_security(),
-                    "containers": [
-                        {
-                            "name": "copy",
-                            "image": image,
-                            "command": ["/bin/sh", "-c", COPY_SCRIPT],
-                            "env": [{"name": k, "value": v} for k, v in env.items()],
-                            "resources": {
-                                "requests": {"cpu": "50m", "memory": "32Mi"},
-                                "limits": {"cpu": "500m", "memory": "128Mi"},
-                            },
-                            "securityContext": container_security(),
-                            "volumeMounts": [
-                                {"name": "store", "mountPath": store_mount},
-                                {"name": "chunks", "mountPath": CHUNK_DIR, "readOnly": True},
-                                {"name": "tmp", "mountPath": "/tmp"},
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {"name": "store", "persistentVolumeClaim": {"claimName": store_claim}},
-                        {"name": "chunks", "projected": {"sources": sources}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": tmp_size}},
-                    ],
-                },
-            },
         },
     }

@@ -18,7 +18,8 @@ class RolloutState:
 
 def rollout_state(deployment: Obj) -> RolloutState:
     """kubectl's DeploymentStatusViewer: the controller must have observed the current generation;
-    then ProgressDeadlineExceeded fails, and done means every replica updated, none old left,
+    then ProgressDeadlineExceeded fails (and, unlike kubectl, a ReplicaFailure such as an exceeded
+    quota, which no waiting cures), and done means every replica updated, none old left,
     every updated one available."""
     name = deployment["metadata"]["name"]
     generation = int(deployment["metadata"].get("generation") or 0)
@@ -30,6 +31,9 @@ def rollout_state(deployment: Obj) -> RolloutState:
         if condition.get("type") == "Progressing" and condition.get("reason") == "ProgressDeadlineExceeded":
             detail = condition.get("message") or "no progress within progressDeadlineSeconds"
             return RolloutState(False, True, f"deployment {name} exceeded its progress deadline: {detail}")
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            detail = condition.get("message") or condition.get("reason") or "pods cannot be created"
+            return RolloutState(False, True, f"deployment {name} cannot create pods (ReplicaFailure): {detail}")
     wanted = int((deployment.get("spec") or {}).get("replicas", 1))
     updated = int(status.get("updatedReplicas") or 0)
     total = int(status.get("replicas") or 0)

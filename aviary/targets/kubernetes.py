@@ -3,18 +3,13 @@
 A canary is its own Deployment (`<model>-canary`) beside the stable one (`<model>-stable`), each
 serving one pinned version through its own ConfigMap. Both sit behind the `<model>` Service, so
 the canary's share of live traffic is its replica ratio, or a Gateway API HTTPRoute weight when
-`canary_weight` is set. Every wait polls with a deadline. See docs/kubernetes.md.
+`canary_weight` is set. The overlays own the stable Deployment's shape; the flow owns only its pin.
+Every wait polls with a deadline. See docs/kubernetes.md.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import hashlib
-import io
 import logging
-import math
-import tarfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,11 +21,12 @@ from aviary.config import KubernetesConfig
 from aviary.targets import kube_objects as objects
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 from aviary.targets.kube_api import KubeApi
+from aviary.targets.kube_copy import VersionCopier
 from aviary.targets.kube_status import pod_problems, rollout_state
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 768 * 1024  # raw bytes per ConfigMap: base64 and metadata stay well under the 1 MiB limit
+GATEWAY_API = ("gateway.networking.k8s.io", "v1", "httproutes")
 
 
 class KubernetesTarget:
@@ -45,7 +41,6 @@ class KubernetesTarget:
         *,
         model: str | None = None,
         promote_timeout_s: float = 300.0,
-        resources: Mapping[str, Any] | None = None,
         max_upload_bytes: int = 32 * 1024 * 1024,
         poll_interval_s: float = 1.0,
         attempts: int = 5,
@@ -57,21 +52,26 @@ class KubernetesTarget:
     ) -> None:
         """`cfg.store_uri` (e.g. `gs://bucket/models`) makes TF Serving read versions from an object store
         instead of the `store_claim` volume; `cfg.gateway` is the HTTPRoute's parent Gateway, used only
-        when `cfg.canary_weight` is set. The rest tunes waits and retries (tests shorten them)."""
+        when `cfg.canary_weight` is set. `promote_timeout_s` (the rollout's ready timeout) is also every
+        Deployment's progress deadline. The rest tunes waits and retries (tests shorten them)."""
         self.api_client = api_client
         self.cfg = cfg
         self.model = model
         self.store_uri = cfg.store_uri.rstrip("/") if cfg.store_uri else None
         self.gateway = cfg.gateway
         self.promote_timeout_s = promote_timeout_s
-        self.resources = resources or objects.DEFAULT_RESOURCES
-        self.max_upload_bytes = max_upload_bytes
         self.poll_interval_s = poll_interval_s
         self._clock = clock
         self._sleep = sleep
+        self._gateway_checked = False
         self.api = KubeApi(
             api_client, cfg.namespace, field_manager=objects.MANAGER, attempts=attempts, backoff_s=backoff_s,
             max_backoff_s=max_backoff_s, request_timeout_s=request_timeout_s, sleep=sleep,
+        )
+        self.copier = VersionCopier(
+            self.api, image=cfg.copy_image, store_claim=cfg.store_claim, store_mount=cfg.store_mount,
+            timeout_s=cfg.copy_timeout_s, max_bytes=max_upload_bytes, poll_interval_s=poll_interval_s,
+            clock=clock, sleep=sleep,
         )
 
     @classmethod
@@ -100,9 +100,10 @@ class KubernetesTarget:
 
     def deploy_canary(self, model: str, version: int, stable: int | None) -> None:
         self._check_model(model)
+        self._check_gateway_api()
         for track in (None, "stable", "canary"):
             self.api.apply(objects.service(self.cfg.namespace, model, track))
-        self._apply_track(model, "canary", version, self.cfg.canary_replicas)
+        self._apply_canary(model, version)
         if self.cfg.canary_weight is not None:
             self._apply_route(model, self.cfg.canary_weight)
         log.info("canary %s v%d applied beside stable v%s", objects.deployment_name(model, "canary"), version, stable)
@@ -128,82 +129,52 @@ class KubernetesTarget:
         return Endpoint(url=url, headers=headers, verify=verify, cert=cert)
 
     def promote(self, model: str, version: int) -> None:
-        """Roll the stable Deployment to `version` (surge first, so it serves throughout), then retire
+        """Pin the stable Deployment to `version` (surge first, so it serves throughout), then retire
         the canary. A stable rollout that fails raises NotReady with the canary still in place."""
         self._check_model(model)
-        self._apply_track(model, "stable", version, self.cfg.replicas)
+        self._pin_stable(model, version)
         self._wait_rolled_out(model, "stable", version, self.promote_timeout_s)
         self._remove_canary(model)
         log.info("promoted %s v%d", model, version)
 
     def roll_back(self, model: str, stable: int | None) -> None:
-        """Remove the canary (route weight, Deployment, ConfigMap). The stable track is left as it is,
-        unless a failed promotion already moved it off `stable`: then it is rolled back to `stable`."""
+        """Remove the canary (route weight, Deployment, ConfigMap, pods). The stable track is left as it
+        is when it verifiably serves `stable`; otherwise (a failed promotion, an overlay re-applied over
+        the pin, a ConfigMap edited by hand) it is pinned to `stable` again."""
         self._check_model(model)
         self._remove_canary(model)
-        current = self._version(model, "stable")
-        if stable is not None and current is not None and current != stable:
-            log.warning("stable serves v%d after a failed promotion: rolling it back to v%d", current, stable)
-            self._apply_track(model, "stable", stable, self.cfg.replicas)
+        if stable is not None and self._live_pin(model, "stable") != stable:
+            log.warning("stable %s does not verifiably serve v%d: pinning it again", model, stable)
+            self._pin_stable(model, stable)
 
     def serving(self, model: str) -> Serving:
+        """What the API server says each track serves: a version counts only when the Deployment's
+        annotation, its pod template's config hash and the ConfigMap's pinned version all agree."""
         self._check_model(model)
-        return Serving(stable=self._version(model, "stable"), canary=self._version(model, "canary"))
+        return Serving(stable=self._live_pin(model, "stable"), canary=self._present(model, "canary"))
 
     # Getting a version's files onto the store volume from outside the cluster.
 
     def publish(self, model: str, version: int, path: Path) -> None:
         """In the cluster the export already wrote to the mounted volume; with `store_uri` TF Serving
-        reads the object store; otherwise the version is copied onto the volume by a Job."""
+        reads the object store; otherwise the version is copied onto the volume by a Job. The first
+        call of a rollout that changes anything, so a setting the cluster cannot honour (a canary
+        weight without the Gateway API) is refused here, before anything changed."""
+        self._check_model(model)
+        self._check_gateway_api()
         if self.needs_upload:
             self.upload_version(model, version, path)
 
     @property
     def needs_upload(self) -> bool:
-        """Whether the flow must call `upload_version` after export: the flow runs outside the cluster
+        """Whether `publish` must copy the version onto the volume: the flow runs outside the cluster
         and the pods read the store volume (not an object store the flow wrote to)."""
         return not self.cfg.in_cluster and self.store_uri is None
 
-    def upload_version(self, model: str, version: int, path: Path, timeout_s: float = 300.0) -> None:
-        """Copy an exported version directory onto the `store_claim` volume: its tar.gz goes into
-        ConfigMap chunks, and a Job (`copy_image`) unpacks them into a temporary directory on the
-        volume, checks the digest and renames it to `<store>/<model>/<version>`. Everything but
-        the version on the volume is deleted afterwards; a re-run with the same files is a no-op."""
+    def upload_version(self, model: str, version: int, path: Path, timeout_s: float | None = None) -> None:
+        """Copy an exported version directory onto the `store_claim` volume (see kube_copy)."""
         self._check_model(model)
-        if not path.is_dir():
-            raise TargetError(f"cannot upload {model} v{version}: {path} is not a directory")
-        payload = _tar_gz(path)
-        if len(payload) > self.max_upload_bytes:
-            raise TargetError(
-                f"cannot upload {model} v{version}: {len(payload)} bytes compressed is over the "
-                f"{self.max_upload_bytes}-byte limit for ConfigMap transfer; run the flow in the cluster "
-                "or serve from an object store (store_uri)"
-            )
-        digest = hashlib.sha256(payload).hexdigest()
-        chunks = [
-            base64.b64encode(payload[i : i + CHUNK_BYTES]).decode()
-            for i in range(0, len(payload), CHUNK_BYTES)
-        ]
-        maps = objects.chunk_config_maps(self.cfg.namespace, model, version, digest, chunks)
-        job = objects.copy_job(
-            namespace=self.cfg.namespace, model=model, version=version, digest=digest, chunk_count=len(chunks),
-            image=self.cfg.copy_image, store_claim=self.cfg.store_claim, store_mount=self.cfg.store_mount,
-            deadline_s=max(1, math.ceil(timeout_s)), tmp_size=f"{max(16, 2 * len(payload) // 2**20 + 16)}Mi",
-        )
-        name = job["metadata"]["name"]
-        previous = self.api.get("Job", name)
-        if previous is not None and _job_failed(previous):
-            self.api.delete("Job", name)  # a failed copy of the same files: start it afresh
-        try:
-            for config_map in maps:
-                self.api.apply(config_map)
-            self.api.apply(job)
-            self._wait_job(name, timeout_s)
-        finally:
-            for config_map in maps:
-                self.api.delete("ConfigMap", config_map["metadata"]["name"])
-        self.api.delete("Job", name)
-        log.info("uploaded %s v%d to volume %s (%d bytes)", model, version, self.cfg.store_claim, len(payload))
+        self.copier.copy(model, version, path, timeout_s)
 
     # Internals.
 
@@ -214,31 +185,113 @@ class KubernetesTarget:
     def _base_path(self, model: str) -> str:
         return f"{self.store_uri or self.cfg.store_mount.rstrip('/')}/{model}"
 
-    def _apply_track(self, model: str, track: Track, version: int, replicas: int) -> None:
-        text = objects.model_config_text(model, self._base_path(model), version, track)
-        config_map = objects.config_map(self.cfg.namespace, model, track, text)
-        self.api.apply(config_map)
-        self.api.apply(
-            objects.deployment(
-                namespace=self.cfg.namespace, model=model, track=track, version=version,
-                config_hash=objects.content_hash(config_map["data"]), image=self.cfg.image, replicas=replicas,
-                store_claim=self.cfg.store_claim, store_mount=self.cfg.store_mount, resources=self.resources,
+    def _check_gateway_api(self) -> None:
+        if self.cfg.canary_weight is None or self._gateway_checked:
+            return
+        group, version, plural = GATEWAY_API
+        if not self.api.serves(group, version, plural):
+            raise TargetError(
+                f"canary_weight {self.cfg.canary_weight} needs the Gateway API ({plural}.{group}/{version}), "
+                "which this cluster does not serve: install it, or leave canary_weight unset to split by replicas"
             )
+        self._gateway_checked = True
+
+    def _config_map(self, model: str, track: Track, version: int) -> dict[str, Any]:
+        text = objects.model_config_text(model, self._base_path(model), version, track)
+        return objects.config_map(self.cfg.namespace, model, track, text)
+
+    def _resources(self, model: str) -> Mapping[str, Any]:
+        """Explicit config first, else what the overlay gave the stable track, else small defaults."""
+        if self.cfg.resources is not None:
+            return self.cfg.resources.model_dump(exclude_none=True)
+        stable = self.api.get("Deployment", objects.deployment_name(model, "stable"))
+        for container in (((stable or {}).get("spec") or {}).get("template") or {}).get("spec", {}).get("containers", []):
+            if container.get("name") == "serving" and container.get("resources"):
+                return dict(container["resources"])
+        return objects.DEFAULT_RESOURCES
+
+    def _full_track(self, model: str, track: Track, version: int, config_hash: str, replicas: int) -> dict[str, Any]:
+        return objects.deployment(
+            namespace=self.cfg.namespace, model=model, track=track, version=version, config_hash=config_hash,
+            image=self.cfg.image, replicas=replicas, store_claim=self.cfg.store_claim,
+            store_mount=self.cfg.store_mount, ready_timeout_s=self.promote_timeout_s, resources=self._resources(model),
         )
+
+    def _apply_canary(self, model: str, version: int) -> None:
+        config_map = self.api.apply(self._config_map(model, "canary", version))
+        config_hash = objects.content_hash(config_map.get("data") or {})
+        self.api.apply(self._full_track(model, "canary", version, config_hash, self.cfg.canary_replicas))
+
+    def _pin_stable(self, model: str, version: int) -> None:
+        """Write the stable ConfigMap, then pin the Deployment to it. Where no overlay made the stable
+        Deployment, the flow creates it whole, under its own field manager, so its shape stays apart
+        from the pin."""
+        config_map = self.api.apply(self._config_map(model, "stable", version))
+        config_hash = objects.content_hash(config_map.get("data") or {})
+        if self.api.get("Deployment", objects.deployment_name(model, "stable")) is None:
+            whole = self._full_track(model, "stable", version, config_hash, self.cfg.replicas)
+            self.api.apply(whole, field_manager=objects.BOOTSTRAP_MANAGER)
+        self.api.apply(objects.stable_pin(self.cfg.namespace, model, version, config_hash, self.promote_timeout_s))
 
     def _apply_route(self, model: str, canary_weight: int | None) -> None:
         self.api.apply(objects.http_route(self.cfg.namespace, model, self.gateway, canary_weight))
 
     def _remove_canary(self, model: str) -> None:
-        if self.cfg.canary_weight is not None:
-            self._apply_route(model, None)  # traffic off the canary before its pods go
-        self.api.delete("Deployment", objects.deployment_name(model, "canary"))
+        """Traffic off the canary, then the canary gone, pods included: a route that cannot be updated
+        never keeps the canary's pods in the shared Service."""
+        route_error: TargetError | None = None
+        if self.api.get("HTTPRoute", model) is not None:  # None too where the Gateway API is absent
+            try:
+                self._apply_route(model, None)
+            except TargetError as e:
+                route_error = e
+        name = objects.deployment_name(model, "canary")
+        self.api.delete("Deployment", name, propagation="Foreground")
         self.api.delete("ConfigMap", objects.config_name(model, "canary"))
+        self._wait_gone(model, "canary")
+        if route_error is not None:
+            raise route_error
 
-    def _version(self, model: str, track: Track) -> int | None:
+    def _wait_gone(self, model: str, track: Track) -> None:
+        """Until the Deployment and its pods are gone (foreground deletion): a terminating pod leaves
+        the Service's endpoints at once, a live one keeps taking traffic."""
+        name = objects.deployment_name(model, track)
+        deadline = self._clock() + self.promote_timeout_s
+        while True:
+            live = [p for p in self.api.list("Pod", objects.selector(model, track))
+                    if not p.get("metadata", {}).get("deletionTimestamp")]
+            if self.api.get("Deployment", name) is None and not live:
+                return
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise TargetError(f"{track} deployment {name} still has {len(live)} live pods "
+                                  f"{self.promote_timeout_s:g}s after its deletion")
+            self._sleep(min(self.poll_interval_s, remaining))
+
+    def _present(self, model: str, track: Track) -> int | None:
+        """The version a track's Deployment says it serves, whether or not the pin checks out."""
         deployment = self.api.get("Deployment", objects.deployment_name(model, track))
         value = ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(objects.VERSION_KEY)
-        return int(value) if value is not None and str(value).isdigit() else None
+        if deployment is None:
+            return None
+        return int(value) if value is not None and str(value).isdigit() else 0  # 0: there, pinned to nothing
+
+    def _live_pin(self, model: str, track: Track) -> int | None:
+        deployment = self.api.get("Deployment", objects.deployment_name(model, track))
+        if deployment is None:
+            return None
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        config_map = self.api.get("ConfigMap", objects.config_name(model, track))
+        if config_map is None:
+            return None
+        data = config_map.get("data") or {}
+        pinned = objects.pinned_versions(data.get(objects.CONFIG_FILE, ""))
+        version = str(annotations.get(objects.VERSION_KEY, ""))
+        hashed = (template.get("annotations") or {}).get(objects.HASH_KEY)
+        if len(pinned) != 1 or str(pinned[0]) != version or hashed != objects.content_hash(data):
+            return None
+        return pinned[0]
 
     def _wait_rolled_out(self, model: str, track: Track, version: int, timeout_s: float) -> None:
         name = objects.deployment_name(model, track)
@@ -267,53 +320,3 @@ class KubernetesTarget:
             problems = [f"(pods unreadable: {e})"]
         detail = "; ".join(problems)
         return f"{track} {model} v{version}: {message}" + (f"; {detail}" if detail else "")
-
-    def _wait_job(self, name: str, timeout_s: float) -> None:
-        deadline = self._clock() + timeout_s
-        while True:
-            job = self.api.get("Job", name)
-            if job is None:
-                raise TargetError(f"copy job {name} disappeared from namespace {self.cfg.namespace!r}")
-            status = job.get("status") or {}
-            if _job_condition(job, "Complete") is not None or int(status.get("succeeded") or 0) > 0:
-                return
-            failed = _job_failed(job)
-            if failed is not None:
-                reason = failed.get("message") or failed.get("reason") or "failed"
-                raise TargetError(
-                    f"copy job {name} failed: {reason}; see kubectl -n {self.cfg.namespace} logs job/{name}"
-                )
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise NotReady(f"copy job {name} did not finish within {timeout_s:g}s")
-            self._sleep(min(self.poll_interval_s, remaining))
-
-
-def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == kind and condition.get("status") == "True":
-            return dict(condition)
-    return None
-
-
-def _job_failed(job: dict[str, Any]) -> dict[str, Any] | None:
-    return _job_condition(job, "Failed")
-
-
-def _tar_gz(path: Path) -> bytes:
-    """A reproducible archive of a directory (sorted, no owners or times), so equal files give an
-    equal digest and a re-run applies identical objects."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for file in sorted(p for p in path.rglob("*")):
-            info = tar.gettarinfo(str(file), arcname=str(file.relative_to(path)))
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            info.mtime = 0
-            info.mode = 0o755 if file.is_dir() else 0o644
-            if file.is_file():
-                with file.open("rb") as handle:
-                    tar.addfile(info, handle)
-            else:
-                tar.addfile(info)
-    return gzip.compress(raw.getvalue(), mtime=0)

@@ -103,3 +103,36 @@ class KubeReader:
 @pytest.fixture
 def kube_read(kube: EmulatorThread) -> KubeReader:
     return KubeReader(kube)
+
+
+# The real-control-plane tier (test_real_*.py): one control plane per session.
+
+
+@pytest.fixture(scope="session")
+def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from aviary.config import EvalConfig, ExportConfig
+    from aviary.tasks.evaluate import evaluate_model
+    from aviary.tasks.export import export_model
+    from aviary.types import Verdict
+
+    from .podnet import wait_answering
+    from .real import MODEL, RealCluster, skip_unless_possible, start
+
+    skip_unless_possible()
+    request.getfixturevalue("prefect_harness")  # first: its server starts slowly on a busy machine
+    root = tmp_path_factory.mktemp("real-k8s")
+    world = start(root)
+    plane, network, kubelet, volume = next(world)
+    try:
+        trained = request.getfixturevalue("trained")  # trains while the pod server imports TensorFlow
+        split = request.getfixturevalue("circle_split")
+        store = root / "exported"
+        cfg = ExportConfig(store=store, model_name=MODEL, golden_rows=20, warmup_records=2)
+        evaluation = evaluate_model(trained, split.eval, EvalConfig())
+        for version in (1, 2, 3):
+            export_model(trained, split.eval, evaluation, Verdict(blessed=True, reasons=("test",)), version, cfg)
+        wait_answering(network)
+        yield RealCluster(plane, network, kubelet, volume, store)
+        assert not kubelet.errors, kubelet.errors
+    finally:
+        world.close()

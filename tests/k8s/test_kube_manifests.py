@@ -53,7 +53,13 @@ def test_kube_overlay_serving_deployment(rendered: list[dict[str, Any]]) -> None
     image, _, tag = container["image"].partition(":")
     assert image == "tensorflow/serving" and tag and tag != "latest"
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 8500, "rest": 8501}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v1/models/circle", "port": "rest"}
+    # Ready only once the pinned version is AVAILABLE; a slow load is the startupProbe's, not liveness's.
+    available = {"path": "/v1/models/circle/labels/stable/metadata", "port": "rest"}
+    assert container["readinessProbe"]["httpGet"] == available == container["startupProbe"]["httpGet"]
+    assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 300
+    assert "--monitoring_config_file=/etc/aviary/monitoring.config" in container["args"]
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/monitoring/prometheus/metrics"
     assert container["resources"]["requests"] and container["resources"]["limits"]
     security = container["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
@@ -63,8 +69,7 @@ def test_kube_overlay_serving_deployment(rendered: list[dict[str, Any]]) -> None
     assert mounts["store"]["mountPath"] == "/models" and mounts["store"]["readOnly"] is True
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["store"]["persistentVolumeClaim"]["claimName"] == "aviary-models"
-    assert volumes["config"]["configMap"]["name"] == "circle-stable-config"
-    assert "/models/circle" in by_kind(rendered, "ConfigMap")["circle-stable-config"]["data"]["models.config"]
+    assert volumes["config"]["configMap"]["name"] == "circle-stable-config"  # the flow's: see test_kube_wiring
 
 
 def test_kube_overlay_services_pdb_and_store(rendered: list[dict[str, Any]]) -> None:

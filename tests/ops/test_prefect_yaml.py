@@ -13,14 +13,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import BaseModel
 
-from aviary.config import RetrainConfig, RolloutConfig
+from aviary.config import PipelineConfig, RolloutConfig
 from aviary.ops import deployments
 
 DOC = deployments.load()
 BY_NAME = {d["name"]: d for d in DOC["deployments"]}
 EXPECTED = {
-    "retrain-scheduled": "flows/deployed.py:retrain",
-    "retrain-manual": "flows/deployed.py:retrain",
+    "retrain-scheduled": "flows/retrain.py:retrain",
+    "retrain-manual": "flows/retrain.py:retrain",
     "canary-deploy": "flows/deployed.py:canary_deploy",
     "rollback": "flows/deployed.py:rollback",
 }
@@ -48,7 +48,7 @@ def assert_valid_parameters(parameters: dict[str, Any], entrypoint: str, *, comp
 
     validate(parameters, schema_of(entrypoint), raise_on_error=True, ignore_required=not complete)
     if "config" in parameters:
-        RetrainConfig.model_validate(parameters["config"])
+        PipelineConfig.model_validate(parameters["config"])
     if "rollout" in parameters:
         RolloutConfig.model_validate(parameters["rollout"])
 
@@ -78,10 +78,14 @@ def test_parameters_fit_the_flow_schema(name: str) -> None:
     assert_valid_parameters(deployment.get("parameters", {}), deployment["entrypoint"], complete=False)
 
 
-def test_each_form_holds_only_what_its_deployment_uses() -> None:
+def test_retrain_deployments_leave_the_rollout_to_canary_deploy() -> None:
+    for name in ("retrain-scheduled", "retrain-manual"):
+        assert PipelineConfig.model_validate(BY_NAME[name]["parameters"]["config"]).rollout.hand_off
+
+
+def test_each_rollout_form_holds_only_what_a_rollout_uses() -> None:
     forms = {name: schema_of(entrypoint) for name, entrypoint in EXPECTED.items()}
-    assert list(forms["retrain-manual"]["properties"]) == ["config"]
-    assert "RolloutConfig" not in forms["retrain-manual"]["definitions"]  # retraining hands the version on
+    assert list(forms["retrain-manual"]["properties"]) == ["config"]  # its rollout settings travel to canary-deploy
     assert list(forms["canary-deploy"]["properties"]) == ["version", "model_name", "store", "rollout", "triggered_by"]
     assert list(forms["rollback"]["properties"]) == ["model_name", "store", "rollout"]
     for name in ("canary-deploy", "rollback"):
@@ -137,7 +141,8 @@ def test_nightly_schedule_runs_at_three_local_time_across_daylight_saving() -> N
     assert [d.utcoffset().total_seconds() / 3600 for d in local] == [1, 2, 2, 2]  # type: ignore[union-attr]
 
 
-def render_trigger_parameters(template: dict[str, Any], resource: dict[str, str]) -> dict[str, Any]:
+def render_trigger_parameters(template: dict[str, Any], resource: dict[str, str],
+                              payload: dict[str, Any] | None = None) -> dict[str, Any]:
     """Render as the server's run-deployment action does, with an event of the given resource."""
     from prefect.server.events.actions import RunDeployment
     from prefect.server.events.schemas.events import ReceivedEvent
@@ -146,7 +151,8 @@ def render_trigger_parameters(template: dict[str, Any], resource: dict[str, str]
 
     parameters = copy.deepcopy(template)
     RunDeployment._upgrade_v1_templates(parameters)
-    event = ReceivedEvent(occurred=now("UTC"), event="aviary.model.exported", resource=resource, id=uuid.uuid4())
+    event = ReceivedEvent(occurred=now("UTC"), event="aviary.model.exported", resource=resource,
+                          payload=payload or {}, id=uuid.uuid4())
     return hydrate(parameters, HydrationContext(raise_on_error=True, render_jinja=True, jinja_context={"event": event}))
 
 
@@ -161,6 +167,7 @@ def test_canary_deploy_is_triggered_by_the_export_event_for_that_version_and_sto
     assert isinstance(trigger, DeploymentEventTrigger) and trigger.enabled
     assert trigger.expect == {"aviary.model.exported"}
     assert trigger.match.get("prefect.resource.id") == ["aviary.model.*"]
+    assert trigger.match.get("aviary.rollout.hand-off") == ["true"]  # only exports that left their rollout to it
     assert trigger.threshold == 1
 
     resource = {
@@ -168,11 +175,19 @@ def test_canary_deploy_is_triggered_by_the_export_event_for_that_version_and_sto
         "aviary.model.name": "circle",
         "aviary.model.version": "7",
         "aviary.model.path": "/srv/aviary/models/circle/7",
+        "aviary.rollout.hand-off": "true",
     }
-    rendered = render_trigger_parameters(spec["parameters"], resource)
-    assert rendered == {"version": 7, "model_name": "circle", "store": "/srv/aviary/models", "triggered_by": ""}
+    # The exporting run's rollout settings travel in the event's payload.
+    chosen = PipelineConfig.model_validate({"rollout": {
+        "hand_off": True, "target": "kubernetes", "ready_timeout_s": 300,
+        "kubernetes": {"in_cluster": True, "namespace": "serving", "replicas": 3, "canary_weight": 10}}}).rollout
+    rendered = render_trigger_parameters(spec["parameters"], resource, {"rollout": chosen.model_dump(mode="json", exclude_none=True)})
+    assert {k: rendered[k] for k in ("version", "model_name", "store", "triggered_by")} == {
+        "version": 7, "model_name": "circle", "store": "/srv/aviary/models", "triggered_by": ""}
+    assert RolloutConfig.model_validate(rendered["rollout"]) == chosen
     assert_valid_parameters(rendered, deployment["entrypoint"], complete=True)
-    linked = render_trigger_parameters(spec["parameters"], {**resource, "aviary.retrain.flow-run": "run-id"})
+    linked = render_trigger_parameters(spec["parameters"], {**resource, "aviary.retrain.flow-run": "run-id"},
+                                       {"rollout": chosen.model_dump(mode="json", exclude_none=True)})
     assert linked["triggered_by"] == "run-id"
 
 
@@ -200,7 +215,7 @@ def test_every_deployment_has_its_kubernetes_variant() -> None:
     pod = job["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert job["kind"] == "Job" and job["metadata"]["namespace"] == "aviary"
-    assert container["image"] == "aviary:0.1.0" and pod["serviceAccountName"] == "aviary"
+    assert container["image"] == "aviary:0.1.0" and pod["serviceAccountName"] == "aviary-rollout"
     assert {"name": "models", "mountPath": "/opt/aviary/models"} in container["volumeMounts"]
     assert pod["volumes"] == [{"name": "models", "persistentVolumeClaim": {"claimName": "aviary-models"}}]
 

@@ -160,3 +160,17 @@ def save_slow_model(path: Path, matmuls: int = 40) -> Path:
     module = Slow()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
+
+
+def save_row_sum_model(path: Path) -> Path:
+    """x [batch, width] floats -> total [batch]: a large request with a small answer."""
+    import tensorflow as tf
+
+    class RowSum(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="x")])
+        def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"total": tf.reduce_sum(x, axis=1)}
+
+    module = RowSum()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path

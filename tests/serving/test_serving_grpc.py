@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import Running
@@ -186,3 +187,22 @@ def test_get_model_status(models: Any) -> None:
     err = rpc_error(models.GetModelStatus, request)
     assert err.code() == grpc.StatusCode.NOT_FOUND
     assert err.details() == "Could not find version 5 of model circle"
+
+
+@pytest.mark.parametrize("values, dtype, shape", [
+    ([[1.5, 2.5], [3.5, 4.5]], "float32", None),  # large enough for tensor_content
+    ([7], "int64", [2, 3]),  # one value fills the shape
+    ([1.0, 2.0], "float64", [4]),  # fewer values repeat the last one
+    ([], "int32", [2]),  # none: zeros
+    ([True, False], "bool", None),
+    (["a", "bc"], "string", None),  # not on the fast path
+])
+def test_tensor_protos_read_like_make_ndarray(values: Any, dtype: str, shape: Any) -> None:
+    from aviary.serving.api import tensor_proto_to_array
+
+    proto = tf.make_tensor_proto(values, dtype=getattr(tf, dtype), shape=shape)
+    if dtype == "float32":
+        proto = tf.make_tensor_proto(np.array(values, np.float32))
+        assert proto.tensor_content
+    got, want = tensor_proto_to_array(proto), tf.make_ndarray(proto)
+    assert got.dtype == want.dtype and got.shape == want.shape and got.tolist() == want.tolist()

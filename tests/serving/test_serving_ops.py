@@ -29,13 +29,13 @@ def test_metrics_count_requests_by_model_and_status(server: Running, http: Any) 
     assert resp.headers["Content-Type"].startswith("text/plain")
     text = resp.text
     assert "# TYPE :tensorflow:serving:request_count counter" in text
-    count = re.search(r'^:tensorflow:serving:request_count\{model_name="hpt",status="OK"\} (\d+)$', text, re.MULTILINE)
+    count = re.search(r'^:tensorflow:serving:request_count\{model_name="hpt",version="123",status="OK"\} (\d+)$', text, re.MULTILINE)
     assert count is not None and int(count.group(1)) >= 1
-    assert re.search(r'^:tensorflow:serving:request_count\{model_name="nope",status="NOT_FOUND"\} \d+$', text, re.MULTILINE)
+    assert re.search(r'^:tensorflow:serving:request_count\{model_name="nope",version="",status="NOT_FOUND"\} \d+$', text, re.MULTILINE)
     assert "# TYPE :tensorflow:serving:request_latency histogram" in text
-    inf = re.search(r':tensorflow:serving:request_latency_bucket\{model_name="hpt",API="predict",'
+    inf = re.search(r':tensorflow:serving:request_latency_bucket\{model_name="hpt",version="123",API="predict",'
                     r'entrypoint="REST",le="\+Inf"\} (\d+)', text)
-    total = re.search(r':tensorflow:serving:request_latency_count\{model_name="hpt",API="predict",'
+    total = re.search(r':tensorflow:serving:request_latency_count\{model_name="hpt",version="123",API="predict",'
                       r'entrypoint="REST"\} (\d+)', text)
     assert inf and total and inf.group(1) == total.group(1)
 
