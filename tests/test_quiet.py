@@ -39,3 +39,18 @@ def test_known_noise_goes_and_everything_else_stays() -> None:
     done = subprocess.run([sys.executable, "-c", CHILD, *mixed], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stderr.splitlines() == [*REAL, "python's own"]
+
+
+def test_the_progress_bar_redraws_one_line_from_the_epoch_records() -> None:
+    import io
+    import logging
+
+    from aviary.quiet import ProgressBar
+
+    out = io.StringIO()
+    bar = ProgressBar(out, width=10)
+    for epoch in (1, 5):
+        bar.handle(logging.makeLogRecord({"msg": "epoch", "progress": ("training", epoch, 10)}))
+    bar.handle(logging.makeLogRecord({"msg": "no progress here"}))
+    bar.finish()
+    assert out.getvalue() == "\rtraining [#.........] 1/10\rtraining [#####.....] 5/10\r\x1b[K"
