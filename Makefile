@@ -8,8 +8,10 @@ ROWS ?= 20000
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
+# A throwaway Prefect server can take over 30 s to start on a busy 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: setup run test lint typecheck data serve-status serve-stop bench clean image
+.PHONY: setup run test lint typecheck data serve-status serve-stop bench bench-quality clean image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +47,9 @@ serve-stop: setup
 bench: setup
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_train.py
+
+bench-quality: setup
+	$(PY) benchmarks/bench_quality.py
 
 clean:
 	-$(PY) -m aviary.targets.local stop

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from aviary.behaviour import Case, default_cases
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 
@@ -60,6 +62,11 @@ class DataConfig(_Frozen):
         "class 1. Not one of the features.",
     )
     min_rows: int = Field(100, ge=2, description="Fewer valid rows than this fails ingest.")
+    cases: tuple[Case, ...] | None = Field(
+        None,
+        description="Behavioural cases: inputs (by column) and the class they must get, checked in tests and after "
+        "every deploy. Empty: the circle's cases when the features are x and y, none otherwise.",
+    )
     categorical: tuple[str, ...] = Field(
         (), description="Features read as categories even when they look numeric (codes); text columns always are."
     )
@@ -80,7 +87,16 @@ class DataConfig(_Frozen):
         unknown = [name for name in self.categorical if name not in seen]
         if unknown:
             raise ValueError(f"categorical column {unknown[0]!r} is not among the features {list(self.features)}")
+        for i, case in enumerate(self.cases or (), start=1):
+            if set(case.inputs) != set(self.features):
+                lacks = [f for f in self.features if f not in case.inputs]
+                extra = [c for c in case.inputs if c not in self.features]
+                what = f"lacks {lacks}" if lacks else f"has columns that are not features: {extra}"
+                raise ValueError(f"data.cases[{i}] {what}")
         return self
+
+    def behaviour_cases(self) -> tuple[Case, ...]:
+        return self.cases if self.cases is not None else default_cases(self.features)
 
 
 class SplitConfig(_Frozen):
@@ -92,12 +108,36 @@ class SplitConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    hidden_units: int = Field(10, ge=1, le=4096, description="Units of the hidden ReLU layer.")
+    hidden_units: tuple[int, ...] = Field(
+        (64, 32), min_length=1, description="Units of each hidden ReLU layer; [10] is a single layer of 10."
+    )
     epochs: int = Field(40, ge=1, le=10_000, description="Upper bound on epochs; early stopping usually ends sooner.")
     batch_size: int = Field(64, ge=1, le=65_536, description="Rows per gradient step.")
     learning_rate: float = Field(0.01, gt=0, le=1, description="Adam learning rate.")
     patience: int = Field(5, ge=0, description="Epochs without validation-loss improvement before stopping.")
     seed: int = Field(42, description="Seeds weights and shuffling, so a re-run gives the same metrics.")
+    class_weight: Literal["balanced", "none"] = Field(
+        "none",
+        description="balanced: each class weighs as much in the loss as the other, whatever its share. Off by default: "
+        "it did not raise ROC AUC in benchmarks/bench_quality.py (and cost 0.05 on one set); the threshold is chosen on the eval set anyway.",
+    )
+    max_vocabulary: int = Field(
+        1000, ge=1, le=1_000_000, description="Most frequent values kept per categorical column; the rest share one bucket."
+    )
+    one_hot_max: int = Field(1001, ge=2, description="Categorical columns with more values than this get an embedding.")
+    embedding_dim: int = Field(8, ge=1, le=1024, description="Size of a categorical embedding.")
+
+    @field_validator("hidden_units", mode="before")
+    @classmethod
+    def _one_layer(cls, value: object) -> object:
+        return (value,) if isinstance(value, int) else value
+
+    @field_validator("hidden_units")
+    @classmethod
+    def _positive(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 1 <= units <= 4096 for units in value):
+            raise ValueError(f"hidden layer sizes must be 1..4096, got {list(value)}")
+        return value
 
 
 class EvalConfig(_Frozen):
@@ -107,12 +147,24 @@ class EvalConfig(_Frozen):
     )
 
 
+class DriftConfig(_Frozen):
+
+    psi_limit: float = Field(0.25, gt=0, description="Population stability index above which a numeric feature has drifted.")
+    js_limit: float = Field(0.2, gt=0, le=1, description="Jensen-Shannon distance (base 2) above which a categorical feature has drifted.")
+    label_shift_limit: float = Field(0.1, gt=0, le=1, description="Largest change of the positive-label share.")
+    action: Literal["warn", "block"] = Field("warn", description="What drift does to the gate: a warning, or a rejection.")
+    allow_schema_change: bool = Field(
+        False, description="Train on a changed feature set; the new model is then not compared with production."
+    )
+
+
 class GateConfig(_Frozen):
     min_precision: float = Field(0.8, ge=0, le=1, description="Precision floor at the chosen threshold; below it the model is rejected.")
     min_recall: float = Field(0.8, ge=0, le=1, description="Recall floor at the chosen threshold; below it the model is rejected.")
     max_regression: float = Field(
         0.02, ge=0, le=1, description="How far a metric may fall below production's on the same eval set."
     )
+    drift: DriftConfig = Field(DriftConfig(), description="Training data against production's: drift limits and what drift does.")
 
 
 class ExportConfig(_Frozen):
@@ -175,6 +227,57 @@ class KubernetesConfig(_Frozen):
     gateway: str = Field("aviary", description="Gateway API Gateway that the canary HTTPRoute attaches to.")
 
 
+class ShadowConfig(_Frozen):
+    mirror_percent: int = Field(
+        20, ge=0, le=100, description="Share of unversioned requests also sent to the canary, whose answers are "
+        "compared with stable's and never reach clients; 0 turns the shadow comparison off.")
+    min_rows: int = Field(50, ge=1, description="Compared rows a step needs before its shadow figures are judged.")
+    min_class_agreement: float = Field(0.98, ge=0, le=1, description="Least share of rows where both classes agree.")
+    max_mean_abs_diff: float = Field(0.05, ge=0, le=1, description="Largest mean |canary - stable probability|.")
+    max_p99_abs_diff: float = Field(0.25, ge=0, le=1, description="Largest p99 of |canary - stable probability|.")
+    max_positive_rate_shift: float = Field(
+        0.05, ge=0, le=1, description="Largest |canary - stable| share of rows predicted positive.")
+
+
+class ApprovalConfig(_Frozen):
+    required: bool = Field(False, description="Pause for a person's decision after the last traffic step.")
+    timeout_s: int = Field(3600, ge=1, description="How long to wait for the decision.")
+    default: Literal["promote", "roll back"] = Field("roll back", description="What happens when none comes in time.")
+
+
+class CanaryConfig(_Frozen):
+    steps: tuple[int, ...] = Field(
+        (10, 25, 50), description="Canary share (%) of unversioned requests at each step, then promotion; "
+        "empty: the golden-set check alone decides.")
+    bake_s: float = Field(6.0, ge=0, description="Least live traffic time per step before it is judged.")
+    max_bake_s: float = Field(
+        30.0, gt=0, description="Deadline of one analysis: still too few requests by then counts as a failed check.")
+    scrape_interval_s: float = Field(1.0, ge=0, description="Seconds between metrics scrapes while baking.")
+    min_requests: int = Field(20, ge=1, description="Canary requests a step needs before it is judged.")
+    load_rps: float = Field(
+        20.0, ge=0, le=1000, description="Requests/s of golden-set rows the rollout itself sends to the model's "
+        "default URL while a step bakes (local target, 127.0.0.1), so a canary is judged with no client "
+        "traffic too; 0 turns it off.")
+    max_error_rate_delta: float = Field(
+        0.02, ge=0, le=1, description="How far the canary's error rate may exceed stable's.")
+    max_latency_ratio: float = Field(2.0, ge=1, description="Canary p95 latency budget, as a multiple of stable's...")
+    latency_slack_ms: float = Field(10.0, ge=0, description="...plus this, so sub-millisecond noise is no failure.")
+    failed_checks: int = Field(2, ge=1, description="Failed analyses that roll the canary back; they never reset.")
+    shadow: ShadowConfig = Field(ShadowConfig(), description="Mirrored requests: canary vs stable predictions.")
+    approval: ApprovalConfig = Field(ApprovalConfig(), description="An optional human decision before promotion.")
+
+    @model_validator(mode="after")
+    def _rising(self) -> CanaryConfig:
+        if any(not 0 < s < 100 for s in self.steps) or list(self.steps) != sorted(set(self.steps)):
+            raise ValueError(f"steps must rise strictly between 0 and 100 (exclusive), got {list(self.steps)}")
+        if self.steps and self.steps[-1] + self.shadow.mirror_percent > 100:
+            raise ValueError(f"the last step {self.steps[-1]}% plus mirror_percent {self.shadow.mirror_percent}% "
+                             "exceeds 100 (the server splits and mirrors shares of the same requests)")
+        if self.max_bake_s < self.bake_s:
+            raise ValueError(f"max_bake_s {self.max_bake_s:g} is below bake_s {self.bake_s:g}")
+        return self
+
+
 class RolloutConfig(_Frozen):
     target: Literal["none", "local", "kubernetes"] = Field(
         "local", description="Where versions are served: local (this machine) or kubernetes; none stops after export."
@@ -190,6 +293,7 @@ class RolloutConfig(_Frozen):
         60.0, ge=0, description="How long a rollout waits for another rollout of the same model before refusing."
     )
     check: CheckConfig = Field(CheckConfig(), description="The post-deploy check of the canary.")
+    canary: CanaryConfig = Field(CanaryConfig(), description="Traffic steps, live analysis and approval after the check.")
     local: LocalConfig = Field(LocalConfig(), description="The local model server (target local).")
     kubernetes: KubernetesConfig = Field(KubernetesConfig(), description="TF Serving in Kubernetes (target kubernetes).")
 

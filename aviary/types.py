@@ -40,6 +40,8 @@ class TrainedModel(_Result):
     epochs_run: int
     final_loss: float
     final_val_loss: float
+    profile: DataProfile | None = None
+    """The training split's profile the model's preprocessing was built from; its features name the inputs."""
 
 
 class EvalReport(_Result):
@@ -77,6 +79,13 @@ class Provenance(_Result):
     """The version it was judged against."""
     tensorboard_run: str | None = None
     """`<model>/v<version>` under `<runs_dir>/tensorboard`."""
+    drift_reference: dict[str, Any] | None = None
+    """The training data's bins and shares per numeric feature, for the next version's drift check."""
+
+
+class BehaviourCase(_Result):
+    inputs: dict[str, float | str]
+    expect: int
 
 
 class GoldenSet(_Result):
@@ -89,10 +98,13 @@ class GoldenSet(_Result):
 
     features: tuple[str, ...]
     label: str
-    instances: tuple[dict[str, float], ...]
+    instances: tuple[dict[str, float | str], ...]
+    """Raw values keyed by input name, as a client sends them."""
     labels: tuple[int, ...]
     probability: tuple[float, ...]
     classes: tuple[int, ...] = Field(alias="class")
+    cases: tuple[BehaviourCase, ...] = ()
+    """Behavioural cases, keyed by input name: inputs and the class they must get."""
 
 
 class VersionMetadata(_Result):
@@ -107,6 +119,8 @@ class VersionMetadata(_Result):
     data_source: str
     features: tuple[str, ...]
     label: str
+    inputs: dict[str, str] = Field(default_factory=dict)
+    """Feature column -> the signature's input name (they differ where the header has spaces or symbols)."""
     threshold: float
     metrics: EvalReport
     verdict: Verdict
@@ -119,3 +133,19 @@ class VersionMetadata(_Result):
     """ISO 8601, UTC."""
     tensorboard_run: str | None = None
     """`<model>/v<version>`: its run under `<runs_dir>/tensorboard`."""
+    profile: DataProfile | None = None
+    """The training split's schema and statistics, for the next version's data checks."""
+    drift_reference: dict[str, Any] | None = None
+    """Per numeric feature, bin edges and the training rows' shares in them (tasks/drift.py)."""
+
+
+class DriftReport(_Result):
+    """The training data against the baseline version's: one reason per drifted feature (or one saying none did)."""
+
+    baseline_version: int | None
+    reasons: tuple[str, ...] = ()
+    drifted: tuple[str, ...] = ()
+    blocking: bool = False
+    schema_changed: bool = False
+    """Allowed by the config: the baseline version cannot take the new inputs, so it is not compared."""
+    scores: dict[str, float] = Field(default_factory=dict)

@@ -67,16 +67,18 @@ def run_bare(csv: Path, batch_size: int) -> dict[str, object]:
     import pandas as pd
 
     from aviary.config import TrainConfig
+    from aviary.tasks.preprocess import frame_inputs, profile_frame
     from aviary.tasks.train import build_model
 
     start = time.perf_counter()
     frame = pd.read_csv(csv)
-    features = frame[["x", "y"]].to_numpy(dtype=np.float32)
+    profile = profile_frame(frame, ["x", "y"], "class")  # the same preprocessing layers as the flow's model
+    features = frame_inputs(frame, profile)
     labels = frame["class"].to_numpy(dtype=np.float32)
     del frame
     loaded = time.perf_counter()
     keras.utils.set_random_seed(0)
-    model = build_model(2, TrainConfig(batch_size=batch_size, learning_rate=0.05))
+    model = build_model(profile, TrainConfig(batch_size=batch_size, learning_rate=0.05))
     model.fit(features, labels, batch_size=batch_size, epochs=1, verbose=0)
     done = time.perf_counter()
     return {"seconds": done - start, "fit_seconds": done - loaded, "peak_mib": _peak_mib(), "exit": 0}

@@ -25,7 +25,8 @@ def variant(name: str, parquet: Path, epochs: int, batch_size: int, run_dir: Pat
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, str(ROOT))
     from aviary.config import TrainConfig
-    from aviary.tasks.train import VALIDATION_SPLIT, build_model, load_arrays, train_model
+    from aviary.tasks.preprocess import dataset_profile
+    from aviary.tasks.train import VALIDATION_SPLIT, build_model, load_inputs, train_model
     from aviary.types import Dataset
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, patience=epochs)
@@ -37,9 +38,10 @@ def variant(name: str, parquet: Path, epochs: int, batch_size: int, run_dir: Pat
         start = time.perf_counter()
         train_model(dataset, cfg, run_dir)
     else:
-        features, labels = load_arrays(dataset)  # loading is outside the bare timing
+        profile = dataset_profile(dataset)
+        features, labels = load_inputs(dataset, profile)  # loading is outside the bare timing
         keras.utils.set_random_seed(cfg.seed)
-        model = build_model(features.shape[1], cfg)
+        model = build_model(profile, cfg)
         start = time.perf_counter()
         model.fit(features, labels, batch_size=batch_size, epochs=epochs, validation_split=VALIDATION_SPLIT, verbose=0)
     seconds = time.perf_counter() - start

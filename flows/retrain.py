@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import uuid
 from pathlib import Path
@@ -22,11 +23,13 @@ from aviary.flows.rollout import RolloutFailed, rollout
 from aviary.report import final_state, pictures_markdown
 from aviary.report import verdict_markdown as verdict_text
 from aviary.store import ModelStore
+from aviary.tasks.drift import check_drift_task, reference_task
 from aviary.tasks.evaluate import evaluate_model_task, evaluate_version_task
 from aviary.tasks.export import export_model_task
 from aviary.tasks.gate import gate_model_task
 from aviary.tasks.ingest import ingest_csv_task
 from aviary.tasks.plots import Baseline, draw_pictures_task
+from aviary.tasks.preprocess import dataset_profile
 from aviary.tasks.split import split_dataset_task
 from aviary.tasks.train import train_model_task
 from aviary.types import EvalReport, Provenance, Verdict
@@ -80,17 +83,32 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
     results = result_storage(config.runs_dir)  # ingest and training are cached across runs, under runs_dir
     dataset = ingest_csv_task.with_options(result_storage=results)(config.data, config.runs_dir / "datasets")
     split = split_dataset_task(dataset, config.split, run_dir / "split")
-    trained = train_model_task.with_options(result_storage=results)(split.train, config.train, run_dir)
-    evaluation = evaluate_model_task(trained, split.eval, config.evaluate)
+    profile = split.train.profile or dataset_profile(split.train)
+    train_set = split.train.model_copy(update={"profile": profile})
 
     baseline_version = store.baseline()
     # Never "production vN" for a version that was never promoted.
     baseline_role = "production" if store.aliases().get("production") is not None else "last blessed"
+    production = store.metadata(baseline_version) if baseline_version is not None else None
+    # A changed schema stops the run here, before any training, unless the config allows it.
+    drift = check_drift_task(
+        profile,
+        train_set.path,
+        production.profile if production else None,
+        production.drift_reference if production else None,
+        config.gate.drift,
+        baseline_version,
+        baseline_role,
+    )
+    trained = train_model_task.with_options(result_storage=results)(train_set, config.train, run_dir)
+    evaluation = evaluate_model_task(trained, split.eval, config.evaluate)
+
     baseline = None
-    if baseline_version is not None:
-        threshold = store.metadata(baseline_version).threshold
-        baseline = evaluate_version_task(store.version_dir(baseline_version), split.eval, threshold)
-    verdict = gate_model_task(evaluation, config.gate, baseline, baseline_version, baseline_role)
+    if production is not None and baseline_version is not None and not drift.schema_changed:
+        baseline = evaluate_version_task(store.version_dir(baseline_version), split.eval, production.threshold)
+    verdict = gate_model_task(
+        evaluation, config.gate, baseline, baseline_version if baseline else None, baseline_role, drift
+    )
 
     version = store.reserve_version(run_key)
     key = model.lower()
@@ -138,9 +156,15 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         # Its own final state, so the runs list tells a rejected model from a shipped one.
         return final_state(result, "Rejected", f"{model} v{version} rejected: {why}")
 
-    provenance = Provenance(parameters=config.model_dump(mode="json"), parent_version=baseline_version,
-                            tensorboard_run=pictures.tensorboard_run)
-    exported = export_model_task(trained, split.eval, evaluation, verdict, version, config.export, provenance)
+    provenance = Provenance(
+        parameters=config.model_dump(mode="json"),
+        parent_version=baseline_version,
+        drift_reference=reference_task(train_set.path, profile),
+        tensorboard_run=pictures.tensorboard_run,
+    )
+    exported = export_model_task(
+        trained, split.eval, evaluation, verdict, version, config.export, provenance, config.data.behaviour_cases()
+    )
     logger.info("%s v%s exported to %s", model, version, exported.path)
     if store.claim_once("exported-event", version):
         emit_event(
@@ -194,6 +218,19 @@ def describe(result: RetrainResult) -> str:
     return "\n".join(lines)
 
 
+def try_it(config: PipelineConfig, result: RetrainResult) -> str:
+    """A curl line with a real eval row under the signature's input names, and the names that differ from the header."""
+    store = ModelStore(config.export.store, result.model)
+    example = store.golden(result.version).instances[0]
+    renamed = {c: n for c, n in store.metadata(result.version).inputs.items() if c != n}
+    local = config.rollout.local
+    body = shlex.quote(json.dumps({"instances": [example]}))
+    lines = ["try it:", f"  curl -s -d {body} http://{local.host}:{local.rest_port}/v1/models/{result.model}:predict"]
+    if renamed:
+        lines.append("  inputs: " + ", ".join(f"{column!r} is {name}" for column, name in renamed.items()))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from aviary.quiet import finish_progress
 
@@ -215,10 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {result.rollout_reason}", file=sys.stderr)
         return 1
     if result.rollout == "Promoted" and config.rollout.target == "local":
-        local = config.rollout.local
-        body = json.dumps({"instances": [dict.fromkeys(config.data.features, 0.5)]})
-        print("try it:")
-        print(f"  curl -s -d '{body}' http://{local.host}:{local.rest_port}/v1/models/{result.model}:predict")
+        print(try_it(config, result))
     return 0
 
 

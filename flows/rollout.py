@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import uuid
-from datetime import UTC, datetime
 from typing import cast
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, pause_flow_run
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.events import emit_event
+from prefect.exceptions import FlowPauseTimeout, NotPausedError
+from prefect.flow_runs import resume_flow_run
 from pydantic import BaseModel, ConfigDict
 
-from aviary.config import PipelineConfig
+from aviary.config import ApprovalConfig, PipelineConfig
 from aviary.flows.cli import add_config_arguments, config_from_args, run_main
+from aviary.golden_load import GoldenLoad, is_loopback
 from aviary.lock import model_lock, rollout_slot
+from aviary.record import build_record, record_markdown, write_record
 from aviary.report import final_state
-from aviary.rollout import CheckOutcome, Phase, Rollout, run_rollout
+from aviary.rollout import Approval, CheckOutcome, Phase, Rollout, run_rollout
 from aviary.store import History, ModelStore
 from aviary.targets import build_target
 from aviary.targets.base import Endpoint, Target
@@ -44,16 +49,43 @@ class RolloutResult(BaseModel):
     reason: str
     stable_before: int | None
     stable_after: int | None
+    record: str | None = None
 
 
-def timeline_markdown(state: Rollout) -> str:
-    rows = [f"# Rollout of {state.model} v{state.version}: {state.phase}", "", "| at (UTC) | phase | why |", "|---|---|---|"]
-    for step in state.history:
-        at = datetime.fromtimestamp(step.at, UTC).strftime("%H:%M:%S.%f")[:-3]
-        rows.append(f"| {at} | {step.phase} | {step.reason.replace('|', '/')} |")
-    if state.failure:
-        rows += ["", f"**Why:** {state.failure}"]  # in full: a table cell clips long reasons
-    return "\n".join(rows) + "\n"
+PAUSE_MARGIN_S = 60
+"""The Prefect pause outlives the approval timeout: a pause that expires fails the flow run even when the
+default is to promote, so at the timeout the flow resumes itself with the default instead."""
+
+
+def ask_approval(cfg: ApprovalConfig, model: str, version: int) -> Approval | None:
+    """Pause the flow run with a typed form in the Prefect UI; None when nobody answers in time."""
+    logger = get_run_logger()
+    logger.info("%s v%s passed every traffic step; waiting up to %s s for a decision in the UI (default: %s)",
+                model, version, cfg.timeout_s, cfg.default)
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "approval needs a flow run"
+    run_id = context.flow_run.id
+    timed_out = threading.Event()
+
+    def take_default() -> None:
+        try:
+            resume_flow_run(run_id, run_input={"decision": cfg.default, "comment": "no decision in time"})
+        except (NotPausedError, FlowPauseTimeout, RuntimeError):
+            return  # a person answered first
+        timed_out.set()
+
+    timer = threading.Timer(cfg.timeout_s, take_default)
+    timer.daemon = True
+    timer.start()
+    try:
+        answer = pause_flow_run(wait_for_input=Approval, timeout=cfg.timeout_s + PAUSE_MARGIN_S,
+                                poll_interval=max(1, min(10, cfg.timeout_s // 10)), key=f"approve-{model}-{version}")
+    except FlowPauseTimeout:
+        return None
+    finally:
+        timer.cancel()
+        timer.join()
+    return None if timed_out.is_set() else Approval(decision=answer.decision, comment=answer.comment)
 
 
 def reconcile(target: Target, store: ModelStore) -> None:
@@ -96,13 +128,31 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
         def observe(state: Rollout) -> None:
             logger.info("%s v%s: %s (%s)", model, version, state.phase, state.reason)
 
-        state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe)
+        canary = config.rollout.canary
+        load = None
+        if config.rollout.target == "local" and canary.load_rps > 0:
+            local = config.rollout.local
+            host = "127.0.0.1" if local.host in ("0.0.0.0", "::") else local.host
+            url = f"http://{host}:{local.rest_port}/v1/models/{model}:predict"
+            if is_loopback(url):
+                load = GoldenLoad(url, golden.instances, canary.load_rps).running
+            else:
+                logger.warning("no golden load while baking: %s is not a loopback address", host)
+        state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe,
+                            canary=canary, approve=lambda _s: ask_approval(canary.approval, model, version),
+                            load=load)
         if state.phase is Phase.PROMOTED:
             store.set_aliases(production=version, canary=None)
             History(store).record("promoted", version, replaced=stable)
         elif state.phase is Phase.ROLLED_BACK:
             store.set_aliases(canary=None)
-        create_markdown_artifact(key=f"{model}-rollout", markdown=timeline_markdown(state))
+        # The record stays with the version whatever the outcome: why a canary went is on disk.
+        record = build_record(state, target.name)
+        record_path = write_record(store, record)
+        image = record_path.with_suffix(".png")
+        create_markdown_artifact(key=f"{model}-rollout",
+                                 markdown=record_markdown(record, image if image.exists() else None),
+                                 description=f"{model} v{version}: {state.phase}")
         # aviary.rollout.promoted / rolled-back / failed: the notification automation listens for the last two.
         emit_event(
             event=f"aviary.rollout.{OUTCOME_EVENTS.get(state.phase, 'failed')}",
@@ -111,7 +161,8 @@ def deploy_version(version: int, config: PipelineConfig, target: Target) -> Roll
             payload={"phase": str(state.phase), "reason": state.reason, "failure": state.failure, "stable": stable},
         )
     result = RolloutResult(model=model, version=version, phase=state.phase, reason=state.reason,
-                           stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable)
+                           stable_before=stable, stable_after=version if state.phase is Phase.PROMOTED else stable,
+                           record=str(record_path))
     if state.phase is not Phase.PROMOTED:
         left = f"stable v{stable} keeps serving" if stable is not None else "no stable version was serving"
         raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; {left}", state.phase)

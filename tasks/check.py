@@ -15,7 +15,6 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict
 
-from aviary import behaviour
 from aviary.config import CheckConfig
 from aviary.targets.base import Endpoint
 from aviary.types import GoldenSet
@@ -44,7 +43,7 @@ class CheckReport(BaseModel):
 
 
 def _predict(
-    session: requests.Session, endpoint: Endpoint, instances: list[dict[str, float]], cfg: CheckConfig
+    session: requests.Session, endpoint: Endpoint, instances: list[dict[str, float | str]], cfg: CheckConfig
 ) -> tuple[list[dict[str, Any]] | None, float, str]:
     start = time.perf_counter()
     try:
@@ -96,16 +95,17 @@ def check_predictions(endpoint: Endpoint, golden: GoldenSet, cfg: CheckConfig) -
                              "served": [got_p, got_c]}
                         )
         behaviour_failures: list[str] = []
-        if behaviour.applies_to(golden.features):
-            cases = [case for case, _ in behaviour.CASES]
-            predictions, elapsed, error = _predict(session, endpoint, cases, cfg)
+        if golden.cases:  # the behavioural cases the version was exported with, keyed by input name
+            predictions, elapsed, error = _predict(session, endpoint, [case.inputs for case in golden.cases], cfg)
             latencies.append(elapsed)
             if predictions is None:
                 errors.append(error)
             else:
-                for (case, want), prediction in zip(behaviour.CASES, predictions, strict=True):
-                    if int(prediction["class"]) != want:
-                        behaviour_failures.append(f"{case} served class {prediction['class']}, expected {want}")
+                for case, prediction in zip(golden.cases, predictions, strict=True):
+                    if int(prediction["class"]) != case.expect:
+                        behaviour_failures.append(
+                            f"{case.inputs} served class {prediction['class']}, expected {case.expect}"
+                        )
 
     p50, p95, p99 = (float(np.percentile(latencies, q)) for q in (50, 95, 99))
     reasons = [

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prefect import task
@@ -20,7 +21,7 @@ from sklearn.metrics import (
 
 from aviary.config import EvalConfig
 from aviary.dataio import label_array, tf_batches
-from aviary.tasks.train import model_batches
+from aviary.tasks.preprocess import load_model, quiet_tf
 from aviary.types import Dataset, EvalReport, TrainedModel
 
 DEFAULT_THRESHOLD = 0.5
@@ -56,27 +57,29 @@ def report(labels: np.ndarray, scores: np.ndarray, threshold: float) -> EvalRepo
     )
 
 
-def predict_keras(model_path: Path, features: np.ndarray) -> np.ndarray:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+def predict_keras(model_path: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Scores of the trained Keras model for raw inputs keyed by input name."""
+    model = load_model(model_path)
+    data = tf_inputs(inputs)
+    return np.asarray(model.predict(data, batch_size=8192, verbose=0)).reshape(-1)
 
-    model = keras.saving.load_model(model_path)
-    return np.asarray(model.predict(features, batch_size=8192, verbose=0)).reshape(-1)
+
+def tf_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    import tensorflow as tf
+
+    return {name: tf.constant(values, dtype=tf.string if values.dtype == object else tf.float32) for name, values in inputs.items()}
 
 
 def score_keras(model_path: Path, eval_set: Dataset) -> np.ndarray:
     """The model's scores for every eval row in file order, streamed in batches: float32, 4 bytes a row."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
-    model = keras.saving.load_model(model_path)
-    batches = model_batches(eval_set, SCORE_BATCH).map(lambda inputs, _: inputs)
+    model = load_model(model_path)
+    batches = tf_batches(eval_set, SCORE_BATCH).map(lambda inputs, _: inputs)
     return np.asarray(model.predict(batches, verbose=0), dtype=np.float32).reshape(-1)
 
 
 def score_version(version_dir: Path, eval_set: Dataset) -> np.ndarray:
     """An exported version's serving-signature scores for every eval row, streamed: what TF Serving would answer."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tf()
     import tensorflow as tf
 
     signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 
 from aviary.config import GateConfig
-from aviary.types import EvalReport, Verdict
+from aviary.types import DriftReport, EvalReport, Verdict
 
 COMPARED = ("precision", "recall", "f1")
 
@@ -16,6 +16,7 @@ def gate_model(
     baseline: EvalReport | None = None,
     baseline_version: int | None = None,
     baseline_role: str = "production",
+    drift: DriftReport | None = None,
 ) -> Verdict:
     """One readable reason per rule, passed or failed; blessed only when every rule passes.
 
@@ -42,6 +43,10 @@ def gate_model(
             limit = "" if ok else f" (more than the {cfg.max_regression:.2f} allowed)"
             reasons.append(f"{metric} {value:.4f} {relation} {baseline_role} v{baseline_version} {reference:.4f}{limit}")
             failed += [] if ok else reasons[-1:]
+    if drift is not None:
+        reasons.extend(drift.reasons)  # drift warns, or rejects where the config says block
+        passed &= not drift.blocking
+        failed += list(drift.reasons) if drift.blocking else []
     return Verdict(blessed=passed, reasons=tuple(reasons), failed=tuple(failed), baseline_version=baseline_version)
 
 
@@ -52,5 +57,6 @@ def gate_model_task(
     baseline: EvalReport | None,
     baseline_version: int | None,
     baseline_role: str = "production",
+    drift: DriftReport | None = None,
 ) -> Verdict:
-    return gate_model(candidate, cfg, baseline, baseline_version, baseline_role)
+    return gate_model(candidate, cfg, baseline, baseline_version, baseline_role, drift)

@@ -1,4 +1,9 @@
-"""Train the classifier with Keras; the result is a path, never the model object."""
+"""Train the classifier with Keras; the result is a path, never the model object.
+
+The model takes one raw input per feature, keyed by its input name, and starts with preprocessing
+layers built from the training split's profile (tasks/preprocess.py), so the saved model, and the
+SavedModel exported from it, do to raw values exactly what training did.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,8 @@ from prefect.exceptions import MissingContextError
 from aviary.cache import train_cache_key
 from aviary.config import TrainConfig
 from aviary.dataio import tf_batches
-from aviary.profile import input_names
+from aviary.profile import DataProfile
+from aviary.tasks.preprocess import Encoding, build_inputs, dataset_profile, encode_features, frame_inputs
 from aviary.types import Dataset, TrainedModel
 
 MODEL_FILE = "model.keras"
@@ -25,23 +31,26 @@ VALIDATION_BATCH = 8192
 """Rows per validation batch: no gradients, so as large as is cheap."""
 
 
-def load_arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+def load_inputs(dataset: Dataset, profile: DataProfile) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The model's raw inputs (by input name) and the 0/1 labels of a data set's rows."""
     frame = pd.read_parquet(dataset.path, columns=[*dataset.features, dataset.label])
-    features = frame[list(dataset.features)].to_numpy(dtype=np.float32)
-    labels = frame[dataset.label].to_numpy(dtype=np.float32)
-    return features, labels
+    return frame_inputs(frame, profile), frame[dataset.label].to_numpy(dtype=np.float32)
 
 
-def build_model(n_features: int, cfg: TrainConfig) -> Any:
+def encoding(cfg: TrainConfig) -> Encoding:
+    return Encoding(max_vocabulary=cfg.max_vocabulary, one_hot_max=cfg.one_hot_max, embedding_dim=cfg.embedding_dim)
+
+
+def build_model(profile: DataProfile, cfg: TrainConfig) -> Any:
+    """Preprocessing from the profile, then `cfg.hidden_units` ReLU layers and a sigmoid."""
     import keras
 
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(n_features,), name="features"),
-            keras.layers.Dense(cfg.hidden_units, activation="relu", name="hidden"),
-            keras.layers.Dense(1, activation="sigmoid", name="probability"),
-        ]
-    )
+    inputs = build_inputs(profile)
+    x = encode_features(inputs, profile, encoding(cfg))
+    for i, units in enumerate(cfg.hidden_units):
+        x = keras.layers.Dense(units, activation="relu", name="hidden" if i == 0 else f"hidden_{i + 1}")(x)
+    probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    model = keras.Model(inputs, probability)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
         loss="binary_crossentropy",
@@ -50,17 +59,13 @@ def build_model(n_features: int, cfg: TrainConfig) -> Any:
     return model
 
 
-def model_inputs(inputs: dict[str, Any], features: tuple[str, ...]) -> Any:
-    """What the model takes from a batch of the data reader (`aviary.dataio.tf_batches`): the features stacked."""
-    import tensorflow as tf
-
-    names = input_names(features)
-    return tf.stack([inputs[names[column]] for column in features], axis=1)
-
-
-def model_batches(dataset: Dataset, batch_size: int, **options: Any) -> Any:
-    """(model input, label) batches streamed from the data set's Parquet file."""
-    return tf_batches(dataset, batch_size, **options).map(lambda inputs, label: (model_inputs(inputs, dataset.features), label))
+def class_weights(profile: DataProfile, mode: str) -> dict[int, float] | None:
+    """Balanced: each class's rows weigh rows / (2 * class rows), so both classes count alike in the loss."""
+    counts = {c: profile.label_counts.get(c, 0) for c in (0, 1)}
+    if mode == "none" or not all(counts.values()):
+        return None
+    total = sum(counts.values())
+    return {c: total / (2 * n) for c, n in counts.items()}
 
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
@@ -68,7 +73,8 @@ EpochCallback = Callable[[int, int, dict[str, float]], None]
 
 
 def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: EpochCallback | None = None) -> TrainedModel:
-    """Early stopping watches a validation share of the training set, so the eval set stays unseen.
+    """Early stopping watches a validation share of the training set, so the eval set stays unseen;
+    the weights of the best validation epoch are the ones kept.
 
     Batches stream from the training split's Parquet file (shuffled each epoch from the seed), so
     memory does not grow with the rows; the validation share is chosen by a hash of the row index.
@@ -79,9 +85,10 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: Epoch
 
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
-    fit = model_batches(train, cfg.batch_size, seed=cfg.seed, part="fit", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
-    held = model_batches(train, VALIDATION_BATCH, part="holdout", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
-    model = build_model(len(train.features), cfg)
+    profile = dataset_profile(train)
+    fit = tf_batches(train, cfg.batch_size, seed=cfg.seed, part="fit", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
+    held = tf_batches(train, VALIDATION_BATCH, part="holdout", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
+    model = build_model(profile, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = [] if on_epoch is None else [keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, cfg.epochs, {k: float(v) for k, v in (logs or {}).items()})
@@ -90,6 +97,7 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: Epoch
         fit,
         validation_data=held,
         epochs=cfg.epochs,
+        class_weight=class_weights(profile, cfg.class_weight),
         verbose=0,
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
@@ -105,6 +113,7 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: Epoch
         epochs_run=len(losses),
         final_loss=float(losses[-1]),
         final_val_loss=float(min(val_losses)),
+        profile=profile,
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
+from tests.fake_traffic import FakeTraffic
 
 
 @dataclass
@@ -15,6 +16,9 @@ class FakeTarget:
     stable: int | None = None
     canary: int | None = None
     calls: list[str] = field(default_factory=list)
+    traffic_split: bool = True
+    traffic: FakeTraffic | None = None
+    traffic_calls: list[tuple[int, int]] = field(default_factory=list)
 
     def _maybe_fail(self, op: str) -> None:
         self.calls.append(op)
@@ -44,6 +48,16 @@ class FakeTarget:
 
     def serving(self, model: str) -> Serving:
         return Serving(stable=self.stable, canary=self.canary)
+
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> None:
+        self._maybe_fail("set_traffic")
+        self.traffic_calls.append((canary_percent, mirror_percent))
+
+    def scrape(self, model: str) -> list[str]:
+        """One metrics page, after the scripted clients' requests at the current split."""
+        self._maybe_fail("scrape")
+        share = self.traffic_calls[-1] if self.traffic_calls else (0, 0)
+        return [self.traffic.scrape(*share)] if self.traffic is not None else []
 
 
 __all__ = ["FakeTarget", "NotReady", "TargetError"]

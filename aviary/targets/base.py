@@ -42,6 +42,8 @@ class Serving:
 
 class Target(Protocol):
     name: str
+    traffic_split: bool
+    """Whether `set_traffic` can give the canary a share of live traffic; without it a canary gets no steps."""
 
     def publish(self, model: str, version: int, path: Path) -> None:
         """Make an exported version's files reachable by the servers; changes nothing that serves."""
@@ -63,3 +65,12 @@ class Target(Protocol):
 
     def serving(self, model: str) -> Serving:
         """Which versions the target serves now."""
+
+    # -- progressive delivery: live traffic steps and their metrics ------------
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> None:
+        """Requests that name no version or label: stable answers them except `canary_percent` % that the
+        canary answers; `mirror_percent` % are also sent to the canary in the shadow, its answers compared
+        with stable's and never returned. (0, 0): stable answers all, even while a canary is loaded."""
+
+    def scrape(self, model: str) -> list[str]:
+        """The Prometheus metrics page of every server that serves `model`, as text."""

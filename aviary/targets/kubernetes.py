@@ -153,6 +153,17 @@ class KubernetesTarget:
         self._check_model(model)
         return Serving(stable=self._live_pin(model, "stable"), canary=self._present(model, "canary"))
 
+    # Progressive delivery: not yet here. The canary's share is its replica ratio (or `canary_weight`)
+    # from the start, and the rollout judges it by the golden-set check alone.
+    traffic_split = False
+
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> None:
+        raise TargetError("kubernetes: traffic steps are not yet supported; the canary's share is its replica "
+                          "ratio or rollout.kubernetes.canary_weight")
+
+    def scrape(self, model: str) -> list[str]:
+        raise TargetError("kubernetes: reading the pods' metrics is not yet supported")
+
     # Getting a version's files onto the store volume from outside the cluster.
 
     def publish(self, model: str, version: int, path: Path) -> None:

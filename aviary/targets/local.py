@@ -27,6 +27,7 @@ from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 POLL_S = 0.1
+METRICS_PATH = "/monitoring/prometheus/metrics"
 
 
 class LocalTarget:
@@ -125,7 +126,7 @@ class LocalTarget:
         if not self.config_file.exists():
             self.config_file.write_text(render_model_configs(self._entries(self._models())))
         monitoring = self.state_dir / "monitoring.config"
-        monitoring.write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
+        monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
         command = [
             self.python, "-m", "aviary.serving",
             f"--host={self.cfg.host}",
@@ -206,6 +207,31 @@ class LocalTarget:
         if self.pid() is None:
             return Serving(stable=None, canary=None)
         return Serving(stable=labels.get("stable"), canary=labels.get("canary"))
+
+    # -- progressive delivery: the server's traffic split and its metrics -----
+    traffic_split = True
+
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> None:
+        """The local server's traffic split (an extension of TF Serving's API, off until this turns it on)."""
+        url = f"{self.rest}/v1/models/{model}/traffic"
+        body = {"canary_percent": canary_percent, "mirror_percent": mirror_percent}
+        try:
+            response = requests.post(url, json=body, timeout=10)
+        except requests.RequestException as error:
+            raise TargetError(f"local server: POST {url} failed: {error}") from error
+        if response.status_code != 200:
+            raise TargetError(f"local server refused the traffic split {body} for {model}: "
+                              f"HTTP {response.status_code}: {response.text[:200]}")
+
+    def scrape(self, model: str) -> list[str]:
+        url = f"{self.rest}{METRICS_PATH}"
+        try:
+            response = requests.get(url, timeout=10)
+        except requests.RequestException as error:
+            raise TargetError(f"local server: GET {url} failed: {error}") from error
+        if response.status_code != 200:
+            raise TargetError(f"local server: GET {url} answered HTTP {response.status_code}")
+        return [response.text]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,7 +58,7 @@ def test_unchanged_data_and_config_reuse_ingest_and_training(tmp_path: Path, csv
     assert any((tmp_path / "runs" / "results").iterdir())
 
     # A changed training config trains again; the unchanged data is still not read twice.
-    third, third_id = run(config(tmp_path, csv, epochs=3, hidden_units=FAST_TRAIN.hidden_units + 2))
+    third, third_id = run(config(tmp_path, csv, epochs=3, hidden_units=(*FAST_TRAIN.hidden_units, 4)))
     states = task_states(third_id)
     assert states["ingest-csv"] == "Cached" and states["train-model"] == "Completed"
 

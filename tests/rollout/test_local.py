@@ -41,6 +41,8 @@ def cfg(tmp_path: Path) -> Iterator[PipelineConfig]:
                 "check": {"p95_budget_ms": 2000},
                 "local": {"rest_port": free_port(), "grpc_port": free_port(), "state_dir": tmp_path / "serving",
                           "grace_s": 0.2},
+                # No clients here: the golden-set check alone decides (test_canary_local has live traffic).
+                "canary": {"steps": []},
             },
         }
     )

@@ -32,7 +32,7 @@ def phases(state: Rollout) -> list[Phase]:
 def test_a_good_canary_is_promoted() -> None:
     target = FakeTarget(stable=1)
     state = drive(target)
-    assert phases(state) == [Phase.DEPLOYING, Phase.CHECKING, Phase.PROMOTING, Phase.PROMOTED]
+    assert phases(state) == [Phase.DEPLOYING, Phase.CHECKING, Phase.SHIFTING, Phase.PROMOTING, Phase.PROMOTED]
     assert target.serving("circle").stable == 2 and target.canary is None
     assert target.calls == ["deploy_canary", "wait_ready", "promote"]
 

@@ -13,7 +13,7 @@ from aviary import behaviour
 from aviary.config import CheckConfig
 from aviary.targets.base import Endpoint
 from aviary.tasks.check import check_predictions, check_predictions_task, report_markdown
-from aviary.types import GoldenSet
+from aviary.types import BehaviourCase, GoldenSet
 from tests.helpers import json_server
 
 Answer = Callable[[list[dict[str, float]]], tuple[int, Any]]
@@ -147,19 +147,33 @@ def test_latency_over_the_budget_fails(stub: Stub) -> None:
     assert 0 < report.p50_ms <= report.p95_ms <= report.p99_ms
 
 
-def test_circle_models_also_answer_the_behaviour_cases(stub: Stub) -> None:
+CIRCLE_CASES = tuple(BehaviourCase(inputs=dict(c.inputs), expect=c.expect) for c in behaviour.CIRCLE)
+
+
+def test_the_behaviour_cases_of_the_golden_set_are_asked_too(stub: Stub) -> None:
     rows = [{"x": 0.1, "y": 0.2}, {"x": 1.2, "y": -1.1}]
-    golden = golden_of(rows, circle)
+    golden = golden_of(rows, circle).model_copy(update={"cases": CIRCLE_CASES})
     stub.answer = served_as(circle)
     report = check_predictions(stub.endpoint, golden, CFG)
     assert report.passed and report.requests == 2
-    assert stub.requests[-1][0]["instances"] == [case for case, _ in behaviour.CASES]
+    assert stub.requests[-1][0]["instances"] == [case.inputs for case in behaviour.CIRCLE]
+
+
+def test_any_feature_set_has_behaviour_cases(stub: Stub) -> None:
+    cases = (
+        BehaviourCase(inputs={"a": 0.4, "b": 0.0}, expect=1),
+        BehaviourCase(inputs={"a": -0.4, "b": 0.0}, expect=1),
+    )
+    stub.answer = served_as(model)
+    report = check_predictions(stub.endpoint, GOLDEN.model_copy(update={"cases": cases}), CFG)
+    assert not report.passed
+    assert report.behaviour_failures == ("{'a': -0.4, 'b': 0.0} served class 0, expected 1",)
 
 
 def test_a_wrong_behaviour_case_fails_even_when_the_golden_set_matches(stub: Stub) -> None:
     rows = [{"x": 0.1, "y": 0.2}, {"x": 1.2, "y": -1.1}]
-    golden = golden_of(rows, circle)
-    far = behaviour.CASES[3][0]
+    golden = golden_of(rows, circle).model_copy(update={"cases": CIRCLE_CASES})
+    far = behaviour.CIRCLE[3].inputs
     stub.answer = served_as(lambda i: {"probability": 0.9, "class": 1} if i == far else circle(i))
     report = check_predictions(stub.endpoint, golden, CFG)
     assert not report.passed and report.mismatches == 0

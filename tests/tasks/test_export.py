@@ -7,12 +7,14 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from aviary.config import EvalConfig, ExportConfig
+from aviary.behaviour import Case
+from aviary.config import EvalConfig, ExportConfig, TrainConfig
 from aviary.store import GOLDEN_FILE, METADATA_FILE, WARMUP_FILE, ModelStore
 from aviary.tasks.evaluate import evaluate_model, predict_keras
 from aviary.tasks.export import ExportError, export_model, export_model_task
-from aviary.tasks.train import load_arrays
-from aviary.types import EvalReport, Split, TrainedModel, Verdict
+from aviary.tasks.train import load_inputs, train_model
+from aviary.types import Dataset, EvalReport, Split, TrainedModel, Verdict
+from tests.profiles import dataset_with_profile
 
 BLESSED = Verdict(blessed=True, reasons=("precision 0.95 >= floor 0.80",))
 
@@ -48,9 +50,9 @@ def test_signature_reproduces_keras_predictions_with_named_inputs_and_outputs(
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
     assert set(signature.structured_input_signature[1]) == {"x", "y"}
     assert set(signature.structured_outputs) == {"probability", "class"}
-    features, _ = load_arrays(circle_split.eval)
-    out = signature(x=tf.constant(features[:, 0]), y=tf.constant(features[:, 1]))
-    expected = predict_keras(trained.path, features)
+    inputs, _ = load_inputs(circle_split.eval, trained.profile)  # type: ignore[arg-type]
+    out = signature(x=tf.constant(inputs["x"]), y=tf.constant(inputs["y"]))
+    expected = predict_keras(trained.path, inputs)
     np.testing.assert_allclose(out["probability"].numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(out["class"].numpy(), (expected >= evaluation.threshold).astype(np.int64))
     deep_inside, far_outside = signature(x=tf.constant([0.0, 1.4]), y=tf.constant([0.05, 1.4]))["class"].numpy()
@@ -71,7 +73,7 @@ def test_warmup_records_and_golden_set(
     golden = json.loads((path / GOLDEN_FILE).read_text())
     eval_rows = pd.read_parquet(circle_split.eval.path).head(50)
     assert golden["instances"] == eval_rows[["x", "y"]].to_dict(orient="records")
-    features = eval_rows[["x", "y"]].to_numpy(dtype=np.float32)
+    features = {name: eval_rows[name].to_numpy(dtype=np.float32) for name in ("x", "y")}
     np.testing.assert_allclose(golden["probability"], predict_keras(trained.path, features), atol=1e-6)
     assert len(golden["class"]) == len(golden["labels"]) == 50
 
@@ -112,6 +114,65 @@ def test_a_failed_export_leaves_no_partial_version(
 ) -> None:
     (tmp_path / "corrupt.keras").write_bytes(b"not a keras archive")
     broken = trained.model_copy(update={"path": tmp_path / "corrupt.keras"})
-    with pytest.raises(ValueError):
+    with pytest.raises(ExportError) as error:
         export(broken, circle_split, evaluation, tmp_path / "store")
+    assert str(error.value).startswith("export of circle v1 failed, nothing written: ")
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
     assert list((tmp_path / "store" / "circle").iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainedModel, Dataset]:
+    """A model on a header with spaces and symbols, a string column, a boolean and missing numbers."""
+    rng = np.random.default_rng(5)
+    rows = 400
+    frame = pd.DataFrame(
+        {
+            "mean radius": rng.normal(14.0, 3.0, rows),
+            "area error": rng.normal(40.0, 40.0, rows),
+            "colour": rng.choice(["red", "green", "it's blue"], rows),
+            "label": rng.integers(0, 2, rows),
+        }
+    )
+    frame.loc[::7, "area error"] = np.nan
+    root = tmp_path_factory.mktemp("mixed")
+    features = ("mean radius", "area error", "colour")
+    train, _ = dataset_with_profile(frame.iloc[:300], root / "train.parquet", features, "label")
+    evaluation, _ = dataset_with_profile(frame.iloc[300:], root / "eval.parquet", features, "label")
+    trained = train_model(train, TrainConfig(epochs=2, seed=1), root / "run")
+    return trained, evaluation
+
+
+def test_any_header_exports_valid_typed_inputs_recorded_in_metadata(
+    mixed: tuple[TrainedModel, Dataset], tmp_path: Path
+) -> None:
+    trained, eval_set = mixed
+    report = EvalReport(
+        threshold=0.5, precision=1, recall=1, f1=1, accuracy=1, roc_auc=1, pr_auc=1, confusion_matrix=((1, 0), (0, 1)), rows=2
+    )
+    cases = (Case(inputs={"mean radius": 14.0, "area error": 1e30, "colour": "never seen"}, expect=1),)
+    cfg = ExportConfig(store=tmp_path, model_name="cells", warmup_records=5, golden_rows=20)
+    path = export_model(trained, eval_set, report, BLESSED, 1, cfg, cases=cases).path
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    assert {name: spec.dtype for name, spec in specs.items()} == {
+        "mean_radius": tf.float32, "area_error": tf.float32, "colour": tf.string
+    }
+    meta = ModelStore(tmp_path, "cells").metadata(1)
+    assert meta.inputs == {"mean radius": "mean_radius", "area error": "area_error", "colour": "colour"}
+    assert meta.profile is not None and meta.profile.feature("area error").missing > 0
+
+    golden = ModelStore(tmp_path, "cells").golden(1)
+    assert set(golden.instances[0]) == {"mean_radius", "area_error", "colour"}
+    assert all(isinstance(i["colour"], str) for i in golden.instances)
+    assert golden.cases[0].inputs == {"mean_radius": 14.0, "area_error": 1e30, "colour": "never seen"}
+    out = signature(
+        mean_radius=tf.constant([14.0, np.nan]), area_error=tf.constant([1e30, -np.inf]),
+        colour=tf.constant(["never seen", ""]),
+    )
+    assert np.isfinite(out["probability"].numpy()).all()
+
+    log = prediction_log_pb2.PredictionLog.FromString(
+        next(tf.data.TFRecordDataset(str(path / WARMUP_FILE)).as_numpy_iterator())
+    )
+    assert log.predict_log.request.inputs["colour"].dtype == tf.string.as_datatype_enum

@@ -1,0 +1,1 @@
+"""Benchmarks; loadgen and canaries are shared with the end-to-end tests."""

@@ -1,0 +1,61 @@
+"""The rollout's own load: golden rows to a loopback URL, at its rate, only while its block runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from aviary.golden_load import GoldenLoad
+from tests.helpers import json_server, wait_for
+
+ROWS = [{"x": float(i), "y": 0.0} for i in range(10)]
+
+
+def test_it_only_calls_loopback_addresses() -> None:
+    with pytest.raises(ValueError, match="golden load: http://10.0.0.7:8501/v1/models/m:predict is not a loopback"):
+        GoldenLoad("http://10.0.0.7:8501/v1/models/m:predict", ROWS, 20)
+    GoldenLoad("http://localhost:1/v1/models/m:predict", ROWS, 20)
+    GoldenLoad("http://127.0.0.1:1/v1/models/m:predict", ROWS, 20)
+
+
+def test_it_cycles_the_golden_rows_at_its_rate_and_stops_with_its_block() -> None:
+    seen: list[list[dict[str, float]]] = []
+    lock = threading.Lock()
+
+    def answer(body: Any, _headers: dict[str, str]) -> tuple[int, Any]:
+        with lock:
+            seen.append(body["instances"])
+        return 200, {"predictions": []}
+
+    server = json_server(answer)
+    try:
+        load = GoldenLoad(f"http://127.0.0.1:{server.server_port}/v1/models/m:predict", ROWS, rate=50)
+        with load.running(max_seconds=30):
+            wait_for("25 requests", lambda: len(seen) >= 25 or None, timeout_s=10, every_s=0.02)
+            started, first = time.monotonic(), len(seen)
+            wait_for("25 more", lambda: len(seen) >= first + 25 or None, timeout_s=10, every_s=0.02)
+            elapsed = time.monotonic() - started
+        stopped_at = len(load.codes)
+        assert elapsed > 0.3, f"25 requests in {elapsed:.2f} s at 50/s: a burst, not a paced load"
+        assert seen[0] == ROWS[:4] and seen[1] == ROWS[4:8] and seen[2] == [*ROWS[8:], *ROWS[:2]]
+        assert set(load.codes) == {200}
+        time.sleep(0.2)  # nothing may arrive once the block has ended
+        assert len(load.codes) == stopped_at
+    finally:
+        server.shutdown()
+
+
+def test_its_own_deadline_ends_it_even_inside_the_block() -> None:
+    server = json_server(lambda _b, _h: (200, {}))
+    try:
+        load = GoldenLoad(f"http://127.0.0.1:{server.server_port}/v1/models/m:predict", ROWS, rate=100)
+        with load.running(max_seconds=0.2):
+            time.sleep(0.6)  # well past its deadline: the property is that nothing more is sent
+            count = len(load.codes)
+            time.sleep(0.2)
+            assert len(load.codes) == count and 0 < count < 40
+    finally:
+        server.shutdown()
