@@ -13,7 +13,8 @@ NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 
 
 def _blank_is_none(value: Any) -> Any:
-    empty = value == "" or (isinstance(value, dict) and not any(value.values()))  # a form's empty field or section
+    # A form's empty field, list or section.
+    empty = value in ("", [], ()) or (isinstance(value, dict) and not any(value.values()))
     return None if empty else value
 
 
@@ -62,8 +63,8 @@ class DataConfig(_Frozen):
         "class 1. Not one of the features.",
     )
     min_rows: int = Field(100, ge=2, description="Fewer valid rows than this fails ingest.")
-    cases: tuple[Case, ...] | None = Field(
-        None,
+    cases: Annotated[tuple[Case, ...] | None, Unset] = Field(
+        None, json_schema_extra=_plain,
         description="Behavioural cases: inputs (by column) and the class they must get, checked in tests and after "
         "every deploy. Empty: the circle's cases when the features are x and y, none otherwise.",
     )
