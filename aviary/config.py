@@ -3,30 +3,68 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from aviary.behaviour import Case, default_cases
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 
 
+def _blank_is_none(value: Any) -> Any:
+    # A form's empty field, list or section.
+    empty = value in ("", [], ()) or (isinstance(value, dict) and not any(value.values()))
+    return None if empty else value
+
+
+def _plain(schema: dict[str, Any]) -> None:
+    """An optional value is a plain field in the UI's form, left empty when unset, not a toggle between types."""
+    branches = [s for s in schema.pop("anyOf", []) if s.get("type") != "null"]
+    if branches:
+        schema.update(branches[0])
+    schema.pop("default", None)
+
+
+Unset = BeforeValidator(_blank_is_none)
+"""An empty form field means the value is not set."""
+
+
+RULES = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "pattern", "minLength",
+         "maxLength", "uniqueItems")
+
+
+def rules_for_the_ui(schema: dict[str, Any], *_: Any) -> None:
+    """Copy each property's rules under `allOf`, the form of them that Prefect's UI validates before a run exists.
+
+    The UI passes only some schema keys to its validation (not minimum, maximum or pattern: the server then
+    refuses one bad field at a time on submit); `allOf` goes through whole, and means the same to any validator.
+    """
+    for prop in schema.get("properties", {}).values():
+        rules = {k: prop[k] for k in RULES if k in prop}
+        if rules and rules not in prop.get("allOf", []):
+            prop["allOf"] = [*prop.get("allOf", []), rules]
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=rules_for_the_ui)
 
 
 class DataConfig(_Frozen):
     path: Path = Field(Path("data/circle.csv"), description="CSV file to train on.")
-    features: tuple[str, ...] = Field(("x", "y"), min_length=1, description="Feature columns, in model input order.")
+    features: tuple[str, ...] = Field(
+        ("x", "y"), min_length=1, json_schema_extra={"uniqueItems": True},
+        description="Feature columns, in model input order; none of them the label column.",
+    )
     label: str = Field(
         "class",
         min_length=1,
-        description="Label column: 0/1 (also 0.0/1.0), true/false or yes/no in any letter case; 1, true and yes are class 1.",
+        description="Label column: 0/1 (also 0.0/1.0), true/false or yes/no in any letter case; 1, true and yes are "
+        "class 1. Not one of the features.",
     )
     min_rows: int = Field(100, ge=2, description="Fewer valid rows than this fails ingest.")
-    cases: tuple[Case, ...] | None = Field(
-        None,
+    cases: Annotated[tuple[Case, ...] | None, Unset] = Field(
+        None, json_schema_extra=_plain,
         description="Behavioural cases: inputs (by column) and the class they must get, checked in tests and after "
         "every deploy. Empty: the circle's cases when the features are x and y, none otherwise.",
     )
@@ -131,7 +169,7 @@ class GateConfig(_Frozen):
 
 
 class ExportConfig(_Frozen):
-    store: Path = Field(Path("models"), description="Model store root: <store>/<model>/<version>/.")
+    store: Path = Field(Path("models"), description="Model store root; a version is the folder store/model/version.")
     model_name: str = Field("circle", pattern=NAME_PATTERN, description="Model name, as TF Serving and Kubernetes see it.")
     warmup_records: int = Field(100, ge=0, le=1000, description="Warmup requests TF Serving replays before serving.")
     golden_rows: int = Field(200, ge=1, le=10_000, description="Eval rows kept, with their predictions, for the post-deploy check.")
@@ -158,8 +196,12 @@ class ResourcesConfig(_Frozen):
 
 
 class KubernetesConfig(_Frozen):
-    kubeconfig: Path | None = Field(None, description="Kubeconfig file; in-cluster credentials when empty and in_cluster.")
-    context: str | None = Field(None, description="Kubeconfig context; the current one when empty.")
+    kubeconfig: Annotated[Path | None, Unset] = Field(
+        None, json_schema_extra=_plain, description="Kubeconfig file; empty: $KUBECONFIG or ~/.kube/config."
+    )
+    context: Annotated[str | None, Unset] = Field(
+        None, json_schema_extra=_plain, description="Kubeconfig context; empty: the current one."
+    )
     in_cluster: bool = Field(False, description="Use the pod's service account and in-cluster DNS.")
     namespace: str = Field("aviary", pattern=NAME_PATTERN, description="Namespace of the serving Deployments.")
     image: str = Field("tensorflow/serving:2.19.0", description="TF Serving image, pinned by version.")
@@ -167,18 +209,21 @@ class KubernetesConfig(_Frozen):
         2, ge=1, le=100, description="Stable replicas, only where the flow creates the stable track (no overlay applied)."
     )
     canary_replicas: int = Field(1, ge=1, le=100, description="Canary replicas; its traffic share is their ratio.")
-    canary_weight: int | None = Field(
-        None, ge=0, le=100, description="Canary traffic percent through a Gateway API HTTPRoute, when set."
+    canary_weight: Annotated[int | None, Unset] = Field(
+        None, ge=0, le=100, json_schema_extra=_plain,
+        description="Canary traffic percent through a Gateway API HTTPRoute; empty: by replica ratio, no route.",
     )
     store_claim: str = Field("aviary-models", description="PersistentVolumeClaim that holds the model store.")
     store_mount: str = Field("/models", description="Where the pods mount the store.")
     copy_image: str = Field("busybox:1.36", description="Image of the Job that copies a version onto the volume.")
     copy_timeout_s: float = Field(300.0, gt=0, description="Deadline of the copy Job, in seconds.")
-    resources: ResourcesConfig | None = Field(
-        None, description="Serving container resources of the Deployments the flow creates; empty: the stable track's."
+    resources: Annotated[ResourcesConfig | None, Unset] = Field(
+        None, json_schema_extra=_plain,
+        description="Serving container resources of the Deployments the flow creates; empty: the stable track's.",
     )
-    store_uri: str | None = Field(
-        None, description="Object-store base TF Serving reads versions from (gs://..., s3://...) instead of the volume."
+    store_uri: Annotated[str | None, Unset] = Field(
+        None, json_schema_extra=_plain,
+        description="Object-store base TF Serving reads versions from (gs://..., s3://...); empty: the volume.",
     )
     gateway: str = Field("aviary", description="Gateway API Gateway that the canary HTTPRoute attaches to.")
 
@@ -236,7 +281,7 @@ class CanaryConfig(_Frozen):
 
 class RolloutConfig(_Frozen):
     target: Literal["none", "local", "kubernetes"] = Field(
-        "local", description="Where the new version goes: none stops after export."
+        "local", description="Where versions are served: local (this machine) or kubernetes; none stops after export."
     )
     hand_off: bool = Field(
         False,
@@ -254,7 +299,9 @@ class RolloutConfig(_Frozen):
     kubernetes: KubernetesConfig = Field(KubernetesConfig(), description="TF Serving in Kubernetes (target kubernetes).")
 
 
-class PipelineConfig(_Frozen):
+class RetrainConfig(_Frozen):
+    """What retraining uses; PipelineConfig adds where and how the version is rolled out."""
+
     runs_dir: Path = Field(Path("runs"), description="Run directories: splits, trained model, TensorBoard logs.")
     data: DataConfig = Field(DataConfig(), description="The training CSV and its columns.")
     split: SplitConfig = Field(SplitConfig(), description="The train/eval split.")
@@ -262,4 +309,9 @@ class PipelineConfig(_Frozen):
     evaluate: EvalConfig = Field(EvalConfig(), description="How the decision threshold is chosen.")
     gate: GateConfig = Field(GateConfig(), description="Rules a new model must pass to be exported.")
     export: ExportConfig = Field(ExportConfig(), description="The model store and what each version carries.")
+
+
+class PipelineConfig(RetrainConfig):
+    """Retraining and the rollout of what it exports, in one run: the command line's and the retrain flow's parameter."""
+
     rollout: RolloutConfig = Field(RolloutConfig(), description="Where and how a blessed version is canary-deployed.")

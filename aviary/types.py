@@ -59,6 +59,8 @@ class EvalReport(_Result):
 class Verdict(_Result):
     blessed: bool
     reasons: tuple[str, ...]
+    failed: tuple[str, ...] = ()
+    """The reasons of the rules that failed, so readers can set them apart from those that passed."""
     baseline_version: int | None = None
 
 
@@ -75,6 +77,8 @@ class Provenance(_Result):
     """The run's PipelineConfig as JSON: with the code version, enough to make the version again."""
     parent_version: int | None = None
     """The version it was judged against."""
+    tensorboard_run: str | None = None
+    """`<model>/v<version>` under `<runs_dir>/tensorboard`."""
     drift_reference: dict[str, Any] | None = None
     """The training data's bins and shares per numeric feature, for the next version's drift check."""
 
@@ -127,6 +131,8 @@ class VersionMetadata(_Result):
     git_commit: str | None = None
     exported_at: str | None = None
     """ISO 8601, UTC."""
+    tensorboard_run: str | None = None
+    """`<model>/v<version>`: its run under `<runs_dir>/tensorboard`."""
     profile: DataProfile | None = None
     """The training split's schema and statistics, for the next version's data checks."""
     drift_reference: dict[str, Any] | None = None

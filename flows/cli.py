@@ -26,6 +26,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-timeout", type=float, help="seconds for the canary to become available")
     parser.add_argument("--hand-off", action="store_const", const=True,
                         help="export only: the export event has canary-deploy roll out with these settings")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's log on the console too")
     kube = parser.add_argument_group("kubernetes target")
     kube.add_argument("--namespace", help="namespace of the TF Serving Deployments (default: aviary)")
     kube.add_argument("--kube-context", help="kubeconfig context (default: the current one)")
@@ -90,12 +91,15 @@ def one_line(error: BaseException) -> str:
 def run_main(run: Callable[[], T], describe: Callable[[T], str]) -> int:
     """A flow's command line: what `describe` says of the result and exit 0, or the one-line error and exit 1."""
     from aviary.prefect_api import own_prefect_api
+    from aviary.quiet import finish_progress
 
     try:
         with own_prefect_api():  # with no API configured, a throwaway one that dies with this process
             result = run()
     except Exception as error:  # noqa: BLE001 - the CLI's contract is one line, not a traceback
+        finish_progress()
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
+    finish_progress()
     print(describe(result))
     return 0

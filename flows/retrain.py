@@ -20,14 +20,17 @@ from aviary.cache import result_storage
 from aviary.config import PipelineConfig
 from aviary.faults import crash_point
 from aviary.flows.cli import add_config_arguments, config_from_args, one_line
-from aviary.flows.rollout import rollout
+from aviary.flows.rollout import RolloutFailed, rollout
 from aviary.prefect_api import own_prefect_api
+from aviary.report import final_state, pictures_markdown
+from aviary.report import verdict_markdown as verdict_text
 from aviary.store import ModelStore
 from aviary.tasks.drift import check_drift_task, reference_task
 from aviary.tasks.evaluate import evaluate_model_task, evaluate_version_task
 from aviary.tasks.export import export_model_task
 from aviary.tasks.gate import gate_model_task
 from aviary.tasks.ingest import ingest_csv_task
+from aviary.tasks.plots import Baseline, draw_pictures_task
 from aviary.tasks.preprocess import dataset_profile
 from aviary.tasks.split import split_dataset_task
 from aviary.tasks.train import train_model_task
@@ -56,7 +59,8 @@ def announce_exports(store: ModelStore) -> list[int]:
             continue  # not exported (yet): its run may still be at work, or died before the rename
         if store.marked(ANNOUNCED_MARK, version) is None:
             metadata = store.metadata(version)
-            rollout_settings = (store.marked(ANNOUNCE_MARK, version) or {}).get("rollout", {})
+            intent = store.marked(ANNOUNCE_MARK, version) or {}
+            rollout_settings = intent.get("rollout", {})
             emit_event(
                 event=EXPORTED_EVENT,
                 resource={
@@ -65,6 +69,7 @@ def announce_exports(store: ModelStore) -> list[int]:
                     "aviary.model.version": str(version),
                     "aviary.model.path": str(store.version_dir(version).resolve()),
                     "aviary.idempotency-key": idempotency_key(store.model, version),
+                    "aviary.retrain.flow-run": intent.get("flow_run", ""),
                     "aviary.rollout.hand-off": str(bool(rollout_settings.get("hand_off"))).lower(),
                 },
                 # The rollout settings travel with the version, so canary-deploy rolls it out where its run meant to.
@@ -88,6 +93,7 @@ class RetrainResult(BaseModel):
     baseline_version: int | None
     path: Path | None = None
     rollout: str | None = None
+    rollout_reason: str | None = None
 
 
 def metrics_table(
@@ -103,13 +109,16 @@ def metrics_table(
 
 
 def verdict_markdown(model: str, version: int, verdict: Verdict) -> str:
-    head = "blessed" if verdict.blessed else "rejected"
-    return f"# {model} v{version}: {head}\n\n" + "\n".join(f"- {reason}" for reason in verdict.reasons) + "\n"
+    return verdict_text(model, version, verdict.blessed, verdict.reasons, verdict.failed)
 
 
 @flow(name="retrain")
 def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
-    """Retrain the model from its CSV; export it when the gate blesses it, then roll it out."""
+    """Retrain the model from its CSV; export it when the gate blesses it, then roll it out.
+
+    Args:
+        config: Data, training, the gate, the store and the rollout; every field is described below.
+    """
     logger = get_run_logger()
     model = config.export.model_name
     store = ModelStore(config.export.store, model)
@@ -155,6 +164,17 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         description=f"{model} v{version} on {split.eval.rows} eval rows",
     )
     create_markdown_artifact(key=f"{key}-verdict", markdown=verdict_markdown(model, version, verdict))
+    judged = None if baseline is None or baseline_version is None else Baseline(
+        version=baseline_version, role=baseline_role, report=baseline)
+    hparams = {**config.train.model_dump(), "eval_fraction": config.split.eval_fraction,
+               "precision_floor": config.evaluate.precision_floor, "data": str(config.data.path)}
+    pictures = draw_pictures_task(trained, split.eval, evaluation, judged, store, version, config.runs_dir, hparams)
+    create_markdown_artifact(
+        key=f"{key}-pictures",
+        markdown=pictures_markdown(f"{model} v{version}", {n: p.read_bytes() for n, p in pictures.pictures.items()},
+                                   pictures.pictures["pr_curve"].parent),
+        description=f"TensorBoard run {pictures.tensorboard_run}",
+    )
 
     result = RetrainResult(
         model=model,
@@ -173,18 +193,24 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
                 "data_fingerprint": dataset.fingerprint,
                 "metrics": evaluation.model_dump(mode="json"),
                 "verdict": verdict.model_dump(mode="json"),
+                "config": config.model_dump(mode="json"),
+                "tensorboard_run": pictures.tensorboard_run,
             },
         )
-        logger.warning("%s v%s rejected: %s", model, version, "; ".join(verdict.reasons))
-        return result
+        why = "; ".join(verdict.failed)
+        logger.info("%s v%s rejected: %s", model, version, why)
+        # Its own final state, so the runs list tells a rejected model from a shipped one.
+        return final_state(result, "Rejected", f"{model} v{version} rejected: {why}")
 
     provenance = Provenance(
         parameters=config.model_dump(mode="json"),
         parent_version=baseline_version,
         drift_reference=reference_task(train_set.path, profile),
+        tensorboard_run=pictures.tensorboard_run,
     )
     # The export is to be announced, even if this run dies after it, with the rollout settings it chose.
-    store.mark(ANNOUNCE_MARK, version, run=run_key, rollout=config.rollout.model_dump(mode="json"))
+    store.mark(ANNOUNCE_MARK, version, run=run_key, flow_run=flow_run.get_id() or "",
+               rollout=config.rollout.model_dump(mode="json", exclude_none=True))
     exported = export_model_task(
         trained, split.eval, evaluation, verdict, version, config.export, provenance, config.data.behaviour_cases()
     )
@@ -192,10 +218,15 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
     crash_point("after-export")
     announce_exports(store)
     result = result.model_copy(update={"path": exported.path})
-    if config.rollout.target != "none" and not config.rollout.hand_off:
+    if config.rollout.target == "none" or config.rollout.hand_off:
+        return final_state(result, "Exported", f"{model} v{version} exported; not rolled out here")
+    try:
         deployed = rollout(version, config, idempotency_key=idempotency_key(model, version))
-        result = result.model_copy(update={"rollout": deployed.phase})
-    return result
+    except RolloutFailed as failure:
+        result = result.model_copy(update={"rollout": failure.phase, "rollout_reason": str(failure)})
+        return final_state(result, failure.phase, str(failure), failed=True)
+    result = result.model_copy(update={"rollout": deployed.phase})
+    return final_state(result, str(deployed.phase), f"{model} v{version} {deployed.phase}")
 
 
 # -- command line -----------------------------------------------------------
@@ -237,19 +268,32 @@ def try_it(config: PipelineConfig, result: RetrainResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from aviary.quiet import finish_progress
+
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
         with own_prefect_api():  # with no API configured, a throwaway one that dies with this process
-            result = retrain(config)
+            state = retrain(config, return_state=True)
+            outcome = state.result(raise_on_failure=False)
+        if not isinstance(outcome, RetrainResult):  # the run failed before it had a result
+            raise outcome if isinstance(outcome, BaseException) else RuntimeError(state.message or state.name)
+        result = outcome
     except Exception as error:  # noqa: BLE001 - the CLI's contract is one line, not a traceback
+        finish_progress()
         print(f"error: {one_line(error)}", file=sys.stderr)
         return 1
+    finish_progress()
     print(describe(result))
+    if result.rollout_reason:  # rolled back: the stable version keeps serving
+        print(f"error: {result.rollout_reason}", file=sys.stderr)
+        return 1
     if result.rollout == "Promoted" and config.rollout.target == "local":
         print(try_it(config, result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aviary.quiet import command_line
+
+    sys.exit(command_line(main))

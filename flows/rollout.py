@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import uuid
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from aviary.flows.cli import add_config_arguments, config_from_args, run_main
 from aviary.golden_load import GoldenLoad, is_loopback
 from aviary.lock import model_lock, rollout_slot
 from aviary.record import build_record, record_markdown, write_record
+from aviary.report import final_state
 from aviary.rollout import Approval, CheckOutcome, Phase, Rollout, run_rollout
 from aviary.saved_model import predict_saved_model
 from aviary.store import History, ModelStore
@@ -39,6 +42,10 @@ OUTCOME_EVENTS = {Phase.PROMOTED: "promoted", Phase.ROLLED_BACK: "rolled-back", 
 
 class RolloutFailed(RuntimeError):
     """The canary was rolled back (or could not be); the message says why."""
+
+    def __init__(self, message: str, phase: str = Phase.ROLLED_BACK) -> None:
+        super().__init__(message)
+        self.phase = str(phase)
 
 
 class RolloutResult(BaseModel):
@@ -243,14 +250,58 @@ def deploy_version(
         store.mark(DEPLOYED_MARK, version, key=idempotency_key, phase=result.phase, result=result.model_dump(mode="json"))
     if state.phase is not Phase.PROMOTED:
         left = f"stable v{stable} keeps serving" if stable is not None else "no stable version was serving"
-        raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; {left}")
+        raise RolloutFailed(f"{model} v{version} {state.phase}: {state.failure}; {left}", state.phase)
     return result
 
 
+def link_runs(triggered_by: str, model: str, version: int) -> None:
+    """The retrain run that exported the version and this canary deploy link to each other in their artifacts.
+
+    Links are relative to the UI, so they work on whichever server holds both runs.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.runtime import flow_run
+
+    own = flow_run.get_id()
+    try:
+        retrain_run = uuid.UUID(triggered_by)
+    except ValueError:
+        get_run_logger().warning("triggered_by %r is not a flow run id; the runs are not linked", triggered_by)
+        return
+    if own is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.create_artifact(ArtifactCreate(
+            key=f"{model}-canary-deploy", type="markdown", flow_run_id=retrain_run,
+            description=f"the canary deploy of {model} v{version} that this export started",
+            data=f"# Canary deploy of {model} v{version}\n\n[{flow_run.get_name()}](/runs/flow-run/{own}): "
+                 "its final state says whether the version was promoted or rolled back.\n",
+        ))
+    create_markdown_artifact(
+        key=f"{model}-exported-by",
+        markdown=f"# {model} v{version} was exported by\n\n[its retrain run](/runs/flow-run/{retrain_run}).\n",
+    )
+
+
 @flow(name="rollout")
-def rollout(version: int, config: PipelineConfig = PipelineConfig(), idempotency_key: str | None = None) -> RolloutResult:
-    """Canary-deploy an exported version on the configured target; promote it or roll it back."""
-    return deploy_version(version, config, build_target(config), idempotency_key)
+def rollout(
+    version: int, config: PipelineConfig = PipelineConfig(), triggered_by: str = "", idempotency_key: str | None = None
+) -> RolloutResult:
+    """Canary-deploy an exported version on the configured target; promote it or roll it back.
+
+    `triggered_by`: the retrain run whose export event started this rollout (the canary-deploy trigger sets it).
+    `idempotency_key`: the export event's; a version is acted on at most once per key.
+    """
+    if triggered_by:
+        link_runs(triggered_by, config.export.model_name, version)
+    try:
+        result = deploy_version(version, config, build_target(config), idempotency_key)
+    except RolloutFailed as failure:
+        # An expected outcome: a red final state named for it, its reason the one line logged, not a traceback.
+        # Callers of the flow still get the exception raised: it is the failed state's data.
+        return final_state(cast(RolloutResult, failure), failure.phase, str(failure), failed=True)
+    return final_state(result, str(result.phase), f"{result.model} v{result.version}: {result.reason}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,4 +316,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aviary.quiet import command_line
+
+    sys.exit(command_line(main))

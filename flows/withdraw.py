@@ -47,4 +47,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m flows.withdraw") 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from aviary.quiet import command_line
+
+    sys.exit(command_line(main))

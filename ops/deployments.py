@@ -58,7 +58,8 @@ def model_names(doc: dict[str, Any]) -> set[str]:
 
     names = {ExportConfig().model_name}
     for deployment in doc.get("deployments", []):
-        export = deployment.get("parameters", {}).get("config", {}).get("export", {})
-        if "{{" not in str(export.get("model_name", "{{")):
-            names.add(export["model_name"])
+        parameters = deployment.get("parameters", {})
+        for named in (parameters.get("config", {}).get("export", {}), parameters):  # retrain's form, the rollouts'
+            if "{{" not in str(named.get("model_name", "{{")):
+                names.add(named["model_name"])
     return names

@@ -201,6 +201,7 @@ def export_model(
             packages=package_versions(),
             git_commit=git_commit(),
             exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            tensorboard_run=provenance.tensorboard_run,
             profile=profile,
             drift_reference=provenance.drift_reference,
         )

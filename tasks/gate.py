@@ -23,12 +23,14 @@ def gate_model(
     `baseline_role` names the baseline in the reasons: "production", or "last blessed" for a version never promoted.
     """
     reasons: list[str] = []
+    failed: list[str] = []
     passed = True
     for metric, floor in (("precision", cfg.min_precision), ("recall", cfg.min_recall)):
         value = getattr(candidate, metric)
         ok = value >= floor
         passed &= ok
         reasons.append(f"{metric} {value:.4f} {'>=' if ok else '<'} floor {floor:.2f}")
+        failed += [] if ok else reasons[-1:]
     if baseline is None:
         reasons.append("no production version to compare with: floors alone decide")
     else:
@@ -40,10 +42,12 @@ def gate_model(
             relation = f"fell {drop:.4f} below" if drop > 0 else f"is {-drop:.4f} above" if drop < 0 else "equals"
             limit = "" if ok else f" (more than the {cfg.max_regression:.2f} allowed)"
             reasons.append(f"{metric} {value:.4f} {relation} {baseline_role} v{baseline_version} {reference:.4f}{limit}")
+            failed += [] if ok else reasons[-1:]
     if drift is not None:
         reasons.extend(drift.reasons)  # drift warns, or rejects where the config says block
         passed &= not drift.blocking
-    return Verdict(blessed=passed, reasons=tuple(reasons), baseline_version=baseline_version)
+        failed += list(drift.reasons) if drift.blocking else []
+    return Verdict(blessed=passed, reasons=tuple(reasons), failed=tuple(failed), baseline_version=baseline_version)
 
 
 @task(name="gate-model")

@@ -7,13 +7,16 @@ SavedModel exported from it, do to raw values exactly what training did.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 
 from aviary.cache import train_cache_key
 from aviary.config import TrainConfig
@@ -65,7 +68,11 @@ def class_weights(profile: DataProfile, mode: str) -> dict[int, float] | None:
     return {c: total / (2 * n) for c, n in counts.items()}
 
 
-def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel:
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+"""Called after each epoch with (epoch from 1, the epoch bound, the epoch's losses and metrics)."""
+
+
+def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: EpochCallback | None = None) -> TrainedModel:
     """Early stopping watches a validation share of the training set, so the eval set stays unseen;
     the weights of the best validation epoch are the ones kept.
 
@@ -83,6 +90,9 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
     held = tf_batches(train, VALIDATION_BATCH, part="holdout", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
     model = build_model(profile, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    progress = [] if on_epoch is None else [keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, cfg.epochs, {k: float(v) for k, v in (logs or {}).items()})
+    )]
     history = model.fit(
         fit,
         validation_data=held,
@@ -92,6 +102,7 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
+            *progress,
         ],
     )
     path = run_dir / MODEL_FILE
@@ -108,4 +119,14 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel
 
 @task(name="train-model", cache_key_fn=train_cache_key, persist_result=True)
 def train_model_task(train: Dataset, cfg: TrainConfig, run_dir: Path) -> TrainedModel:
-    return train_model(train, cfg, run_dir)
+    try:
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+    except MissingContextError:  # called through .fn, outside a run
+        logger = logging.getLogger(__name__)
+
+    def log_epoch(epoch: int, bound: int, logs: dict[str, float]) -> None:
+        numbers = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "learning_rate")
+        # `progress` lets a command line draw a bar from the same record the run's log keeps.
+        logger.info("epoch %d/%d: %s", epoch, bound, numbers, extra={"progress": ("training", epoch, bound)})
+
+    return train_model(train, cfg, run_dir, log_epoch)

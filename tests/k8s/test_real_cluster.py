@@ -16,6 +16,7 @@ import yaml
 
 import aviary.flows.rollout as rollout_module
 from aviary.config import PipelineConfig
+from aviary.flows.deployed import canary_deploy
 from aviary.flows.rollout import RolloutFailed, rollout
 from aviary.rollout import Phase
 from aviary.targets.base import Target
@@ -120,10 +121,10 @@ def test_real_export_event_canary_deploys_checks_and_promotes_on_kubernetes(
     (event,) = events
 
     parameters = render_canary_deploy(event["resource"], event["payload"])
-    deployed = rollout(**parameters)  # what the triggered canary-deploy run does, on its worker
+    deployed = canary_deploy(**parameters)  # what the triggered canary-deploy run does, on its worker
 
     assert deployed.phase == Phase.PROMOTED and deployed.version == result.version
-    assert parameters["config"]["rollout"]["target"] == "kubernetes"
+    assert parameters["rollout"]["target"] == "kubernetes"
     stable = ns.get("deployment", f"{MODEL}-stable")
     assert stable is not None
     assert stable["spec"]["progressDeadlineSeconds"] == math.ceil(config.rollout.ready_timeout_s)

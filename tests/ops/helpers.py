@@ -59,11 +59,11 @@ def small_parameters(doc: dict[str, Any], rest_port: int, grpc_port: int) -> dic
     local = {"rest_port": rest_port, "grpc_port": grpc_port, "grace_s": 0}
     for deployment in doc["deployments"]:
         if deployment["name"].startswith("retrain"):
-            config = deployment["parameters"]["config"]
+            config = deployment.setdefault("parameters", {}).setdefault("config", {})
             config["train"] = {"epochs": 25, "batch_size": 32, "learning_rate": 0.02, "patience": 5, "seed": 7}
             config["export"] = {"warmup_records": 5, "golden_rows": 20}
         elif deployment["name"] == "canary-deploy":
-            deployment["triggers"][0]["parameters"]["config"]["rollout"] = {"local": local, "ready_timeout_s": 60}
+            deployment["triggers"][0]["parameters"]["rollout"] = {"local": local, "ready_timeout_s": 60}
         else:
-            deployment["parameters"] = {"config": {"rollout": {"local": local}}}
+            deployment["parameters"] = {"rollout": {"local": local}}
     return doc

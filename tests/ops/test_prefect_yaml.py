@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import BaseModel
 
-from aviary.config import PipelineConfig
+from aviary.config import PipelineConfig, RolloutConfig
 from aviary.ops import deployments
 
 DOC = deployments.load()
@@ -21,8 +21,8 @@ BY_NAME = {d["name"]: d for d in DOC["deployments"]}
 EXPECTED = {
     "retrain-scheduled": "flows/retrain.py:retrain",
     "retrain-manual": "flows/retrain.py:retrain",
-    "canary-deploy": "flows/rollout.py:rollout",
-    "rollback": "flows/withdraw.py:withdraw",
+    "canary-deploy": "flows/deployed.py:canary_deploy",
+    "rollback": "flows/deployed.py:rollback",
 }
 
 
@@ -49,6 +49,8 @@ def assert_valid_parameters(parameters: dict[str, Any], entrypoint: str, *, comp
     validate(parameters, schema_of(entrypoint), raise_on_error=True, ignore_required=not complete)
     if "config" in parameters:
         PipelineConfig.model_validate(parameters["config"])
+    if "rollout" in parameters:
+        RolloutConfig.model_validate(parameters["rollout"])
 
 
 def test_the_file_passes_prefects_own_model_and_has_no_misspelled_keys() -> None:
@@ -81,15 +83,46 @@ def test_retrain_deployments_leave_the_rollout_to_canary_deploy() -> None:
         assert PipelineConfig.model_validate(BY_NAME[name]["parameters"]["config"]).rollout.hand_off
 
 
-def test_every_field_of_the_form_is_described() -> None:
-    schema = schema_of(EXPECTED["retrain-manual"])
-    missing = [
-        f"{model}.{field}"
-        for model, definition in schema["definitions"].items()
+def test_each_rollout_form_holds_only_what_a_rollout_uses() -> None:
+    forms = {name: schema_of(entrypoint) for name, entrypoint in EXPECTED.items()}
+    assert list(forms["retrain-manual"]["properties"]) == ["config"]  # its rollout settings travel to canary-deploy
+    assert list(forms["canary-deploy"]["properties"]) == ["version", "model_name", "store", "rollout", "triggered_by"]
+    assert list(forms["rollback"]["properties"]) == ["model_name", "store", "rollout"]
+    for name in ("canary-deploy", "rollback"):
+        assert not {"TrainConfig", "DataConfig", "GateConfig"} & set(forms[name]["definitions"])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_field_of_every_form_is_described_in_plain_text(name: str) -> None:
+    schema = schema_of(EXPECTED[name])
+    fields = [(name, field, spec) for field, spec in schema["properties"].items()] + [
+        (model, field, spec)
+        for model, definition in schema.get("definitions", {}).items()
         for field, spec in definition.get("properties", {}).items()
-        if not spec.get("description")
     ]
-    assert not missing
+    assert [f"{m}.{f}" for m, f, spec in fields if not spec.get("description")] == []
+    assert [f"{m}.{f}" for m, f, spec in fields if "<" in spec["description"]] == []  # the UI would take it for HTML
+    assert [f"{m}.{f}" for m, f, spec in fields if "anyOf" in spec] == []  # a type toggle, not a plain field
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters", "where"),
+    [
+        ("retrain-manual", {"config": {"train": {"epochs": 0}}}, "epochs"),
+        ("retrain-manual", {"config": {"split": {"eval_fraction": 1.5}}}, "eval_fraction"),
+        ("retrain-manual", {"config": {"export": {"model_name": "Bad Name!"}}}, "model_name"),
+        ("retrain-manual", {"config": {"data": {"features": ["x", "x"]}}}, "features"),
+        ("canary-deploy", {"version": 0}, "version"),
+        ("canary-deploy", {"version": 1, "model_name": "Bad Name!"}, "model_name"),
+        ("rollback", {"rollout": {"kubernetes": {"canary_weight": 101}}}, "canary_weight"),
+    ],
+)
+def test_the_server_refuses_bad_values_before_a_run_exists(name: str, parameters: dict[str, Any], where: str) -> None:
+    """The schema the server enforces (enforce_parameter_schema) holds the rules, so the UI marks the field."""
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    with pytest.raises(ValidationError, match=where):
+        validate(parameters, schema_of(EXPECTED[name]), raise_on_error=True, ignore_required=True)
 
 
 def test_nightly_schedule_runs_at_three_local_time_across_daylight_saving() -> None:
@@ -149,12 +182,15 @@ def test_canary_deploy_is_triggered_by_the_export_event_for_that_version_and_sto
     chosen = PipelineConfig.model_validate({"rollout": {
         "hand_off": True, "target": "kubernetes", "ready_timeout_s": 300,
         "kubernetes": {"in_cluster": True, "namespace": "serving", "replicas": 3, "canary_weight": 10}}}).rollout
-    rendered = render_trigger_parameters(spec["parameters"], resource, {"rollout": chosen.model_dump(mode="json")})
-    assert rendered["version"] == 7 and rendered["idempotency_key"] == "aviary.model.circle.7"
-    config = PipelineConfig.model_validate(rendered["config"])
-    assert (config.export.model_name, str(config.export.store)) == ("circle", "/srv/aviary/models")
-    assert config.rollout == chosen
+    rendered = render_trigger_parameters(spec["parameters"], resource, {"rollout": chosen.model_dump(mode="json", exclude_none=True)})
+    assert {k: rendered[k] for k in ("version", "model_name", "store", "triggered_by", "idempotency_key")} == {
+        "version": 7, "model_name": "circle", "store": "/srv/aviary/models", "triggered_by": "",
+        "idempotency_key": "aviary.model.circle.7"}
+    assert RolloutConfig.model_validate(rendered["rollout"]) == chosen
     assert_valid_parameters(rendered, deployment["entrypoint"], complete=True)
+    linked = render_trigger_parameters(spec["parameters"], {**resource, "aviary.retrain.flow-run": "run-id"},
+                                       {"rollout": chosen.model_dump(mode="json", exclude_none=True)})
+    assert linked["triggered_by"] == "run-id"
 
 
 def test_every_deployment_has_its_kubernetes_variant() -> None:

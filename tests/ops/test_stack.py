@@ -76,20 +76,28 @@ def test_an_exported_version_is_canary_deployed_by_the_event_trigger(running_sta
     with api(running_stack) as client:
         retrain_run = finished(client, retrain_id)
         assert retrain_run.state is not None and retrain_run.state.is_completed(), retrain_run.state
+        assert retrain_run.state.name == "Exported"  # not shipped by this run: canary-deploy does that
         version = max(int(p.name) for p in running_stack.store.joinpath("circle").iterdir() if p.name.isdigit())
 
         def canary() -> FlowRun | None:
             return next((r for r in runs_of(client, "canary-deploy") if r.parameters.get("version") == version), None)
 
         run = wait_for(f"a canary-deploy run for v{version}", canary, 30)
-        assert run.parameters["config"]["export"] == {"model_name": "circle", "store": str(running_stack.store)}
-        assert run.parameters["config"]["rollout"]["local"]["rest_port"] != 8501
+        assert (run.parameters["model_name"], run.parameters["store"]) == ("circle", str(running_stack.store))
+        assert run.parameters["rollout"]["local"]["rest_port"] != 8501
+        assert run.parameters["triggered_by"] == str(retrain_id)
         run = finished(client, run.id)
+        # The two runs link each other, through an artifact on each.
+        links = {a.key: str(a.data) for a in client.read_artifacts() if a.key in ("circle-canary-deploy", "circle-exported-by")}
+        assert f"(/runs/flow-run/{run.id})" in links["circle-canary-deploy"]
+        assert f"(/runs/flow-run/{retrain_id})" in links["circle-exported-by"]
         # Completed once the local model server (`python -m serving`) is in the tree; until then the
         # target cannot start it, and the rollout fails cleanly. Either way the worker ran it to the end.
         assert run.state is not None
         if not run.state.is_completed():
             assert "local server" in (run.state.message or ""), run.state.message
+        else:
+            assert run.state.name == "Promoted"
         # Exactly one canary-deploy run for this version: the event is emitted once.
         assert [r.parameters["version"] for r in runs_of(client, "canary-deploy")].count(version) == 1
 

@@ -1,10 +1,12 @@
-"""The UI walk-through in a real browser: edit the retrain-manual form, submit, watch the run complete, read its artifacts.
+"""The UI walk-through in a real browser: the forms, a run from the form, its state, its pictures.
 
 Debian's chromium, driven by Playwright. Skips only where chromium is not installed; CI installs it (.ci/run).
+Screenshots land in $AVIARY_SCREENSHOTS (or a temporary folder), to look at when a check fails.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,41 +39,113 @@ def page() -> Iterator[Any]:
             browser.close()
 
 
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = Path(os.environ.get("AVIARY_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
 def form_input(page: Any, label: str) -> Any:
     """The input of the innermost form property whose label starts with `label`."""
     prop = "contains(concat(' ', normalize-space(@class), ' '), ' schema-form-property ')"
-    return page.locator(f"xpath=//span[starts-with(normalize-space(.), '{label}')]/ancestor::div[{prop}][1]//input")
+    return page.locator(f"xpath=//span[starts-with(normalize-space(.), '{label}')]"
+                        f"/ancestor::div[{prop}][1]//*[self::input or self::textarea]")
 
 
-def test_retrain_from_the_form_runs_to_completion_with_its_artifacts(running_stack: RunningStack, page: Any) -> None:
-    from playwright.sync_api import expect
+def deployment_id(running: RunningStack, name: str) -> str:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(running.stack.api_url) as client:
+        return str(client.read_deployment_by_name(name).id)
+
+
+def runs_of(running: RunningStack, deployment: str) -> list[Any]:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.client.schemas.objects import FlowRun
+
+    with SyncPrefectClient(running.stack.api_url) as client:
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])))
+
+
+def test_each_form_shows_what_its_deployment_uses(running_stack: RunningStack, page: Any, shots: Path) -> None:
+    from playwright.sync_api import expect
 
     base = running_stack.stack.url
-    with SyncPrefectClient(running_stack.stack.api_url) as client:
-        deployment = client.read_deployment_by_name("retrain/retrain-manual")
+    page.goto(f"{base}/deployments/deployment/{deployment_id(running_stack, 'retrain/retrain-manual')}/run")
+    expect(page.get_by_text("The training CSV and its columns.")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Model store root; a version is the folder store/model/version.")).to_be_visible()
+    # Its rollout settings are there on purpose: the export event carries them to canary-deploy.
+    expect(page.get_by_text("Hand Off (Optional)")).to_be_visible()
 
-    page.goto(f"{base}/deployments/deployment/{deployment.id}/run")
+    page.goto(f"{base}/deployments/deployment/{deployment_id(running_stack, 'rollout/canary-deploy')}/run")
+    expect(page.get_by_text("Canary Weight (Optional)")).to_be_visible(timeout=30_000)
+    text = page.locator("body").inner_text()
+    assert "Epochs" not in text and "Precision Floor" not in text  # training settings: the retrain form's
+    assert "Property is type" not in text
+    # Optional values are plain, empty fields, not toggles between a type and None.
+    for label in ("Canary Weight", "Kubeconfig", "Context", "Store Uri"):
+        expect(form_input(page, label)).to_have_value("")
+    page.get_by_text("Canary Weight (Optional)").scroll_into_view_if_needed()
+    page.screenshot(path=shots / "form-canary-deploy.png")
+
+
+def test_the_form_marks_every_bad_field_and_creates_no_run(running_stack: RunningStack, page: Any, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    deployment = deployment_id(running_stack, "retrain/retrain-manual")
+    before = len(runs_of(running_stack, deployment))
+    page.goto(f"{running_stack.stack.url}/deployments/deployment/{deployment}/run")
+    expect(page.get_by_text("The training CSV and its columns.")).to_be_visible(timeout=30_000)
+    form_input(page, "Epochs").fill("0")
+    form_input(page, "Eval Fraction").fill("1.5")
+    form_input(page, "Model Name").fill("Bad Name!")
+    page.get_by_role("button", name="Submit").click()
+    # Every bad field marked at once, by the form, before anything reaches the server.
+    expect(page.get_by_text("0 is less than the minimum of 1")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("1.5 is greater than or equal to the maximum of 1")).to_be_visible()
+    expect(page.get_by_text("'Bad Name!' does not match")).to_be_visible()
+    page.screenshot(path=shots / "form-bad-values.png")
+    assert page.get_by_text("Error creating flow run").count() == 0  # no toast from a refused submit
+    assert len(runs_of(running_stack, deployment)) == before
+
+
+def test_retrain_from_the_form_shows_its_state_and_pictures(running_stack: RunningStack, page: Any, shots: Path) -> None:
+    from playwright.sync_api import expect
+
+    base = running_stack.stack.url
+    deployment = deployment_id(running_stack, "retrain/retrain-manual")
+    page.goto(f"{base}/deployments/deployment/{deployment}/run")
     expect(page.get_by_text("The training CSV and its columns.")).to_be_visible(timeout=30_000)  # the form, described
     form_input(page, "Epochs").fill("9")
+    form_input(page, "Max Regression").fill("1")  # blessed whatever production is, so it ends Exported
     page.get_by_role("button", name="Submit").click()
-    expect(page.get_by_text("scheduled to start").first).to_be_visible(timeout=30_000)  # the UI's toast
 
-    with SyncPrefectClient(running_stack.stack.api_url) as client:
+    def submitted() -> Any:
+        runs = runs_of(running_stack, deployment)
+        return next((r for r in runs if r.parameters.get("config", {}).get("train", {}).get("epochs") == 9), None)
 
-        def submitted() -> FlowRun | None:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
-            return next((r for r in runs if r.parameters.get("config", {}).get("train", {}).get("epochs") == 9), None)
-
-        flow_run = wait_for("the run submitted from the form", submitted, 30)
-    assert flow_run.parameters["config"]["rollout"]["target"] == "none"  # the deployment's value kept beside the edit
+    flow_run = wait_for("the run submitted from the form", submitted, 120)  # the API, not the UI's passing toast
+    assert flow_run.parameters["config"]["export"]["golden_rows"] == 20  # the deployment's value kept beside the edit
     page.goto(f"{base}/runs/flow-run/{flow_run.id}")
 
-    # The page follows the run as the worker executes it.
-    expect(page.locator(".state-badge", has_text="Completed").first).to_be_visible(timeout=180_000)
-    expect(page.get_by_text("ingest-csv").first).to_be_visible(timeout=30_000)  # its task runs
+    # The page follows the run as the worker executes it; it ends named for what became of the model.
+    expect(page.locator(".state-badge", has_text="Exported").first).to_be_visible(timeout=240_000)
+    expect(page.get_by_text("draw-pictures").first).to_be_visible(timeout=30_000)  # its task runs
     page.get_by_role("tab", name="Artifacts").or_(page.get_by_text("Artifacts", exact=True)).first.click()
-    expect(page.get_by_text("circle-metrics").first).to_be_visible(timeout=30_000)
-    expect(page.get_by_text("circle-verdict").first).to_be_visible(timeout=30_000)
+    for key in ("circle-metrics", "circle-verdict", "circle-pictures"):
+        expect(page.get_by_text(key).first).to_be_visible(timeout=30_000)
+    page.screenshot(path=shots / "run-artifacts.png")
+
+    page.get_by_text("circle-pictures").first.click()
+    images = page.locator("img[src^='data:image/png']")
+    expect(images).to_have_count(5, timeout=30_000)
+
+    def widths() -> list[int] | None:
+        sizes = images.evaluate_all("els => els.map(e => e.complete ? e.naturalWidth : 0)")
+        return sizes if all(w > 0 for w in sizes) else None
+
+    assert sorted(wait_for("the pictures to load", widths, 30)) == [400, 500, 500, 600, 600]
+    assert images.evaluate_all("els => els.map(e => e.alt)") == [
+        "Precision-recall", "ROC", "Confusion matrix", "Beside the baseline, same eval set", "All versions"]
+    page.screenshot(path=shots / "run-pictures.png", full_page=True)

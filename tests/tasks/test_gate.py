@@ -16,7 +16,7 @@ CFG = GateConfig(min_precision=0.8, min_recall=0.8, max_regression=0.02)
 
 def test_first_model_faces_the_floors_alone() -> None:
     verdict = gate_model(evaluation(0.93, 0.88), CFG)
-    assert verdict.blessed
+    assert verdict.blessed and verdict.failed == ()
     assert verdict.reasons[:2] == ("precision 0.9300 >= floor 0.80", "recall 0.8800 >= floor 0.80")
     assert "floors alone" in verdict.reasons[2]
 
@@ -25,6 +25,7 @@ def test_a_floor_that_fails_rejects_with_its_reason() -> None:
     verdict = gate_model(evaluation(0.71, 0.9), CFG)
     assert not verdict.blessed
     assert "precision 0.7100 < floor 0.80" in verdict.reasons
+    assert verdict.failed == ("precision 0.7100 < floor 0.80",)  # the passing recall rule is not among them
 
 
 def test_regression_beyond_tolerance_against_production_rejects() -> None:
