@@ -86,7 +86,8 @@ def test_retrain_deployments_leave_the_rollout_to_canary_deploy() -> None:
 def test_each_rollout_form_holds_only_what_a_rollout_uses() -> None:
     forms = {name: schema_of(entrypoint) for name, entrypoint in EXPECTED.items()}
     assert list(forms["retrain-manual"]["properties"]) == ["config"]  # its rollout settings travel to canary-deploy
-    assert list(forms["canary-deploy"]["properties"]) == ["version", "model_name", "store", "rollout", "triggered_by"]
+    assert list(forms["canary-deploy"]["properties"]) == ["version", "model_name", "store", "rollout", "triggered_by",
+                                                         "idempotency_key"]
     assert list(forms["rollback"]["properties"]) == ["model_name", "store", "rollout"]
     for name in ("canary-deploy", "rollback"):
         assert not {"TrainConfig", "DataConfig", "GateConfig"} & set(forms[name]["definitions"])
