@@ -73,6 +73,18 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _reap_group(pid: int) -> None:
+    """Kill what is left of a dead server's process group (a helper it spawned outlives a SIGKILL of the server).
+
+    The server led its own session, so the group's id is its pid; Linux does not hand out a pid that
+    is still a live group's id, so this reaches only that server's leftovers.
+    """
+    if alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 class LocalServer:
     def __init__(self, cfg: LocalConfig, config_file: Path, python: str = sys.executable) -> None:
         self.cfg = cfg
@@ -217,6 +229,8 @@ class LocalServer:
         if old is not None and alive(old.pid) and self._ours(old.pid, old.instance):
             # Ours but not answering on the configured ports (hung, or started with other ports): replace it.
             self._terminate(old.pid)
+        elif old is not None:
+            _reap_group(old.pid)
         self.pid_file.unlink(missing_ok=True)
         adopted = self._adopt()  # ours, started by a run killed before it wrote the pid file
         if adopted is not None:
@@ -291,6 +305,8 @@ class LocalServer:
                 self._terminate(rec.pid)
                 self.pid_file.unlink(missing_ok=True)
                 return f"stopped pid {rec.pid} (instance {rec.instance})"
+            if rec is not None:
+                _reap_group(rec.pid)
             self.pid_file.unlink(missing_ok=True)
             answer = self.probe()
             if answer:
