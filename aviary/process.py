@@ -62,8 +62,12 @@ class Background:
         cwd: Path,
         env: Mapping[str, str] | None = None,
         record: Mapping[str, Any] | None = None,
+        write_pid: bool = True,
     ) -> subprocess.Popen[bytes]:
-        """Start `command` in its own session, output appended to the log; the pid file gets `record` too."""
+        """Start `command` in its own session, output appended to the log; the pid file gets `record` too.
+
+        With `write_pid=False` the caller writes the pid file itself (`write`), once the process is up.
+        """
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
@@ -71,10 +75,15 @@ class Background:
                 list(command), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=cwd, env=None if env is None else dict(env), start_new_session=True,
             )
-        tmp = self.pid_file.with_name(f".{self.pid_file.name}.tmp")
-        tmp.write_text(json.dumps({"pid": process.pid, **(record or {}), "started": time.time()}))
-        tmp.replace(self.pid_file)
+        if write_pid:
+            self.write(process.pid, {**(record or {}), "started": time.time()})
         return process
+
+    def write(self, pid: int, record: Mapping[str, Any]) -> None:
+        """The pid file, durably: `{"pid": pid, **record}`."""
+        from aviary.durable import write_json_atomic
+
+        write_json_atomic(self.pid_file, {**record, "pid": pid})
 
     def stop(self, timeout_s: float) -> bool:
         """SIGTERM the process group, SIGKILL it after `timeout_s`; True if it was running."""

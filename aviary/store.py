@@ -1,18 +1,20 @@
 """The model store: TF Serving's `<store>/<model>/<version>/` layout plus aliases and rejected records.
 
 Numeric children are servable versions and nothing else: TF Serving ignores the other names,
-so aliases, reservations and records of rejected versions live beside them.
+so aliases, reservations, marks and records of rejected versions live beside them. Every file that
+commits something (a version, an alias, the history, a mark) is fsynced with its directory before
+the rename that makes it visible (`aviary.durable`), so a crash leaves the old state or the new one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aviary.durable import fsync_dir, remove_stale_temps, write_json_atomic
 from aviary.types import GoldenSet, VersionMetadata
 
 ALIASES_FILE = "aliases.json"
@@ -21,16 +23,23 @@ REJECTED_DIR = "rejected"
 METADATA_FILE = "assets.extra/aviary.json"
 GOLDEN_FILE = "assets.extra/aviary_golden.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+MARKS_DIR = ".once"
+STALE_TEMP_AGE_S = 3600.0
+"""Temp names without an owner pid (written before pids were part of them) are removed once this old."""
+
+__all__ = ["ModelStore", "History", "StoreError", "write_json_atomic"]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+class StoreError(ValueError):
+    """The store holds something that cannot be used as it is; the message names the file and what to do."""
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise StoreError(f"{path}: unreadable {what} ({' '.join(str(error).split())}); "
+                         "restore it from a backup or remove it") from None
 
 
 @dataclass(frozen=True)
@@ -58,24 +67,50 @@ class ModelStore:
         return GoldenSet.model_validate_json((self.version_dir(version) / GOLDEN_FILE).read_bytes())
 
     # -- aliases ---------------------------------------------------------
-    def aliases(self) -> dict[str, int]:
-        path = self.base / ALIASES_FILE
+    @property
+    def aliases_file(self) -> Path:
+        return self.base / ALIASES_FILE
+
+    def _raw_aliases(self) -> dict[str, int]:
+        path = self.aliases_file
         if not path.exists():
             return {}
-        return {k: int(v) for k, v in json.loads(path.read_text()).items() if v is not None}
+        data = _read_json(path, "aliases")
+        try:
+            return {str(k): int(v) for k, v in data.items() if v is not None}
+        except (AttributeError, TypeError, ValueError):
+            raise StoreError(f"{path}: aliases must map names to version numbers, got {data!r:.200}; "
+                             "restore it from a backup or remove it") from None
+
+    def aliases(self) -> dict[str, int]:
+        """Aliases such as `production` and `canary`; one pointing at a version not in the store is refused."""
+        aliases = self._raw_aliases()
+        versions = self.versions()
+        for name, version in aliases.items():
+            if version not in versions:
+                raise StoreError(
+                    f"{self.aliases_file}: alias '{name}' points at version {version}, which is not in the store "
+                    f"(versions: {', '.join(map(str, versions)) or 'none'}); nothing was changed: "
+                    f"restore {self.version_dir(version)} or fix the alias"
+                )
+        return aliases
 
     def set_aliases(self, **aliases: int | None) -> dict[str, int]:
         """Set (an int) or drop (None) aliases such as `production` and `canary`."""
-        current = self.aliases()
+        current = self._raw_aliases()
         for name, version in aliases.items():
             if version is None:
                 current.pop(name, None)
             elif version not in self.versions():
-                raise ValueError(f"{self.base}: cannot point alias '{name}' at version {version}: not in the store")
+                raise StoreError(f"{self.aliases_file}: cannot point alias '{name}' at version {version}: not in the store")
             else:
                 current[name] = version
-        write_json_atomic(self.base / ALIASES_FILE, current)
+        write_json_atomic(self.aliases_file, current, "aliases")
         return current
+
+    def production(self) -> int | None:
+        """The production version; refused with a line naming aliases.json when it is not in the store."""
+        return self.aliases().get("production")
 
     def baseline(self) -> int | None:
         """The version a candidate is judged against: production, else the last blessed one."""
@@ -112,7 +147,14 @@ class ModelStore:
                 continue
             with os.fdopen(fd, "w") as f:
                 f.write(run_key)
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_dir(reserved)
             return version
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Temp directories and files that killed writers left in the store; a live writer's are kept."""
+        return remove_stale_temps(self.base, STALE_TEMP_AGE_S)
 
     def record_rejected(self, version: int, record: dict[str, Any]) -> Path:
         path = self.base / REJECTED_DIR / f"{version}.json"
@@ -124,14 +166,46 @@ class ModelStore:
         marks = self.base / ".once"
         marks.mkdir(parents=True, exist_ok=True)
         try:
-            os.close(os.open(marks / f"{what}-{version}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            fd = os.open(marks / f"{what}-{version}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             return False
+        os.fsync(fd)
+        os.close(fd)
+        fsync_dir(marks)
         return True
+
+    # -- marks: durable records that something happened for a version ----
+    def _mark_path(self, what: str, version: int) -> Path:
+        return self.base / MARKS_DIR / f"{what}-{version}.json"
+
+    def mark(self, what: str, version: int, **details: Any) -> None:
+        """Record, durably, that `what` happened for `version` (set after the fact, so a crash before it repeats it)."""
+        write_json_atomic(self._mark_path(what, version), {"what": what, "version": version, **details}, f"mark-{what}")
+
+    def marked(self, what: str, version: int) -> dict[str, Any] | None:
+        path = self._mark_path(what, version)
+        if not path.exists():
+            return None
+        data = _read_json(path, "mark")
+        return data if isinstance(data, dict) else {}
+
+    def unmark(self, what: str, version: int) -> None:
+        path = self._mark_path(what, version)
+        if path.exists():
+            path.unlink()
+            fsync_dir(path.parent)
+
+    def marked_versions(self, what: str) -> list[int]:
+        """Versions that carry a `what` mark, oldest first."""
+        marks = self.base / MARKS_DIR
+        if not marks.is_dir():
+            return []
+        prefix = f"{what}-"
+        return sorted(int(p.stem[len(prefix):]) for p in marks.glob(f"{prefix}*.json") if p.stem[len(prefix):].isdigit())
 
     def rejected(self, version: int) -> dict[str, Any] | None:
         path = self.base / REJECTED_DIR / f"{version}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return _read_json(path, "record of a rejected version") if path.exists() else None
 
 
 class History:
@@ -141,13 +215,18 @@ class History:
         self.path = store.base / "history.json"
 
     def events(self) -> list[dict[str, Any]]:
-        return json.loads(self.path.read_text()) if self.path.exists() else []
+        if not self.path.exists():
+            return []
+        events = _read_json(self.path, "history")
+        if not isinstance(events, list):
+            raise StoreError(f"{self.path}: the history must be a list of events; restore it from a backup or remove it")
+        return events
 
     def record(self, event: str, version: int, **details: Any) -> None:
         from datetime import UTC, datetime
 
         entry = {"event": event, "version": version, "at": datetime.now(UTC).isoformat(timespec="seconds"), **details}
-        write_json_atomic(self.path, [*self.events(), entry])
+        write_json_atomic(self.path, [*self.events(), entry], "history")
 
     def previous_production(self, current: int | None) -> int | None:
         """The newest version promoted before `current` that was not itself withdrawn."""

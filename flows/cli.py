@@ -90,10 +90,12 @@ def one_line(error: BaseException) -> str:
 
 def run_main(run: Callable[[], T], describe: Callable[[T], str]) -> int:
     """A flow's command line: what `describe` says of the result and exit 0, or the one-line error and exit 1."""
+    from aviary.prefect_api import own_prefect_api
     from aviary.quiet import finish_progress
 
     try:
-        result = run()
+        with own_prefect_api():  # with no API configured, a throwaway one that dies with this process
+            result = run()
     except Exception as error:  # noqa: BLE001 - the CLI's contract is one line, not a traceback
         finish_progress()
         print(f"error: {one_line(error)}", file=sys.stderr)

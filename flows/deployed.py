@@ -32,6 +32,7 @@ def canary_deploy(
     store: Path = _EXPORT.store,
     rollout: RolloutConfig = _ROLLOUT,
     triggered_by: str = "",
+    idempotency_key: str = "",
 ) -> RolloutResult:
     """Canary-deploy an exported version, check it with real predictions, then promote it or roll it back.
 
@@ -41,9 +42,10 @@ def canary_deploy(
         store: Model store root; a version is the folder store/model/version.
         rollout: Where and how the version is canary-deployed and checked.
         triggered_by: The retrain run whose export started this rollout; the trigger sets it, leave it empty by hand.
+        idempotency_key: The export event's; the trigger sets it, so a repeated event is not acted on twice.
     """
     config = PipelineConfig(export=ExportConfig(model_name=model_name, store=store), rollout=rollout)
-    return rollout_flow.fn(version, config, triggered_by)
+    return rollout_flow.fn(version, config, triggered_by, idempotency_key or None)
 
 
 @flow(name="withdraw")

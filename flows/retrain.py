@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict
 
 from aviary.cache import result_storage
 from aviary.config import PipelineConfig
+from aviary.faults import crash_point
 from aviary.flows.cli import add_config_arguments, config_from_args, one_line
 from aviary.flows.rollout import RolloutFailed, rollout
+from aviary.prefect_api import own_prefect_api
 from aviary.report import final_state, pictures_markdown
 from aviary.report import verdict_markdown as verdict_text
 from aviary.store import ModelStore
@@ -35,6 +37,49 @@ from aviary.tasks.train import train_model_task
 from aviary.types import EvalReport, Provenance, Verdict
 
 EXPORTED_EVENT = "aviary.model.exported"
+ANNOUNCE_MARK = "export-to-announce"
+ANNOUNCED_MARK = "exported-event"
+
+
+def idempotency_key(model: str, version: int) -> str:
+    """One key per version: canary-deploy acts on the export events that carry it at most once."""
+    return f"aviary.model.{model}.{version}"
+
+
+def announce_exports(store: ModelStore) -> list[int]:
+    """Emit the export event of each exported version not yet announced; returns those versions.
+
+    At least once: the event goes out before the mark that it went, so a crash in between sends it
+    again, and canary-deploy's idempotency key makes the repeat a no-op.
+    """
+    sent = []
+    exported = set(store.versions())
+    for version in store.marked_versions(ANNOUNCE_MARK):
+        if version not in exported:
+            continue  # not exported (yet): its run may still be at work, or died before the rename
+        if store.marked(ANNOUNCED_MARK, version) is None:
+            metadata = store.metadata(version)
+            intent = store.marked(ANNOUNCE_MARK, version) or {}
+            rollout_settings = intent.get("rollout", {})
+            emit_event(
+                event=EXPORTED_EVENT,
+                resource={
+                    "prefect.resource.id": f"aviary.model.{store.model}.{version}",
+                    "aviary.model.name": store.model,
+                    "aviary.model.version": str(version),
+                    "aviary.model.path": str(store.version_dir(version).resolve()),
+                    "aviary.idempotency-key": idempotency_key(store.model, version),
+                    "aviary.retrain.flow-run": intent.get("flow_run", ""),
+                    "aviary.rollout.hand-off": str(bool(rollout_settings.get("hand_off"))).lower(),
+                },
+                # The rollout settings travel with the version, so canary-deploy rolls it out where its run meant to.
+                payload={"blessed": True, "metrics": metadata.metrics.model_dump(mode="json"), "rollout": rollout_settings},
+            )
+            crash_point("after-emit")
+            store.mark(ANNOUNCED_MARK, version, key=idempotency_key(store.model, version))
+            sent.append(version)
+        store.unmark(ANNOUNCE_MARK, version)
+    return sent
 
 
 class RetrainResult(BaseModel):
@@ -80,6 +125,7 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
     run_key = flow_run.get_id() or uuid.uuid4().hex
     run_dir = config.runs_dir / model / run_key
 
+    announce_exports(store)  # versions that a killed run exported but never announced
     results = result_storage(config.runs_dir)  # ingest and training are cached across runs, under runs_dir
     dataset = ingest_csv_task.with_options(result_storage=results)(config.data, config.runs_dir / "datasets")
     split = split_dataset_task(dataset, config.split, run_dir / "split")
@@ -162,30 +208,20 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         drift_reference=reference_task(train_set.path, profile),
         tensorboard_run=pictures.tensorboard_run,
     )
+    # The export is to be announced, even if this run dies after it, with the rollout settings it chose.
+    store.mark(ANNOUNCE_MARK, version, run=run_key, flow_run=flow_run.get_id() or "",
+               rollout=config.rollout.model_dump(mode="json", exclude_none=True))
     exported = export_model_task(
         trained, split.eval, evaluation, verdict, version, config.export, provenance, config.data.behaviour_cases()
     )
     logger.info("%s v%s exported to %s", model, version, exported.path)
-    if store.claim_once("exported-event", version):
-        emit_event(
-            event=EXPORTED_EVENT,
-            resource={
-                "prefect.resource.id": f"aviary.model.{model}.{version}",
-                "aviary.model.name": model,
-                "aviary.model.version": str(version),
-                "aviary.model.path": str(exported.path.resolve()),
-                "aviary.retrain.flow-run": flow_run.get_id() or "",
-                "aviary.rollout.hand-off": str(config.rollout.hand_off).lower(),
-            },
-            # The rollout settings travel with the version, so canary-deploy rolls it out where this run meant to.
-            payload={"blessed": True, "metrics": evaluation.model_dump(mode="json"),
-                     "rollout": config.rollout.model_dump(mode="json", exclude_none=True)},  # unset: left out
-        )
+    crash_point("after-export")
+    announce_exports(store)
     result = result.model_copy(update={"path": exported.path})
     if config.rollout.target == "none" or config.rollout.hand_off:
         return final_state(result, "Exported", f"{model} v{version} exported; not rolled out here")
     try:
-        deployed = rollout(version, config)
+        deployed = rollout(version, config, idempotency_key=idempotency_key(model, version))
     except RolloutFailed as failure:
         result = result.model_copy(update={"rollout": failure.phase, "rollout_reason": str(failure)})
         return final_state(result, failure.phase, str(failure), failed=True)
@@ -237,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
-        state = retrain(config, return_state=True)
-        outcome = state.result(raise_on_failure=False)
+        with own_prefect_api():  # with no API configured, a throwaway one that dies with this process
+            state = retrain(config, return_state=True)
+            outcome = state.result(raise_on_failure=False)
         if not isinstance(outcome, RetrainResult):  # the run failed before it had a result
             raise outcome if isinstance(outcome, BaseException) else RuntimeError(state.message or state.name)
         result = outcome

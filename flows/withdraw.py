@@ -30,7 +30,7 @@ def withdraw(config: PipelineConfig = PipelineConfig()) -> RolloutResult:
     if previous is None:
         now = f"production is v{current}" if current is not None else "nothing is production"
         raise ValueError(f"{store.base}: no earlier production version to return to ({now})")
-    result = deploy_version(previous, config, build_target(config))
+    result = deploy_version(previous, config, build_target(config), going_back=True)
     if current is not None:
         history.record("withdrawn", current, replaced_by=previous)
     return result

@@ -76,6 +76,7 @@ class RestOptions:
     enable_cors: bool = False
     header_timeout_s: float = 10.0
     max_connections: int = 0  # 0: default_max_connections()
+    instance_id: str = ""
 
 
 class RestServer:
@@ -403,6 +404,8 @@ class _Connection(asyncio.Protocol):
             status, reason, ctype, len(payload))
         if extra:
             head += b"".join(f"{name}: {value}\r\n".encode() for name, value in extra)
+        if self.server.options.instance_id:
+            head += b"X-Aviary-Instance: %s\r\n" % self.server.options.instance_id.encode("latin-1")
         if not self.keep_alive:
             head += b"Connection: close\r\n"
         self.transport.write(head + b"\r\n" + payload)

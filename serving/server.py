@@ -22,7 +22,7 @@ VERSION = "2.21.0-aviary"
 
 @dataclass
 class Flags:
-    """tensorflow_model_server's flags (main.cc), plus --host, --max_request_bytes and the REST guards of our own."""
+    """tensorflow_model_server's flags (main.cc), plus --host, --max_request_bytes, --instance_id and the REST guards of our own."""
 
     port: int = 8500
     rest_api_port: int = 8501
@@ -57,6 +57,7 @@ class Flags:
     # connections (0: half the descriptor limit, at most 4096); connections past it get 503 and close.
     rest_api_header_timeout_in_ms: int = 10000
     rest_api_max_connections: int = 0
+    instance_id: str = ""  # ours: echoed as X-Aviary-Instance, so a client can tell which server answers
     version: bool = False
 
 
@@ -292,6 +293,7 @@ class ModelServer:
                 enable_cors=flags.rest_api_enable_cors_support,
                 header_timeout_s=flags.rest_api_header_timeout_in_ms / 1000.0,
                 max_connections=flags.rest_api_max_connections,
+                instance_id=flags.instance_id,
             ))
             self.rest_server = rest
             self.rest_port = await rest.start(flags.host, flags.rest_api_port, dispatcher)
@@ -352,6 +354,9 @@ def main(argv: Sequence[str]) -> int:
     if flags.version:
         print(f"TensorFlow ModelServer: {VERSION}\nTensorFlow Library: 2.21")
         return 0
+    if not all(c.isalnum() or c in "._-" for c in flags.instance_id):
+        print("--instance_id may hold only letters, digits, '.', '_' and '-'", file=sys.stderr)
+        return 2
     if not flags.model_config_file and not flags.model_base_path:
         print("Either --model_config_file or --model_base_path must be given", file=sys.stderr)
         return 2

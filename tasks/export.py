@@ -7,7 +7,6 @@ so TF Serving never sees half a version; a retry with the same version changes n
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ from prefect import task
 from aviary.behaviour import Case
 from aviary.config import ExportConfig
 from aviary.dataio import head_frame
+from aviary.durable import commit_rename, fsync_tree, temp_prefix
 from aviary.files import file_digest
 from aviary.profile import DataProfile
 from aviary.saved_model import SIGNATURE, predict_saved_model
@@ -165,7 +165,8 @@ def export_model(
     profile = trained.profile or dataset_profile(eval_set)
     inputs = {f.column: f.input_name for f in profile.features}
     store.base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=store.base))
+    store.remove_stale_temps()  # what killed exports left behind
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(str(version)), dir=store.base))
     try:
         write_saved_model(trained.path, profile, evaluation.threshold, tmp)
         rows = head_frame(eval_set, max(2 * cfg.golden_rows, cfg.warmup_records))  # not the whole eval set
@@ -205,7 +206,8 @@ def export_model(
             drift_reference=provenance.drift_reference,
         )
         write_json_atomic(tmp / METADATA_FILE, metadata.model_dump(mode="json"))
-        os.rename(tmp, final)  # atomic; fails if a concurrent export won the race
+        fsync_tree(tmp)  # the version's bytes are on disk before its name is
+        commit_rename(tmp, final, "version")  # atomic; fails if a concurrent export won the race
     except Exception as error:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"export of {cfg.model_name} v{version} failed, nothing written: {_one_line(error)}") from error

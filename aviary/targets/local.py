@@ -1,10 +1,12 @@
 """The embedded target: the local TF-Serving-compatible server (`python -m serving`) on 127.0.0.1.
 
-One server runs in the background for every model; it is found again through its pid file and
-its status API, and started when needed. Its model config file is the target's whole state, so a
-restarted server comes back serving what it served. Version labels `stable` and `canary` are
-TF Serving's own: a label may only point at an AVAILABLE version, so a canary is loaded first
-and labelled once it serves.
+One server runs in the background for every model; `LocalServer` starts it once, knows it for sure
+(pid, ports, instance id) and refuses anything else on the port. The live server is the truth: what
+is served (versions, their states, the `stable` and `canary` labels) is read from its status API
+before the target acts or reports. The model config files record the last config the server
+accepted, so a restarted server comes back serving what it served; a config the server refuses is
+never written, and the last accepted one is sent back. Version labels are TF Serving's own: a label
+may only move to an AVAILABLE version, so a version is loaded first and labelled once it serves.
 """
 
 from __future__ import annotations
@@ -13,21 +15,32 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from aviary.config import LocalConfig
+from aviary.config import LocalConfig, PipelineConfig
+from aviary.durable import write_bytes_atomic, write_json_atomic
+from aviary.lock import Busy, model_lock
 from aviary.model_config import ModelEntry, build_model_config, render_model_configs
-from aviary.process import Background, wait_started
-from aviary.store import write_json_atomic
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
+from aviary.targets.local_server import METRICS_PATH, START_TIMEOUT_S, LocalServer, ServerRecord
 
-START_TIMEOUT_S = 90.0
-STOP_TIMEOUT_S = 20.0
 POLL_S = 0.1
-METRICS_PATH = "/monitoring/prometheus/metrics"
+LABELS: tuple[Track, ...] = ("stable", "canary")
+
+
+@dataclass(frozen=True)
+class Live:
+    """What the server serves for one model: each version's state, and the version each label answers with."""
+
+    versions: dict[int, str]
+    labels: dict[str, int]
+    errors: dict[int, str]
 
 
 class LocalTarget:
@@ -36,14 +49,14 @@ class LocalTarget:
     def __init__(self, cfg: LocalConfig, store_root: Path, python: str = sys.executable) -> None:
         self.cfg = cfg
         self.store_root = store_root.resolve()
-        self.python = python
         self.state_dir = cfg.state_dir
-        self.rest = f"http://{cfg.host}:{cfg.rest_port}"
+        self.server = LocalServer(cfg, self.config_file, python)
+        self.rest = self.server.rest
 
     # -- files -----------------------------------------------------------
     @property
     def pid_file(self) -> Path:
-        return self.state_dir / "server.pid"
+        return self.server.pid_file
 
     @property
     def config_file(self) -> Path:
@@ -55,10 +68,19 @@ class LocalTarget:
 
     @property
     def log_file(self) -> Path:
-        return self.state_dir / "server.log"
+        return self.server.log_file
 
     def _models(self) -> dict[str, dict[str, Any]]:
-        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+        """The last config the server accepted, by model."""
+        if not self.state_file.exists():
+            return {}
+        try:
+            models = json.loads(self.state_file.read_text())
+            return {name: {"versions": [int(v) for v in m["versions"]], "labels": {k: int(v) for k, v in m["labels"].items()}}
+                    for name, m in models.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise TargetError(f"{self.state_file}: unreadable record of the served config ({error}); "
+                              "remove it and run a rollout to rebuild it") from None
 
     def _entries(self, models: dict[str, dict[str, Any]]) -> list[ModelEntry]:
         return [
@@ -67,89 +89,116 @@ class LocalTarget:
             if m["versions"]
         ]
 
-    def _apply(self, model: str, versions: list[int], labels: dict[str, int]) -> None:
-        """Write the config file (the state a restart comes back to), then have the server reload it now."""
-        models = self._models()
-        models[model] = {"versions": sorted(set(versions)), "labels": labels}
-        entries = self._entries(models)
-        config = build_model_config(entries)  # validates labels before anything is written
+    def _record(self, models: dict[str, dict[str, Any]]) -> None:
+        """Write what the server accepted: the config file a restart loads, and its record by model."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.config_file.with_suffix(".tmp")
-        tmp.write_text(render_model_configs(entries))
-        tmp.replace(self.config_file)
-        write_json_atomic(self.state_file, models)
-        self.ensure_running()
-        self._reload(config, loading=len(versions) > len(labels))
+        write_bytes_atomic(self.config_file, render_model_configs(self._entries(models)).encode(), "model-config")
+        write_json_atomic(self.state_file, {k: v for k, v in models.items() if v["versions"]}, "model-state")
 
-    def _reload(self, config: Any, loading: bool) -> None:
+    @contextmanager
+    def _config_lock(self) -> Iterator[None]:
+        """One config change at a time per server: a reload replaces every model's config, not one."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with model_lock(self.state_dir / "config.lock", f"the model config in {self.state_dir}", 2 * START_TIMEOUT_S):
+                yield
+        except Busy as error:
+            raise TargetError(str(error)) from error
+
+    def _apply(self, model: str, versions: list[int], labels: dict[str, int]) -> None:
+        """Have the server take the new config; record it only once the server accepted it."""
+        with self._config_lock():
+            accepted = self._models()
+            proposed = {**accepted, model: {"versions": sorted(set(versions)), "labels": dict(labels)}}
+            config = build_model_config(self._entries(proposed))  # validates labels before anything changes
+            rec = self.ensure_server()
+            try:
+                self._reload(rec, config)
+            except TargetError as refused:
+                restored = self._restore(rec, accepted)
+                for version in sorted(set(versions), reverse=True):
+                    state, detail = self._status(model, version)
+                    if state == "END" and detail:
+                        raise NotReady(f"{model} v{version} failed to load: {detail}{restored}") from refused
+                raise TargetError(f"{refused}{restored}") from refused
+            self._record(proposed)
+
+    def _restore(self, rec: ServerRecord, accepted: dict[str, dict[str, Any]]) -> str:
+        """Send the last accepted config back, so the server is where the files say it is; '' or what went wrong."""
+        try:
+            self._reload(rec, build_model_config(self._entries(accepted)))
+        except TargetError as again:
+            return f" (the last accepted config could not be restored either: {again})"
+        return ""
+
+    def _reload(self, rec: ServerRecord, config: Any) -> None:
         import grpc
         from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
-        with grpc.insecure_channel(f"{self.cfg.host}:{self.cfg.grpc_port}") as channel:
+        self.server.check()  # never reconfigure a server this target did not start
+        with grpc.insecure_channel(f"{rec.host}:{rec.grpc_port}") as channel:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
             try:
-                stub.HandleReloadConfigRequest(
+                response = stub.HandleReloadConfigRequest(
                     model_management_pb2.ReloadConfigRequest(config=config), timeout=START_TIMEOUT_S
                 )
             except grpc.RpcError as error:
-                code, details = error.code(), error.details()
-                # A version that fails to load shows END in its status; wait_ready reports it within its deadline.
-                if loading and code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    return
-                raise TargetError(f"local server at {self.cfg.host}:{self.cfg.grpc_port} refused the model config: "
-                                  f"{code.name}: {details}") from error
+                raise TargetError(f"local server at {rec.host}:{rec.grpc_port} refused the model config: "
+                                  f"{error.code().name}: {error.details()}") from error
+        if response.status.error_code:
+            raise TargetError(f"local server at {rec.host}:{rec.grpc_port} refused the model config: "
+                              f"{response.status.error_message}")
 
     # -- the server process ------------------------------------------------
-    @property
-    def process(self) -> Background:
-        return Background(self.pid_file, self.log_file)
-
     def pid(self) -> int | None:
-        """The server's pid when it runs and answers, else None."""
-        pid = self.process.pid()
-        return pid if pid is not None and self._answers() else None
+        """The server's pid when it runs, is ours and answers, else None."""
+        rec = self.server.running()
+        return rec.pid if rec else None
 
-    def _answers(self) -> bool:
-        try:
-            response = requests.get(f"{self.rest}/v1/models/_aviary_probe", timeout=2)
-        except requests.RequestException:
-            return False
-        return response.headers.get("Content-Type", "").startswith("application/json")
+    def ensure_server(self) -> ServerRecord:
+        """The running server, started (from the last accepted config) if there is none."""
+        rec = self.server.running()
+        if rec is not None:
+            return rec
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # A restart serves the last accepted config: the file is rendered again from its record.
+        write_bytes_atomic(self.config_file, render_model_configs(self._entries(self._models())).encode())
+        return self.server.ensure()
 
     def ensure_running(self) -> int:
-        pid = self.pid()
-        if pid is not None:
-            return pid
-        if self._answers():
-            raise TargetError(f"port {self.cfg.rest_port} is taken by a server this target did not start")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        if not self.config_file.exists():
-            self.config_file.write_text(render_model_configs(self._entries(self._models())))
-        monitoring = self.state_dir / "monitoring.config"
-        monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
-        command = [
-            self.python, "-m", "aviary.serving",
-            f"--host={self.cfg.host}",
-            f"--port={self.cfg.grpc_port}",
-            f"--rest_api_port={self.cfg.rest_port}",
-            f"--model_config_file={self.config_file.resolve()}",
-            "--model_config_file_poll_wait_seconds=1",
-            "--allow_version_labels_for_unavailable_models=true",
-            f"--monitoring_config_file={monitoring.resolve()}",
-        ]
-        process = self.process.start(
-            command, cwd=Path(__file__).resolve().parents[2],
-            record={"rest_port": self.cfg.rest_port, "grpc_port": self.cfg.grpc_port},
-        )
-        failed = wait_started(process, self._answers, START_TIMEOUT_S, f"local server on {self.rest}", self.log_file, POLL_S)
-        if failed:
-            self.process.stop(STOP_TIMEOUT_S)
-            raise TargetError(failed)
-        return process.pid
+        return self.ensure_server().pid
 
     def stop(self) -> bool:
-        """Stop the background server; True if one was running."""
-        return self.process.stop(STOP_TIMEOUT_S)
+        """Stop the background server; True if one of ours was running."""
+        return self.server.stop().startswith("stopped")
+
+    # -- what the server serves ----------------------------------------------
+    def live(self, model: str) -> Live:
+        """Ask the server what it serves for `model`; empty when it serves nothing of it or is not running."""
+        if self.server.running() is None:
+            return Live({}, {}, {})
+        try:
+            response = requests.get(f"{self.rest}/v1/models/{model}", timeout=5)
+        except requests.RequestException as error:
+            raise TargetError(f"local server at {self.rest} did not answer a status request: {error}") from error
+        if response.status_code == 404:
+            return Live({}, {}, {})
+        if response.status_code != 200:
+            raise TargetError(f"local server at {self.rest}: status of {model}: HTTP {response.status_code} {response.text[:200]}")
+        versions, errors = {}, {}
+        for status in response.json()["model_version_status"]:
+            versions[int(status["version"])] = status["state"]
+            if status["status"].get("error_message"):
+                errors[int(status["version"])] = status["status"]["error_message"]
+        labels: dict[str, int] = {}
+        for label in LABELS:
+            try:
+                meta = requests.get(f"{self.rest}/v1/models/{model}/labels/{label}/metadata", timeout=5)
+            except requests.RequestException as error:
+                raise TargetError(f"local server at {self.rest} did not answer a metadata request: {error}") from error
+            if meta.status_code == 200:
+                labels[label] = int(meta.json()["model_spec"]["version"])
+        return Live(versions, labels, errors)
 
     # -- the Target interface ----------------------------------------------
     def _status(self, model: str, version: int) -> tuple[str, str]:
@@ -197,15 +246,23 @@ class LocalTarget:
         self._apply(model, [version], {"stable": version})
 
     def roll_back(self, model: str, stable: int | None) -> None:
+        """Serve `stable` alone under its label, in steps the server accepts: load it, then move the label."""
         if stable is None:
             self._apply(model, [], {})
-        else:
-            self._apply(model, [stable], {"stable": stable})
+            return
+        live = self.live(model)
+        if live.versions.get(stable) != "AVAILABLE":
+            # A label moves only to an AVAILABLE version: load `stable` beside whatever answers as stable now.
+            keep = live.labels.get("stable")
+            self._apply(model, [stable] if keep is None else [keep, stable], {} if keep is None else {"stable": keep})
+            state, detail = self._status(model, stable)
+            if state != "AVAILABLE":
+                raise NotReady(f"{model} v{stable} did not load: {state} {detail}".strip())
+        self._apply(model, [stable], {"stable": stable})
 
     def serving(self, model: str) -> Serving:
-        labels = self._models().get(model, {}).get("labels", {})
-        if self.pid() is None:
-            return Serving(stable=None, canary=None)
+        """What the live server answers under the labels; nothing when no server of ours runs."""
+        labels = self.live(model).labels
         return Serving(stable=labels.get("stable"), canary=labels.get("canary"))
 
     # -- progressive delivery: the server's traffic split and its metrics -----
@@ -234,22 +291,54 @@ class LocalTarget:
         return [response.text]
 
 
+def _config(args: argparse.Namespace) -> tuple[LocalConfig, Path]:
+    """The same config the flows take (a PipelineConfig JSON), with the server's options on top."""
+    base = PipelineConfig.model_validate(json.loads(args.config.read_text())) if args.config else PipelineConfig()
+    overrides = {k: v for k, v in {"host": args.host, "rest_port": args.rest_port, "grpc_port": args.grpc_port,
+                                   "state_dir": args.state_dir}.items() if v is not None}
+    local = base.rollout.local.model_validate({**base.rollout.local.model_dump(), **overrides})
+    return local, args.store or base.export.store
+
+
+def status_lines(target: LocalTarget) -> list[str]:
+    """The server's state and, per model, what it serves now, asked of the server itself."""
+    lines = [target.server.describe()]
+    if target.server.running() is None:
+        return lines
+    for model, accepted in target._models().items():
+        live = target.live(model)
+        shown = ", ".join(f"v{v} {state}" for v, state in sorted(live.versions.items()) if state != "END" or v in live.errors)
+        unloaded = sum(1 for v, state in live.versions.items() if state == "END" and v not in live.errors)
+        versions = ", ".join(p for p in (shown, f"{unloaded} unloaded" if unloaded else "") if p) or "nothing"
+        labels = ", ".join(f"{k} v{v}" for k, v in sorted(live.labels.items())) or "no labels"
+        drift = "" if live.labels == accepted["labels"] else f" (last accepted config: labels {accepted['labels']})"
+        lines.append(f"  {model}: {versions}; {labels}{drift}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aviary.targets.local", description="The local model server.")
     parser.add_argument("command", choices=["status", "start", "stop"])
-    parser.add_argument("--state-dir", type=Path, default=LocalConfig().state_dir)
-    parser.add_argument("--store", type=Path, default=Path("models"))
+    parser.add_argument("--config", type=Path, help="the flows' JSON PipelineConfig; its rollout.local and export.store")
+    parser.add_argument("--state-dir", type=Path, help="pid file, model config and logs (default: .aviary/serving)")
+    parser.add_argument("--store", type=Path, help="model store root (default: models)")
+    parser.add_argument("--host", help="interface to listen on (default: 127.0.0.1)")
+    parser.add_argument("--rest-port", type=int, help="REST port (default: 8501)")
+    parser.add_argument("--grpc-port", type=int, help="gRPC port (default: 8500)")
     args = parser.parse_args(argv)
-    target = LocalTarget(LocalConfig(state_dir=args.state_dir), args.store)
-    if args.command == "stop":
-        print("stopped" if target.stop() else "not running")
-    elif args.command == "start":
-        print(f"running, pid {target.ensure_running()}, REST {target.rest}")
-    else:
-        pid = target.pid()
-        print(f"running, pid {pid}, REST {target.rest}" if pid else "not running")
-        for model, m in target._models().items():
-            print(f"  {model}: versions {m['versions']} labels {m['labels']}")
+    try:
+        local, store = _config(args)
+        target = LocalTarget(local, store)
+        if args.command == "stop":
+            print(target.server.stop())
+        elif args.command == "start":
+            target.ensure_server()
+            print(target.server.describe())
+        else:
+            print("\n".join(status_lines(target)))
+    except (TargetError, ValueError, OSError) as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 1
     return 0
 
 

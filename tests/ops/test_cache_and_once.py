@@ -79,7 +79,7 @@ def test_a_retried_flow_run_reuses_its_version_event_and_export(tmp_path: Path, 
         events.append(kwargs)
         return real_emit(**kwargs)
 
-    def flaky_rollout(version: int, config: PipelineConfig) -> Any:
+    def flaky_rollout(version: int, config: PipelineConfig, **_: Any) -> Any:
         rollouts.append(version)
         if len(rollouts) == 1:
             raise ConnectionError("the target went away")

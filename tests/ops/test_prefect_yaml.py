@@ -86,7 +86,8 @@ def test_retrain_deployments_leave_the_rollout_to_canary_deploy() -> None:
 def test_each_rollout_form_holds_only_what_a_rollout_uses() -> None:
     forms = {name: schema_of(entrypoint) for name, entrypoint in EXPECTED.items()}
     assert list(forms["retrain-manual"]["properties"]) == ["config"]  # its rollout settings travel to canary-deploy
-    assert list(forms["canary-deploy"]["properties"]) == ["version", "model_name", "store", "rollout", "triggered_by"]
+    assert list(forms["canary-deploy"]["properties"]) == ["version", "model_name", "store", "rollout", "triggered_by",
+                                                         "idempotency_key"]
     assert list(forms["rollback"]["properties"]) == ["model_name", "store", "rollout"]
     for name in ("canary-deploy", "rollback"):
         assert not {"TrainConfig", "DataConfig", "GateConfig"} & set(forms[name]["definitions"])
@@ -176,14 +177,16 @@ def test_canary_deploy_is_triggered_by_the_export_event_for_that_version_and_sto
         "aviary.model.version": "7",
         "aviary.model.path": "/srv/aviary/models/circle/7",
         "aviary.rollout.hand-off": "true",
+        "aviary.idempotency-key": "aviary.model.circle.7",
     }
     # The exporting run's rollout settings travel in the event's payload.
     chosen = PipelineConfig.model_validate({"rollout": {
         "hand_off": True, "target": "kubernetes", "ready_timeout_s": 300,
         "kubernetes": {"in_cluster": True, "namespace": "serving", "replicas": 3, "canary_weight": 10}}}).rollout
     rendered = render_trigger_parameters(spec["parameters"], resource, {"rollout": chosen.model_dump(mode="json", exclude_none=True)})
-    assert {k: rendered[k] for k in ("version", "model_name", "store", "triggered_by")} == {
-        "version": 7, "model_name": "circle", "store": "/srv/aviary/models", "triggered_by": ""}
+    assert {k: rendered[k] for k in ("version", "model_name", "store", "triggered_by", "idempotency_key")} == {
+        "version": 7, "model_name": "circle", "store": "/srv/aviary/models", "triggered_by": "",
+        "idempotency_key": "aviary.model.circle.7"}
     assert RolloutConfig.model_validate(rendered["rollout"]) == chosen
     assert_valid_parameters(rendered, deployment["entrypoint"], complete=True)
     linked = render_trigger_parameters(spec["parameters"], {**resource, "aviary.retrain.flow-run": "run-id"},

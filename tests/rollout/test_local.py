@@ -6,8 +6,6 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -23,31 +21,9 @@ from aviary.targets.local import LocalTarget
 from aviary.tasks.evaluate import evaluate_model
 from aviary.tasks.export import export_model
 from aviary.types import Split, TrainedModel, Verdict
-from tests.helpers import free_port
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 BLESSED = Verdict(blessed=True, reasons=("test",))
-
-
-@pytest.fixture
-def cfg(tmp_path: Path) -> Iterator[PipelineConfig]:
-    config = PipelineConfig.model_validate(
-        {
-            "export": {"store": tmp_path / "store", "golden_rows": 60, "warmup_records": 5},
-            "rollout": {
-                "target": "local",
-                "ready_timeout_s": 60,
-                "lock_timeout_s": 0,
-                "check": {"p95_budget_ms": 2000},
-                "local": {"rest_port": free_port(), "grpc_port": free_port(), "state_dir": tmp_path / "serving",
-                          "grace_s": 0.2},
-                # No clients here: the golden-set check alone decides (test_canary_local has live traffic).
-                "canary": {"steps": []},
-            },
-        }
-    )
-    yield config
-    LocalTarget(config.rollout.local, config.export.store).stop()
 
 
 def export_versions(cfg: PipelineConfig, trained: TrainedModel, split: Split, *versions: int) -> ModelStore:
