@@ -163,4 +163,3 @@ def test_a_server_of_another_state_dir_on_the_port_is_not_reconfigured(local: Lo
         assert owner.pid() is not None
     finally:
         owner.stop()
-
