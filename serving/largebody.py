@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -80,6 +81,16 @@ def parse_predict(body_path: str, gzip: bool, max_body: int,
         return ("error", "INVALID_ARGUMENT", "JSON value is nested too deeply")
 
 
+def _exit_with(parent: int) -> None:
+    """Runs in the helper: a server killed with SIGKILL cannot stop it, so it leaves when its parent is gone."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 class HelperProcess:
     """One helper process, started in the background by start() or on first use."""
 
@@ -93,7 +104,9 @@ class HelperProcess:
             if self._closed:
                 raise ServingError("UNAVAILABLE", "Server is shutting down")
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with, initargs=(os.getpid(),)
+                )
             return self._pool
 
     def start(self) -> None:

@@ -214,6 +214,38 @@ def test_process_runs_until_sigterm_and_exits_zero(store: Store, tmp_path: Path)
             proc.wait()
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+def test_a_killed_server_leaves_no_helper_process(store: Store, tmp_path: Path) -> None:
+    base = tmp_path / "circle"
+    store.add_version(base, 1, store.circle_v1)
+    rest_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aviary.serving", f"--port={free_port()}", f"--rest_api_port={rest_port}",
+         "--model_name=circle", f"--model_base_path={base}"],
+        cwd=Path(__file__).resolve().parents[2], env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: requests.get(f"http://127.0.0.1:{rest_port}/v1/models/circle", timeout=2).status_code == 200,
+                 timeout=60)
+        helpers = wait_for(lambda: _children(proc.pid) or None, timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in helpers), timeout=15)
+
+
 def test_bad_config_file_fails_startup(tmp_path: Path) -> None:
     config = tmp_path / "bad.pbtxt"
     config.write_text("model_config_list { nonsense }")
