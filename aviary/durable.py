@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aviary import faults
+from aviary.process import alive
 
 TEMP_MARK = ".tmp-"
 """Every temporary name the store makes starts with this, then the owner's pid: `.tmp-<what>-<pid>-<random>`."""
@@ -83,16 +84,6 @@ def _owner_pid(name: str) -> int | None:
     return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temps(directory: Path, min_age_s: float = 0.0) -> list[Path]:
     """Remove temp files and directories left in `directory` by writers that died; a live writer's are kept.
 
@@ -106,7 +97,7 @@ def remove_stale_temps(directory: Path, min_age_s: float = 0.0) -> list[Path]:
         if not entry.name.startswith(TEMP_MARK):
             continue
         pid = _owner_pid(entry.name)
-        if pid is not None and pid != os.getpid() and _running(pid):
+        if pid is not None and pid != os.getpid() and alive(pid):
             continue
         if pid == os.getpid():
             continue
