@@ -46,6 +46,14 @@ def _point_at(thresholds: np.ndarray, threshold: float) -> int:
     return int(np.argmin(np.abs(thresholds - threshold)))
 
 
+def _curves(
+    title: str, scores: np.ndarray, threshold: float, baseline: tuple[str, np.ndarray, float] | None
+) -> list[tuple[str, np.ndarray, float, str]]:
+    """(name, scores, threshold, colour) per curve; a baseline goes first, underneath, so the candidate stays visible."""
+    candidate = (title, scores, threshold, CANDIDATE)
+    return [candidate] if baseline is None else [(*baseline, BASELINE), candidate]
+
+
 def pr_curve_png(
     labels: np.ndarray,
     scores: np.ndarray,
@@ -55,9 +63,7 @@ def pr_curve_png(
 ) -> bytes:
     """Precision against recall, the chosen threshold marked; a baseline's curve (name, scores, threshold) beside it."""
     figure, ax = _figure()
-    curves = [(title, scores, threshold, CANDIDATE)]
-    if baseline is not None:
-        curves.insert(0, (baseline[0], baseline[1], baseline[2], BASELINE))  # underneath: the candidate stays visible
+    curves = _curves(title, scores, threshold, baseline)
     for name, s, t, color in curves:
         precision, recall, thresholds = precision_recall_curve(labels, s)
         ax.plot(recall, precision, color=color, label=name)
@@ -79,9 +85,7 @@ def roc_curve_png(
 ) -> bytes:
     """True against false positive rate, the chosen threshold marked; a baseline's curve beside it."""
     figure, ax = _figure()
-    curves = [(title, scores, threshold, CANDIDATE)]
-    if baseline is not None:
-        curves.insert(0, (baseline[0], baseline[1], baseline[2], BASELINE))  # underneath: the candidate stays visible
+    curves = _curves(title, scores, threshold, baseline)
     for name, s, t, color in curves:
         fpr, tpr, thresholds = roc_curve(labels, s)
         ax.plot(fpr, tpr, color=color, label=name)
