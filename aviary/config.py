@@ -257,8 +257,8 @@ class CanaryConfig(_Frozen):
     min_requests: int = Field(20, ge=1, description="Canary requests a step needs before it is judged.")
     load_rps: float = Field(
         20.0, ge=0, le=1000, description="Requests/s of golden-set rows the rollout itself sends to the model's "
-        "default URL while a step bakes (local target, 127.0.0.1), so a canary is judged with no client "
-        "traffic too; 0 turns it off.")
+        "default URL while a step bakes (local: 127.0.0.1; Kubernetes: the model's Service, through the API "
+        "server's proxy from outside the cluster), so a canary is judged with no client traffic too; 0 turns it off.")
     max_error_rate_delta: float = Field(
         0.02, ge=0, le=1, description="How far the canary's error rate may exceed stable's.")
     max_latency_ratio: float = Field(2.0, ge=1, description="Canary p95 latency budget, as a multiple of stable's...")
