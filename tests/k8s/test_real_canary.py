@@ -18,14 +18,12 @@ from aviary.rollout import Phase
 from benchmarks.canaries import fail_out_of_range
 from tests.helpers import wait_for
 
-from .real import MODEL, Namespace
+from .real import MODEL, STEPS, Namespace
 from .test_real_cluster import RolloutFailed, assert_no_canary, assert_stable, fast_target, ns, promoted, rollout
 
 pytestmark = pytest.mark.slow
 __all__ = ["ns"]  # the fixture, shared with test_real_cluster
 
-STEPS: dict[str, Any] = {"bake_s": 1, "max_bake_s": 20, "scrape_interval_s": 0.5, "min_requests": 10,
-                         "latency_slack_ms": 500, "load_rps": 15}
 
 
 def stable_shape(ns: Namespace) -> tuple[Any, ...]:
