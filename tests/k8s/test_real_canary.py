@@ -23,6 +23,7 @@ from .test_real_cluster import RolloutFailed, assert_no_canary, assert_stable, f
 
 pytestmark = pytest.mark.slow
 __all__ = ["ns"]  # the fixture, shared with test_real_cluster
+BAD = 9
 
 
 
@@ -80,16 +81,17 @@ def clients(ns: Namespace, rows: list[dict[str, float]], every_s: float) -> Iter
 def test_real_canary_failing_live_requests_is_rolled_back_at_its_first_step(ns: Namespace) -> None:
     promoted(ns, 1)
     before = stable_shape(ns)
-    # v4: v2 re-wrapped to fail every request with x >= 2, which the golden set never holds.
-    shutil.copytree(ns.store.version_dir(2), ns.store.version_dir(4))
-    fail_out_of_range(ns.store.version_dir(4))
+    # v9: v2 re-wrapped to fail every request with x >= 2, which the golden set never holds. The pods'
+    # volume is the session's: no other test uses this number (a retrain there exports v4).
+    shutil.copytree(ns.store.version_dir(2), ns.store.version_dir(BAD))
+    fail_out_of_range(ns.store.version_dir(BAD))
     config = ns.config(rollout={"canary": {**STEPS, "steps": [10, 50], "failed_checks": 1, "load_rps": 5}})
     with clients(ns, [{"x": 2.5, "y": 0.0}], every_s=0.1) as codes, \
             pytest.raises(RolloutFailed, match=r"RolledBack: 50% step, check 1/1 failed: canary error rate") as failed:
-        rollout(4, config)
+        rollout(BAD, config)
     assert "\n" not in str(failed.value)
     assert {400, 200} <= set(codes)  # the canary's share failed, stable's answered
-    (record,) = records(ns.store, 4)
+    (record,) = records(ns.store, BAD)
     (step,) = record.steps
     assert step.canary_percent == 50 and step.verdict == "failed" and step.canary and step.canary["errors"] > 0
     assert step.stable and step.stable["errors"] == 0
