@@ -211,7 +211,8 @@ class KubernetesConfig(_Frozen):
     canary_replicas: int = Field(1, ge=1, le=100, description="Canary replicas; its traffic share is their ratio.")
     canary_weight: Annotated[int | None, Unset] = Field(
         None, ge=0, le=100, json_schema_extra=_plain,
-        description="Canary traffic percent through a Gateway API HTTPRoute; empty: by replica ratio, no route.",
+        description="Canary traffic percent through a Gateway API HTTPRoute (with traffic steps, the steps set it); "
+        "empty: by replica ratio, no route.",
     )
     store_claim: str = Field("aviary-models", description="PersistentVolumeClaim that holds the model store.")
     store_mount: str = Field("/models", description="Where the pods mount the store.")
