@@ -3,8 +3,9 @@
 A canary is its own Deployment (`<model>-canary`) beside the stable one (`<model>-stable`), each
 serving one pinned version through its own ConfigMap. Both sit behind the `<model>` Service, so
 the canary's share of live traffic is its replica ratio, or a Gateway API HTTPRoute weight when
-`canary_weight` is set. The overlays own the stable Deployment's shape; the flow owns only its pin.
-Every wait polls with a deadline. See docs/kubernetes.md.
+`canary_weight` is set; traffic steps scale the canary or set the weight, and each step is judged
+on every serving pod's metrics. The overlays own the stable Deployment's shape; the flow owns only
+its pin. Every wait polls with a deadline. See docs/kubernetes.md.
 """
 
 from __future__ import annotations
