@@ -63,17 +63,20 @@ class GoldenLoad:
         n = len(self.rows)
         return [dict(self.rows[(i * self.rows_per_request + k) % n]) for k in range(self.rows_per_request)]
 
+    def _post(self, session: requests.Session, body: dict[str, object]) -> int:
+        if self.endpoint is None:
+            return session.post(self.url, json=body, timeout=5).status_code
+        # The transport per request: a session's own `verify` would lose to $REQUESTS_CA_BUNDLE.
+        return session.post(self.url, json=body, timeout=5, headers=dict(self.endpoint.headers),
+                            verify=self.endpoint.verify, cert=self.endpoint.cert).status_code
+
     def _send(self, stop: threading.Event, deadline: float) -> None:
         interval = 1.0 / self.rate
         with requests.Session() as session:
-            # Per request: a session's own `verify` loses to $REQUESTS_CA_BUNDLE.
-            endpoint = self.endpoint or Endpoint(url=self.url)
-            headers, verify, cert = dict(endpoint.headers), endpoint.verify, endpoint.cert
             due, i = time.monotonic(), 0
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
-                    code = session.post(self.url, json={"instances": self._batch(i)}, timeout=5,
-                                        headers=headers, verify=verify, cert=cert).status_code
+                    code = self._post(session, {"instances": self._batch(i)})
                 except requests.RequestException:
                     code = 0
                 self.codes.append(code)
