@@ -420,10 +420,9 @@ def main() -> int:
                 rows.append(("in-process batched", n, measure(batched, n, opts.seconds, opts.max_requests)))
 
         if "ceiling" in only:
-            rows.append(("no-op HTTP server", max(clients), transport_ceiling(max(clients), opts.seconds,
-                                                                               opts.max_requests)))
-            rows.append(("no-op gRPC server", max(clients), grpc_ceiling(max(clients), opts.seconds,
-                                                                          opts.max_requests)))
+            for n in sorted({min(clients), max(clients)}):
+                rows.append(("no-op HTTP server", n, transport_ceiling(n, opts.seconds, opts.max_requests)))
+                rows.append(("no-op gRPC server", n, grpc_ceiling(n, opts.seconds, opts.max_requests)))
         for label, batching in (("off", None), ("on", batching_file)):
             if label not in only:
                 continue

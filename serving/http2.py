@@ -97,6 +97,10 @@ class HpackDecoder:
         self.max_size = max_table_size
         self.settings_max = max_table_size
         self._huffman: dict[bytes, bytes] = {}
+        # Whole blocks whose decoding left the table as it was (a client's repeat calls are usually
+        # all indexed fields): decoded once until the table changes. Callers must not mutate the dicts.
+        self._blocks: dict[bytes, dict[bytes, bytes]] = {}
+        self._changes = 0
 
     def _string(self, data: bytes, i: int) -> tuple[bytes, int]:
         huffman = data[i] & 0x80
@@ -126,6 +130,8 @@ class HpackDecoder:
         raise ConnectionError_(COMPRESSION_ERROR, f"header index {index} out of range")
 
     def _add(self, name: bytes, value: bytes) -> None:
+        self._blocks.clear()
+        self._changes += 1
         cost = len(name) + len(value) + 32
         self.table.appendleft((name, value))
         self.size += cost
@@ -135,6 +141,17 @@ class HpackDecoder:
         while self.size > self.max_size and self.table:
             name, value = self.table.pop()
             self.size -= len(name) + len(value) + 32
+
+    def decode_dict(self, data: bytes) -> dict[bytes, bytes]:
+        """decode() as a dict (a repeated name keeps its last value), remembered while the table stands."""
+        cached = self._blocks.get(data)
+        if cached is not None:
+            return cached
+        changes = self._changes
+        headers = dict(self.decode(data))
+        if self._changes == changes and len(self._blocks) < 256:  # the table did not change meanwhile
+            self._blocks[data] = headers
+        return headers
 
     def decode(self, data: bytes) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
@@ -153,6 +170,8 @@ class HpackDecoder:
                 if size > self.settings_max:
                     raise ConnectionError_(COMPRESSION_ERROR, "header table size above the agreed limit")
                 self.max_size = size
+                self._blocks.clear()
+                self._changes += 1
                 self._evict()
                 continue
             else:  # literal without indexing / never indexed
@@ -206,6 +225,20 @@ def parse_timeout(value: bytes) -> float | None:
     if unit is None or not digits.isdigit() or len(digits) > 8:
         return None
     return int(digits) * unit
+
+
+_TIMEOUTS: dict[bytes, float | None] = {}
+
+
+def _timeout_of(value: bytes) -> float | None:
+    """parse_timeout, remembered: clients send the same few values over and over."""
+    try:
+        return _TIMEOUTS[value]
+    except KeyError:
+        seconds = _TIMEOUTS[value] = parse_timeout(value)
+        if len(_TIMEOUTS) > 4096:
+            _TIMEOUTS.clear()
+        return seconds
 
 
 # --------------------------------------------------------------------------- calls
@@ -297,40 +330,45 @@ class GrpcConnection(asyncio.Protocol):
         self.server.connection_closed()
 
     def data_received(self, data: bytes) -> None:
-        self.buf += data
+        if self.buf:
+            self.buf += data
+            data = bytes(self.buf)
+            self.buf.clear()
         try:
-            self._process()
+            rest = self._process(data)
         except ConnectionError_ as exc:
             self._goaway(exc.code, str(exc))
+            return
+        if rest:
+            self.buf += rest
 
     # ----------------------------------------------------------------- reading
 
-    def _process(self) -> None:
-        buf = self.buf
+    def _process(self, data: bytes) -> bytes:
+        """Handles every whole frame in `data`; returns the incomplete tail."""
         if not self.preface_seen:
-            if len(buf) < len(PREFACE):
-                if not PREFACE.startswith(bytes(buf)):
+            if len(data) < len(PREFACE):
+                if not PREFACE.startswith(data):
                     raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-                return
-            if bytes(buf[:len(PREFACE)]) != PREFACE:
+                return data
+            if not data.startswith(PREFACE):
                 raise ConnectionError_(PROTOCOL_ERROR, "not an HTTP/2 connection preface")
-            del buf[:len(PREFACE)]
+            data = data[len(PREFACE):]
             self.preface_seen = True
         pos = 0
-        end = len(buf)
-        try:
-            while end - pos >= 9 and not self.closed:
-                length_type, flags, stream_id = _FRAME_HEAD.unpack_from(buf, pos)
-                length = length_type >> 8
-                if length > OUR_MAX_FRAME:
-                    raise ConnectionError_(FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
-                if end - pos < 9 + length:
-                    break
-                payload = bytes(buf[pos + 9:pos + 9 + length])
-                pos += 9 + length
-                self._frame(length_type & 0xFF, flags, stream_id & 0x7FFFFFFF, payload)
-        finally:
-            del buf[:pos]
+        end = len(data)
+        unpack = _FRAME_HEAD.unpack_from
+        while end - pos >= 9 and not self.closed:
+            length_type, flags, stream_id = unpack(data, pos)
+            length = length_type >> 8
+            if length > OUR_MAX_FRAME:
+                raise ConnectionError_(FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
+            start = pos + 9
+            if end - start < length:
+                break
+            pos = start + length
+            self._frame(length_type & 0xFF, flags, stream_id & 0x7FFFFFFF, data[start:pos])
+        return data[pos:] if pos < end else b""
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if self.continuation is not None and kind != CONTINUATION:
@@ -397,7 +435,8 @@ class GrpcConnection(asyncio.Protocol):
             if stream is None:
                 return
             stream.send_window += increment
-        self._flush_pending()
+        if self.pending:
+            self._flush_pending()
 
     def _headers(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -418,13 +457,12 @@ class GrpcConnection(asyncio.Protocol):
             self.continuation = (stream_id, flags, bytearray(block))
 
     def _header_block(self, stream_id: int, flags: int, block: bytes) -> None:
-        fields = self.decoder.decode(block)  # always decoded: the table must follow the peer's
+        headers = self.decoder.decode_dict(block)  # always decoded: the table must follow the peer's
         if stream_id in self.streams or stream_id <= self.last_stream:
             return  # trailers from a client or a stream we reset: nothing to do for unary calls
         if not stream_id & 1:
             raise ConnectionError_(PROTOCOL_ERROR, "client streams must be odd")
         self.last_stream = stream_id
-        headers = dict(fields)
         stream = _Stream(headers, self.peer_window)
         self.streams[stream_id] = stream
         if self.going_away or self.server.stopping:
@@ -436,7 +474,7 @@ class GrpcConnection(asyncio.Protocol):
                               + b":status" + _int_bytes(3, 7) + b"415"))
             return
         if flags & FLAG_END_STREAM:
-            self._complete(stream_id, stream)
+            self._complete(stream_id, stream, b"")
 
     def _data(self, flags: int, stream_id: int, payload: bytes) -> None:
         size = len(payload)
@@ -451,6 +489,9 @@ class GrpcConnection(asyncio.Protocol):
             if not payload or payload[0] >= size:
                 raise ConnectionError_(PROTOCOL_ERROR, "bad padding")
             payload = payload[1:size - payload[0]]
+        if flags & FLAG_END_STREAM and not stream.body:  # the usual small call: its message in one frame
+            self._complete(stream_id, stream, payload)
+            return
         stream.body += payload
         if stream.expect < 0 and len(stream.body) >= 5:
             stream.expect = int.from_bytes(stream.body[1:5], "big")
@@ -466,16 +507,27 @@ class GrpcConnection(asyncio.Protocol):
             self.send_status(stream_id, STATUS_CODES["UNIMPLEMENTED"], "More than one request message in a unary call")
             return
         if flags & FLAG_END_STREAM:
-            self._complete(stream_id, stream)
+            body = bytes(stream.body)
+            stream.body = bytearray()
+            self._complete(stream_id, stream, body)
 
-    def _complete(self, stream_id: int, stream: _Stream) -> None:
+    def _complete(self, stream_id: int, stream: _Stream, body: bytes) -> None:
         """The request is in: check the message, then hand the call over."""
-        body = bytes(stream.body)
-        stream.body = bytearray()
         stream.ended = True
         headers = stream.headers
-        if len(body) < 5 or len(body) != stream.expect + 5:
-            self.send_status(stream_id, STATUS_CODES["INTERNAL"], "Missing or incomplete request message")
+        if len(body) < 5:
+            self.send_status(stream_id, STATUS_CODES["INTERNAL"], "Missing request message")
+            return
+        expect = int.from_bytes(body[1:5], "big")
+        limit = self.server.max_message_bytes
+        if expect > limit:
+            self.send_status(stream_id, STATUS_CODES["RESOURCE_EXHAUSTED"],
+                             f"Received message larger than max ({expect} vs. {limit})")
+            return
+        if len(body) != expect + 5:
+            self.send_status(stream_id, STATUS_CODES["INTERNAL"] if len(body) < expect + 5 else
+                             STATUS_CODES["UNIMPLEMENTED"], "Incomplete request message" if len(body) < expect + 5
+                             else "More than one request message in a unary call")
             return
         message = body[5:]
         if body[0]:
@@ -497,7 +549,7 @@ class GrpcConnection(asyncio.Protocol):
                                  f"Received message larger than max ({len(message)}+ vs. {limit})")
                 return
         timeout = headers.get(b"grpc-timeout")
-        seconds = parse_timeout(timeout) if timeout is not None else None
+        seconds = _timeout_of(timeout) if timeout is not None else None
         deadline = None if seconds is None else time.monotonic() + seconds
         path = headers.get(b":path", b"").decode("latin-1")
         call = Call(self, stream_id, path, headers, message, deadline)
@@ -537,17 +589,20 @@ class GrpcConnection(asyncio.Protocol):
         stream = self.streams.get(stream_id)
         if stream is None or self.closed:
             return
-        body = b"\x00" + len(message).to_bytes(4, "big") + message
-        trailers = self._headers_frames(stream_id, _TRAILERS_OK, True)
-        head = self._headers_frames(stream_id, _RESPONSE_HEAD, False)
-        size = len(body)
+        size = len(message) + 5
         if size <= self.send_window and size <= stream.send_window and size <= self.peer_max_frame and not self.pending:
             self.send_window -= size
             del self.streams[stream_id]
-            self._write(head + frame(DATA, 0, stream_id, body) + trailers)
+            pack = _FRAME_HEAD.pack
+            self._write(b"".join((
+                pack(len(_RESPONSE_HEAD) << 8 | HEADERS, FLAG_END_HEADERS, stream_id), _RESPONSE_HEAD,
+                pack(size << 8 | DATA, 0, stream_id), b"\x00", len(message).to_bytes(4, "big"), message,
+                pack(len(_TRAILERS_OK) << 8 | HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, stream_id), _TRAILERS_OK)))
             self.server.stream_done()
             return
-        self._write(head)
+        body = b"\x00" + len(message).to_bytes(4, "big") + message
+        trailers = self._headers_frames(stream_id, _TRAILERS_OK, True)
+        self._write(self._headers_frames(stream_id, _RESPONSE_HEAD, False))
         self.pending.append([stream_id, memoryview(body), trailers])
         self._flush_pending()
 
