@@ -36,6 +36,7 @@ SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZ
 MAX_WINDOW = (1 << 31) - 1
 DEFAULT_WINDOW = 65535
 OUR_MAX_FRAME = 1 << 20  # large request bodies arrive in fewer frames
+MAX_HEADER_BLOCK = 64 * 1024  # as the REST server's limit on a request head
 _FRAME_HEAD = struct.Struct(">IBI")  # 24-bit length + type packed as (length << 8 | type), flags, stream id
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -382,6 +383,8 @@ class GrpcConnection(asyncio.Protocol):
                 raise ConnectionError_(PROTOCOL_ERROR, "unexpected CONTINUATION")
             sid, first_flags, block = self.continuation
             block += payload
+            if len(block) > MAX_HEADER_BLOCK:
+                raise ConnectionError_(PROTOCOL_ERROR, "header block too large")
             if flags & FLAG_END_HEADERS:
                 self.continuation = None
                 self._header_block(sid, first_flags, bytes(block))
