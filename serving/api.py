@@ -43,9 +43,10 @@ _FAST_DTYPES: dict[int, tuple[Any, str]] = {
 
 def tensor_proto_to_array(proto: Any) -> np.ndarray:
     fast = _FAST_DTYPES.get(proto.dtype)
-    if fast is not None and not proto.tensor_shape.unknown_rank:
-        shape = [d.size for d in proto.tensor_shape.dim]
-        if all(d >= 0 for d in shape):
+    shape_proto = proto.tensor_shape
+    if fast is not None and not shape_proto.unknown_rank:
+        shape = [d.size for d in shape_proto.dim]
+        if min(shape, default=0) >= 0:
             dtype, field = fast
             count = math.prod(shape)
             if proto.tensor_content:
@@ -56,7 +57,7 @@ def tensor_proto_to_array(proto: Any) -> np.ndarray:
                 field_values = getattr(proto, field)
                 values = np.fromiter(field_values, dtype, len(field_values))
                 if values.size == count:
-                    return values.reshape(shape)
+                    return values if len(shape) == 1 else values.reshape(shape)
                 if values.size == 0:
                     return np.zeros(shape, dtype)
                 if values.size < count:

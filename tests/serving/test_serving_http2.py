@@ -76,6 +76,9 @@ def test_large_messages_both_ways_with_compression(echo_server: LoopServer) -> N
         assert method(channel)(payload, timeout=30) == payload
         assert method(channel)(payload, timeout=30, compression=grpc.Compression.Gzip) == payload
         assert len(method(channel)(b"big:%d" % (3 << 20), timeout=30)) == 3 << 20
+        # several at once share the connection's window: each waits its turn and all complete
+        futures = [method(channel).future(b"big:%d" % (3 << 20), timeout=30) for _ in range(4)]
+        assert all(len(f.result()) == 3 << 20 for f in futures)
 
 
 def test_status_and_message_reach_the_client(echo_server: LoopServer) -> None:
