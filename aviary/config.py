@@ -98,8 +98,8 @@ class DataConfig(_Frozen):
     path: Path = Field(Path("data/circle.csv"), description="CSV file to train on.")
     features: dict[str, FeatureKind] = Field(
         _DEFAULT_FEATURES, min_length=1,
-        description="Feature columns, in model input order, each with its kind: auto (numbers are numeric, text is "
-        "categorical) or categorical (categories even when they look numeric, such as codes). Never the label column.",
+        description="Feature columns, each with its kind: auto (numbers are numeric, text is categorical) or "
+        "categorical (categories even when they look numeric, such as codes). Never the label column.",
     )
     label: str = Field(
         "class",
@@ -138,7 +138,10 @@ class DataConfig(_Frozen):
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The feature columns, in model input order."""
+        """The feature columns, in model input order: as written (a server that keeps JSON in Postgres sorts them).
+
+        The model's inputs are named, so the order changes only how they are concatenated inside it.
+        """
         return tuple(self.features)
 
     def behaviour_cases(self) -> tuple[Case, ...]:
