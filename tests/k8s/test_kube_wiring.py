@@ -51,11 +51,14 @@ def test_kube_from_config_reports_bad_credentials(tmp_path: Path) -> None:
         KubernetesTarget.from_config(KubernetesConfig.model_validate({"in_cluster": True}), "circle")
 
 
-def test_kube_manifest_stable_deployment_is_the_canary_pod_spec() -> None:
-    """k8s/base's stable Deployment and the canary the flow builds run one pod spec, track aside; the
-    manifest leaves out what the flow owns (the version pin, the progress deadline)."""
-    (manifest,) = [o for o in kustomize.render(K8S / "base") if o["kind"] == "Deployment"]
-    built = objects.deployment(namespace="aviary", model="circle", track="canary", version=1, config_hash="h",
+@pytest.mark.parametrize("model", ["circle", "fraud"])
+def test_kube_manifest_stable_deployment_is_the_canary_pod_spec(model: str, tmp_path: Path) -> None:
+    """k8s/components/serving's stable Deployment, for any model name, and the canary the flow builds
+    run one pod spec, track aside; the manifest leaves out what the flow owns (the version pin, the
+    progress deadline)."""
+    rendered = kustomize.render(kustomize.stack(tmp_path / "stack", model))
+    (manifest,) = [o for o in rendered if o["kind"] == "Deployment"]
+    built = objects.deployment(namespace="aviary", model=model, track="canary", version=1, config_hash="h",
                                image="tensorflow/serving:2.19.0", replicas=2, store_claim="aviary-models",
                                store_mount="/models", ready_timeout_s=120)
     as_stable = yaml.safe_load(yaml.safe_dump(built).replace("canary", "stable"))
@@ -68,15 +71,15 @@ def test_kube_manifest_stable_deployment_is_the_canary_pod_spec() -> None:
     assert "progressDeadlineSeconds" not in theirs
     assert {k: v for k, v in ours.items() if k not in ("template", "progressDeadlineSeconds")} == \
         {k: v for k, v in theirs.items() if k != "template"}
-    services = {o["metadata"]["name"]: o for o in kustomize.render(K8S / "base") if o["kind"] == "Service"}
-    for name, service in services.items():
-        track = name.removeprefix("circle").removeprefix("-") or None
-        assert objects.service("aviary", "circle", track)["spec"] == service["spec"]  # type: ignore[arg-type]
+    services = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "Service"}
+    for track in (None, "stable", "canary"):
+        assert objects.service("aviary", model, track)["spec"] == services[objects.service_name(model, track)]["spec"]
 
 
 def test_kube_overlays_ship_no_model_config_for_the_flow_to_fight_over() -> None:
-    for overlay in ("dev", "prod"):
-        rendered = kustomize.render(K8S / "overlays" / overlay)
+    """model.yaml is read by kustomize, never applied: no ConfigMap reaches the cluster."""
+    for kustomization in ("overlays/dev", "overlays/prod", "examples/fraud"):
+        rendered = kustomize.render(K8S / kustomization)
         assert not [o for o in rendered if o["kind"] == "ConfigMap"]
 
 
