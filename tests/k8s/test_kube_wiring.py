@@ -83,6 +83,25 @@ def test_kube_overlays_ship_no_model_config_for_the_flow_to_fight_over() -> None
         assert not [o for o in rendered if o["kind"] == "ConfigMap"]
 
 
+@pytest.mark.parametrize("model", ["circle", "fraud"])
+def test_kube_track_config_names_the_model_and_turns_prometheus_on_where_pods_are_scraped(model: str) -> None:
+    """The flow's ConfigMap, as TF Serving parses it: the model under its own name, one pinned
+    version with the track's label, and Prometheus metrics on the path the scrape annotations give."""
+    from aviary.model_config import parse_model_config
+    from aviary.serving import configpb
+
+    text = objects.model_config_text(model, f"/models/{model}", 3, "stable")
+    data = objects.config_map("aviary", model, "stable", text)["data"]
+    (entry,) = parse_model_config(data[objects.CONFIG_FILE]).model_config_list.config
+    assert (entry.name, entry.base_path) == (model, f"/models/{model}")
+    assert list(entry.model_version_policy.specific.versions) == [3] and dict(entry.version_labels) == {"stable": 3}
+    monitoring = configpb.parse_text(data[objects.MONITORING_FILE], configpb.monitoring_config(), "monitoring.config")
+    assert monitoring.prometheus_config.enable is True
+    assert monitoring.prometheus_config.path == objects.SCRAPE_ANNOTATIONS["prometheus.io/path"]
+    assert objects.SCRAPE_ANNOTATIONS["prometheus.io/port"] == str(objects.REST_PORT)
+    assert objects.SCRAPE_ANNOTATIONS["prometheus.io/scrape"] == "true"
+
+
 def role_rules() -> set[tuple[str, str, str]]:
     docs = yaml.safe_load_all((K8S / "base" / "rbac.yaml").read_text())
     (role,) = [d for d in docs if d["kind"] == "Role"]
