@@ -18,6 +18,7 @@ import aviary.flows.rollout as rollout_module
 from aviary.config import PipelineConfig
 from aviary.flows.deployed import canary_deploy
 from aviary.flows.rollout import RolloutFailed, rollout
+from aviary.model_config import parse_model_config
 from aviary.rollout import Phase
 from aviary.targets import kube_objects as objects
 from aviary.targets.base import Target
@@ -257,6 +258,11 @@ def test_real_second_model_rolls_out_beside_the_first_with_the_role(ns: Namespac
     assert_no_canary(fraud)
     assert_no_copy_leftovers(fraud)
     assert fraud.store.aliases() == {"production": 2}
+    config = fraud.get("configmap", objects.config_name(SECOND, "stable"))
+    assert config is not None  # TF Serving's config names the model and pins the version, Prometheus on
+    (entry,) = parse_model_config(config["data"][objects.CONFIG_FILE]).model_config_list.config
+    assert (entry.name, entry.base_path, dict(entry.version_labels)) == (SECOND, f"/models/{SECOND}", {"stable": 2})
+    assert config["data"][objects.MONITORING_FILE] == objects.monitoring_config_text()
     assert_stable(ns, 1)
     assert ns.store.aliases() == {"production": 1}
     assert not ns.endpoint_ips(MODEL) & fraud.endpoint_ips(SECOND)
