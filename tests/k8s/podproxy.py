@@ -5,7 +5,7 @@ only the versions its model config pins (read once, at container start), with it
 forwarder, listening on every pod address, looks up the dialed address in the kubelet's pins file
 and rewrites the model path onto that pod's pinned version before forwarding:
 `/v1/models/m[...]` -> `/versions/<pin>`, `/labels/L` -> the version L labels, a version the pod
-does not pin or a model its config does not name -> 404, as TF Serving answers.
+does not pin -> 404, as TF Serving answers.
 
     python tests/k8s/podproxy.py PORT UPSTREAM PINS_JSON
 """
@@ -36,7 +36,7 @@ def rewrite(path: str, config: str) -> tuple[str | None, int, str]:
     if match is None or not versions:
         return path, 200, ""
     model, rest = match["model"], match["rest"]
-    if model not in re.findall(r'name:\s*"([^"]+)"', config):  # a pod serves only its config's model
+    if model not in re.findall(r'name:\s*"([^"]+)"', config):  # a pod serves only its config's model: 404, as TF Serving
         return None, 404, f"Servable not found for request: Latest({model})"
     if match["label"] is not None:
         if match["label"] not in labels:
