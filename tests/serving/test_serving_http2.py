@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 import pytest
 from conftest import Running
-from hpack import Encoder
+from hpack import Decoder, Encoder
 
-from aviary.serving.http2 import Call, HpackDecoder, Http2Server, parse_timeout
+from aviary.serving.http2 import PREFACE, Call, HpackDecoder, Http2Server, frame, parse_timeout
 
 
 class LoopServer:
@@ -122,6 +122,42 @@ def test_not_http2_is_dropped_and_server_goes_on(echo_server: LoopServer) -> Non
     assert b"\x07" in data[9:]
     with grpc.insecure_channel(echo_server.target) as channel:
         assert method(channel)(b"still", timeout=10) == b"still"
+
+
+def read_frames(sock: socket.socket, until_stream_end: int) -> list[tuple[int, int, int, bytes]]:
+    frames, data = [], b""
+    while True:
+        while len(data) >= 9 and len(data) >= 9 + int.from_bytes(data[:3], "big"):
+            length = int.from_bytes(data[:3], "big")
+            kind, flags, sid = data[3], data[4], int.from_bytes(data[5:9], "big")
+            frames.append((kind, flags, sid, data[9:9 + length]))
+            data = data[9 + length:]
+            if kind == 1 and flags & 1 and sid == until_stream_end:
+                return frames
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed; frames so far: {frames}"
+        data += chunk
+
+
+def test_continuation_padding_and_pings_from_another_encoder(echo_server: LoopServer) -> None:
+    """A header block split over CONTINUATION, a padded DATA frame and a PING, as other HTTP/2 stacks send."""
+    block = Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", "/test.Echo/Call"),
+                              (":authority", "x"), ("content-type", "application/grpc+proto"), ("te", "trailers"),
+                              ("grpc-timeout", "10S"), ("x-pad", "p" * 300)])
+    message = b"hello over raw frames"
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    with socket.create_connection(("127.0.0.1", echo_server.port), timeout=10) as sock:
+        sock.sendall(PREFACE + frame(4, 0, 0) + frame(6, 0, 0, b"12345678")
+                     + frame(1, 0, 1, block[:100]) + frame(9, 4, 1, block[100:])
+                     + frame(0, 0x8 | 0x1, 1, b"\x03" + body + b"\x00\x00\x00"))
+        frames = read_frames(sock, 1)
+    decoder = Decoder()
+    assert (6, 1, 0, b"12345678") in frames  # the PING came back acknowledged
+    assert any(kind == 4 and flags == 1 for kind, flags, _, _ in frames)  # our SETTINGS ACK
+    headers = [dict(decoder.decode(p)) for kind, _, sid, p in frames if kind == 1 and sid == 1]
+    assert headers[0][":status"] == "200" and headers[0]["content-type"] == "application/grpc"
+    assert headers[-1]["grpc-status"] == "0"
+    assert b"".join(p for kind, _, sid, p in frames if kind == 0 and sid == 1) == body
 
 
 def test_stop_lets_calls_in_flight_finish() -> None:
