@@ -161,12 +161,6 @@ def head_frame(dataset: Dataset, rows: int) -> pd.DataFrame:
     return pa.schema([]).empty_table().to_pandas()
 
 
-def label_array(dataset: Dataset) -> np.ndarray:
-    """The label column alone, as int8: 1 byte a row."""
-    table = pq.read_table(dataset.path, columns=[dataset.label])
-    return table.column(0).to_numpy().astype(np.int8, copy=False)
-
-
 # ----------------------------------------------------------------------------------------------
 # Arrow columns to model inputs
 
