@@ -89,9 +89,9 @@ class Namespace:
         rollout = kube.pop("rollout", {})
         return PipelineConfig.model_validate({
             "export": {"store": self.store_root, "model_name": self.model, "golden_rows": 20, "warmup_records": 2},
-            "rollout": {"target": "kubernetes", "ready_timeout_s": 20, "lock_timeout_s": 0,
+            "rollout": {"target": "kubernetes", "ready_timeout_s": 60, "lock_timeout_s": 0,
                         "check": {"p95_budget_ms": 3000}, "canary": STEPS, **rollout,
-                        "kubernetes": {"kubeconfig": self.kubeconfig, "namespace": self.name, "copy_timeout_s": 20,
+                        "kubernetes": {"kubeconfig": self.kubeconfig, "namespace": self.name, "copy_timeout_s": 90,
                                        **kube}},
         })
 

@@ -105,12 +105,14 @@ def test_a_canary_drifting_from_stable_is_rolled_back_by_the_shadow_comparison(
 ) -> None:
     drift(store.version_dir(2), shift=0.3)
     clients = load(cfg)
-    with clients.running(), pytest.raises(RolloutFailed, match="shadow class agreement"):
+    # Which shadow rule trips first depends on how many live rows fall near the circle's edge.
+    with clients.running(), pytest.raises(RolloutFailed, match=r"failed: shadow (class agreement|mean|p99)"):
         rollout(2, cfg)
     assert set(clients.codes()) == {200}
     assert store.aliases() == {"production": 1}
     (record,) = records(store, 2)
-    assert record.steps[-1].shadow is not None and record.steps[-1].shadow["agreement"] < 0.98
+    shadow = record.steps[-1].shadow
+    assert shadow is not None and (shadow["agreement"] < 0.98 or shadow["mean_abs_diff"] > 0.05), shadow
 
 
 def test_approval_that_times_out_takes_the_default_and_the_run_completes(
