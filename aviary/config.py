@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from aviary.behaviour import Case, default_cases
 
@@ -31,7 +32,7 @@ Unset = BeforeValidator(_blank_is_none)
 
 
 RULES = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "pattern", "minLength",
-         "maxLength", "uniqueItems")
+         "maxLength", "uniqueItems", "minProperties", "maxProperties", "additionalProperties", "propertyNames")
 
 
 def rules_for_the_ui(schema: dict[str, Any], *_: Any) -> None:
@@ -50,11 +51,55 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=rules_for_the_ui)
 
 
+FeatureKind = Literal["auto", "categorical"]
+"""auto: numbers are numeric, text is categorical; categorical: always categories, even when they look numeric."""
+
+
+_DEFAULT_FEATURES: dict[str, FeatureKind] = {"x": "auto", "y": "auto"}
+
+
+def _features_by_column(data: Any) -> Any:
+    """Features as one mapping column -> kind: the older spelling (a list of names plus `categorical`) reads into it.
+
+    In the mapping a column is listed once and a categorical column is a feature by construction, so the
+    form's schema holds those rules; the list spelling keeps working for configs and the command line.
+    """
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    features = data.get("features", _DEFAULT_FEATURES)
+    categorical = data.get("categorical") or ()
+    categorical = (categorical,) if isinstance(categorical, str) else categorical
+    if not _names(categorical):
+        return data  # the field's own type error says what is wrong
+    if _names(features):
+        kinds: dict[str, str] = {}
+        for name in features:
+            if name in kinds:
+                raise ValueError(f"feature {name!r} is listed twice in features")
+            kinds[name] = "auto"
+        features = kinds
+    if isinstance(features, dict):
+        features = dict(features)
+        for name in categorical:
+            if name not in features:
+                raise ValueError(f"categorical column {name!r} is not among the features {list(features)}")
+            features[name] = "categorical"
+        data["categorical"] = tuple(name for name, kind in features.items() if kind == "categorical")
+    data["features"] = features
+    return data
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value)
+
+
 class DataConfig(_Frozen):
     path: Path = Field(Path("data/circle.csv"), description="CSV file to train on.")
-    features: tuple[str, ...] = Field(
-        ("x", "y"), min_length=1, json_schema_extra={"uniqueItems": True},
-        description="Feature columns, in model input order; none of them the label column.",
+    features: dict[str, FeatureKind] = Field(
+        _DEFAULT_FEATURES, min_length=1,
+        description="Feature columns, each with its kind: auto (numbers are numeric, text is categorical) or "
+        "categorical (categories even when they look numeric, such as codes). Never the label column.",
     )
     label: str = Field(
         "class",
@@ -68,26 +113,21 @@ class DataConfig(_Frozen):
         description="Behavioural cases: inputs (by column) and the class they must get, checked in tests and after "
         "every deploy. Empty: the circle's cases when the features are x and y, none otherwise.",
     )
-    categorical: tuple[str, ...] = Field(
-        (), description="Features read as categories even when they look numeric (codes); text columns always are."
+    categorical: SkipJsonSchema[tuple[str, ...]] = Field(
+        (), exclude=True, description="The features of kind categorical; the older spelling of them as input.",
     )
     missing: Literal["reject", "impute"] = Field(
         "reject",
         description="Empty or NaN feature cells: reject fails ingest naming the first; impute keeps them for training to fill.",
     )
 
+    _by_column = model_validator(mode="before")(_features_by_column)
+
     @model_validator(mode="after")
     def _distinct(self) -> DataConfig:
-        seen: set[str] = set()
-        for name in self.features:
-            if name in seen:
-                raise ValueError(f"feature {name!r} is listed twice in features")
-            seen.add(name)
-        if self.label in seen:
+        # A backstop for configs that skip the schema: JSON Schema cannot compare the label with the features' names.
+        if self.label in self.features:
             raise ValueError(f"label {self.label!r} is also listed among the features")
-        unknown = [name for name in self.categorical if name not in seen]
-        if unknown:
-            raise ValueError(f"categorical column {unknown[0]!r} is not among the features {list(self.features)}")
         for i, case in enumerate(self.cases or (), start=1):
             if set(case.inputs) != set(self.features):
                 lacks = [f for f in self.features if f not in case.inputs]
@@ -96,8 +136,16 @@ class DataConfig(_Frozen):
                 raise ValueError(f"data.cases[{i}] {what}")
         return self
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The feature columns, in model input order: as written (a server that keeps JSON in Postgres sorts them).
+
+        The model's inputs are named, so the order changes only how they are concatenated inside it.
+        """
+        return tuple(self.features)
+
     def behaviour_cases(self) -> tuple[Case, ...]:
-        return self.cases if self.cases is not None else default_cases(self.features)
+        return self.cases if self.cases is not None else default_cases(self.columns)
 
 
 class SplitConfig(_Frozen):

@@ -14,6 +14,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 _INVALID = re.compile(r"[^A-Za-z0-9_]+")
+_VALID = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 class FeatureKind(StrEnum):
@@ -72,11 +73,18 @@ def input_names(columns: Iterable[str]) -> dict[str, str]:
     """Deterministic, valid, distinct TF Serving input names for CSV column names.
 
     Anything but letters, digits and `_` becomes `_`; a leading digit (or an empty result) gets an `f_`
-    prefix; names that collide after that get `_2`, `_3`, ... in column order. Valid names are kept as they are.
+    prefix. Valid names are kept as they are; a mapped name that collides with another gets `_2`, `_3`, ...
+    Names are given in sorted order, so the mapping does not depend on the columns' order (a server that
+    stores the features as JSONB sorts them).
     """
+    columns = list(columns)
     names: dict[str, str] = {}
     taken: set[str] = set()
-    for column in columns:
+    for column in sorted(c for c in columns if _VALID.fullmatch(c)):
+        if column.lower() not in taken:
+            names[column] = column
+            taken.add(column.lower())
+    for column in sorted(c for c in columns if c not in names):
         base = _INVALID.sub("_", column.strip()).strip("_") or "f"
         if not base[0].isalpha():
             base = f"f_{base}"
@@ -85,4 +93,4 @@ def input_names(columns: Iterable[str]) -> dict[str, str]:
             name, n = f"{base}_{n}", n + 1
         taken.add(name.lower())
         names[column] = name
-    return names
+    return {column: names[column] for column in columns}

@@ -212,6 +212,11 @@ def _profile(data: dict[str, Any]) -> dict[str, Any]:
 
 def _config(data: dict[str, Any]) -> dict[str, Any]:
     config = data.get("config") or (data.get("provenance") or {}).get("parameters") or {}
+    section = config.get("data")
+    if isinstance(section, dict) and isinstance(section.get("features"), list):
+        # A version from before features mapped column -> kind: compared as it reads today.
+        kinds = dict.fromkeys(section["features"], "auto") | dict.fromkeys(section.get("categorical") or (), "categorical")
+        config = {**config, "data": {k: v for k, v in section.items() if k != "categorical"} | {"features": kinds}}
     return {k: v for k, v in _flatten("", config).items() if k.split(".")[0] in ("data", "split", "train", "evaluate", "gate")}
 
 

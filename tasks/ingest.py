@@ -121,7 +121,7 @@ def _ingest(cfg: DataConfig, work_dir: Path) -> tuple[Dataset, int]:
     except _Refused as refused:
         raise diagnose(path, header, rules, cfg.missing == "impute", str(refused)) from None
     dataset = Dataset(
-        path=out_path, source=path, rows=stats.rows, fingerprint=digest, features=cfg.features, label=cfg.label
+        path=out_path, source=path, rows=stats.rows, fingerprint=digest, features=cfg.columns, label=cfg.label
     )
     return dataset, stats.ones
 

@@ -8,10 +8,10 @@ def test_valid_names_are_kept_and_others_mapped_deterministically() -> None:
     assert input_names(columns) == {
         "x": "x",
         "mean radius": "mean_radius",
-        "area error": "area_error",
-        "area_error": "area_error_2",
+        "area error": "area_error_2",
+        "area_error": "area_error",
         "2nd": "f_2nd",
         "%": "f",
         "Colour (EU)": "Colour_EU",
     }
-    assert input_names(columns) == input_names(list(columns))
+    assert input_names(reversed(columns)) == input_names(columns)

@@ -82,6 +82,14 @@ def test_two_versions_side_by_side(store: ModelStore) -> None:
     assert "**Different data.**" in one and "data:image" not in one
 
 
+def test_a_version_from_before_features_mapped_to_kinds_compares_as_it_reads_today(store: ModelStore) -> None:
+    exported(store, 4, config={"data": {"features": ["x", "code"], "categorical": ["code"]}})
+    exported(store, 5, config={"data": {"features": {"x": "auto", "code": "categorical"}}})
+    text = compare_markdown(store, 4, 5, images=False)
+    assert "| data.features.code | categorical | categorical |" in text
+    assert "**data" not in text  # no difference in bold
+
+
 def test_pictures_are_replaced_whole(store: ModelStore) -> None:
     write_pictures(store, 3, {"pr_curve": PNG, "roc_curve": PNG})
     write_pictures(store, 3, {"pr_curve": PNG + b"2"})

@@ -3,7 +3,8 @@
 Pure functions: names, labels, manifests. Who owns what (see docs/kubernetes.md): the overlays in
 k8s/ own the stable Deployment's shape (replicas, resources, topology, probes); the flow owns its
 version pin (`stable_pin`: two annotations and the progress deadline), the track ConfigMaps and the
-whole canary Deployment, which `deployment` builds. tests/k8s checks k8s/base against these builders.
+whole canary Deployment, which `deployment` builds. tests/k8s checks k8s/components/serving, rendered
+for any model name, against these builders.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     from aviary.types import Verdict
 
     from .podnet import wait_answering
-    from .real import MODEL, RealCluster, skip_unless_possible, start
+    from .real import MODEL, SECOND, RealCluster, skip_unless_possible, start
 
     skip_unless_possible()
     request.getfixturevalue("prefect_harness")  # first: its server starts slowly on a busy machine
@@ -127,10 +127,11 @@ def real_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         trained = request.getfixturevalue("trained")  # trains while the pod server imports TensorFlow
         split = request.getfixturevalue("circle_split")
         store = root / "exported"
-        cfg = ExportConfig(store=store, model_name=MODEL, golden_rows=20, warmup_records=2)
         evaluation = evaluate_model(trained, split.eval, EvalConfig())
-        for version in (1, 2, 3):
-            export_model(trained, split.eval, evaluation, Verdict(blessed=True, reasons=("test",)), version, cfg)
+        for model, versions in ((MODEL, (1, 2, 3)), (SECOND, (1, 2))):
+            cfg = ExportConfig(store=store, model_name=model, golden_rows=20, warmup_records=2)
+            for version in versions:
+                export_model(trained, split.eval, evaluation, Verdict(blessed=True, reasons=("test",)), version, cfg)
         wait_answering(network)
         yield RealCluster(plane, network, kubelet, volume, store)
         assert not kubelet.errors, kubelet.errors

@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +94,7 @@ def _free_block() -> ipaddress.IPv4Network:
 
 
 @contextmanager
-def pod_network(root: Path, volume: Path, model: str) -> Iterator[PodNetwork]:
+def pod_network(root: Path, volume: Path, models: Sequence[str]) -> Iterator[PodNetwork]:
     block = _free_block()
     hosts = list(block.hosts())
     name = f"aviary-test-{os.getpid()}"
@@ -115,12 +115,12 @@ def pod_network(root: Path, volume: Path, model: str) -> Iterator[PodNetwork]:
         _ip(*inside, "link", "set", ns_if, "up")
         _ip(*inside, "route", "add", host_ip, "dev", ns_if)
         _ip(*inside, "route", "add", "local", pods_net, "dev", "lo")
-        (volume / model).mkdir(parents=True, exist_ok=True)
+        for model in models:
+            (volume / model).mkdir(parents=True, exist_ok=True)
         config = root / "pods.config"
-        config.write_text(
-            f'model_config_list {{ config {{ name: "{model}" base_path: "{volume / model}" '
-            'model_platform: "tensorflow" model_version_policy { all {} } } }\n'
-        )
+        config.write_text("model_config_list {\n" + "".join(
+            f'  config {{ name: "{m}" base_path: "{volume / m}" model_platform: "tensorflow" '
+            'model_version_policy { all {} } }\n' for m in models) + "}\n")
         log = root / "pods-serving.log"
         pins = root / "pins.json"
         pins.write_text("{}")

@@ -36,6 +36,8 @@ def rewrite(path: str, config: str) -> tuple[str | None, int, str]:
     if match is None or not versions:
         return path, 200, ""
     model, rest = match["model"], match["rest"]
+    if model not in re.findall(r'name:\s*"([^"]+)"', config):  # a pod serves only its config's model: 404, as TF Serving
+        return None, 404, f"Servable not found for request: Latest({model})"
     if match["label"] is not None:
         if match["label"] not in labels:
             return None, 400, f"Unrecognized servable version label: {match['label']}"

@@ -3,6 +3,7 @@ one namespace per test, bootstrapped from an overlay and driven with the project
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import shutil
@@ -19,6 +20,7 @@ import yaml
 
 from aviary.config import PipelineConfig
 from aviary.store import ModelStore
+from aviary.targets import kube_objects as objects
 from tests.helpers import wait_for
 
 from .control_plane import ControlPlane, assets, control_plane, kubeconfig
@@ -26,7 +28,8 @@ from .kubelet import TestKubelet
 from .podnet import PodNetwork, pod_network, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = "circle"
+MODEL = "circle"  # the environment overlays' model
+SECOND = "fraud"  # k8s/examples/fraud: a second model in the same namespace
 ROLE = "aviary-rollout"
 _names = itertools.count(1)
 
@@ -37,7 +40,7 @@ class RealCluster:
     network: PodNetwork
     kubelet: TestKubelet
     volume: Path
-    exported: Path  # a store holding versions 1..3 of the session's model
+    exported: Path  # a store holding versions 1..3 of MODEL and 1..2 of SECOND
 
 
 def skip_unless_possible() -> None:
@@ -54,20 +57,22 @@ def start(root: Path) -> Iterator[tuple[ControlPlane, PodNetwork, TestKubelet, P
     binaries, _why = assets()
     volume = root / "volume"
     volume.mkdir()
-    with control_plane(root / "plane", binaries) as plane, pod_network(root, volume, MODEL) as network, \
+    with control_plane(root / "plane", binaries) as plane, pod_network(root, volume, (MODEL, SECOND)) as network, \
             TestKubelet(plane, network, volume) as kubelet:
         yield plane, network, kubelet, volume
 
 
 @dataclass
 class Namespace:
-    """One test's namespace: what the overlay made, the Role's kubeconfig, a store copy."""
+    """One test's namespace: what the overlay made, the Role's kubeconfig, a store copy, and the model
+    this view of it works on (`for_model` gives the same namespace for another)."""
 
     cluster: RealCluster
     name: str
     overlay: str
     kubeconfig: Path
     store_root: Path
+    model: str = MODEL
 
     @property
     def plane(self) -> ControlPlane:
@@ -75,12 +80,12 @@ class Namespace:
 
     @property
     def store(self) -> ModelStore:
-        return ModelStore(self.store_root, MODEL)
+        return ModelStore(self.store_root, self.model)
 
     def config(self, **kube: Any) -> PipelineConfig:
         rollout = kube.pop("rollout", {})
         return PipelineConfig.model_validate({
-            "export": {"store": self.store_root, "golden_rows": 20, "warmup_records": 2},
+            "export": {"store": self.store_root, "model_name": self.model, "golden_rows": 20, "warmup_records": 2},
             "rollout": {"target": "kubernetes", "ready_timeout_s": 20, "lock_timeout_s": 0,
                         "check": {"p95_budget_ms": 3000}, **rollout,
                         "kubernetes": {"kubeconfig": self.kubeconfig, "namespace": self.name, "copy_timeout_s": 20,
@@ -101,8 +106,17 @@ class Namespace:
         args = ["-n", self.name, "get", kind, "-o", "json"] + (["-l", selector] if selector else [])
         return list(yaml.safe_load(self.plane.kubectl(*args).stdout)["items"])
 
+    def for_model(self, model: str) -> Namespace:
+        return dataclasses.replace(self, model=model)
+
     def apply_overlay(self, *extra: str) -> subprocess.CompletedProcess[str]:
         return self.plane.kubectl("apply", "-k", str(self.kustomization), *extra, check=False)
+
+    def apply(self, kustomization: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`kubectl apply -k` of a kustomization under k8s/ (e.g. examples/fraud), into this namespace."""
+        folder = in_namespace(self.kubeconfig.parent / kustomization.replace("/", "-"), REPO / "k8s" / kustomization,
+                              self.name)
+        return self.plane.kubectl("apply", "-k", str(folder), *extra, check=False)
 
     @property
     def kustomization(self) -> Path:
@@ -110,17 +124,15 @@ class Namespace:
 
     def pinned(self) -> tuple[list[int], str | None, str | None]:
         """The stable ConfigMap's pinned versions, the Deployment's version annotation, its template hash."""
-        from aviary.targets import kube_objects as objects
-
-        cm = self.get("configmap", f"{MODEL}-stable-config")
-        dep = self.get("deployment", f"{MODEL}-stable")
+        cm = self.get("configmap", objects.config_name(self.model, "stable"))
+        dep = self.get("deployment", objects.deployment_name(self.model, "stable"))
         versions = objects.pinned_versions((cm or {}).get("data", {}).get(objects.CONFIG_FILE, "")) if cm else []
         annotations = ((dep or {}).get("metadata") or {}).get("annotations") or {}
         template = (((dep or {}).get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
         return versions, annotations.get(objects.VERSION_KEY), template.get(objects.HASH_KEY)
 
     def live_pods(self, track: str) -> list[dict[str, Any]]:
-        return [p for p in self.items("pods", f"app=aviary-serving,track={track}")
+        return [p for p in self.items("pods", f"app=aviary-serving,model={self.model},track={track}")
                 if not p["metadata"].get("deletionTimestamp")]
 
     def endpoint_ips(self, service: str) -> set[str]:
@@ -138,15 +150,20 @@ class Namespace:
         return session.post(url, json=body, **kwargs) if body is not None else session.get(url, **kwargs)
 
 
+def in_namespace(folder: Path, source: Path, namespace: str) -> Path:
+    """A kustomization putting `source` into `namespace`, as a user's own overlay would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": namespace,
+        "resources": [os.path.relpath(source, folder)],
+    }))
+    return folder
+
+
 def new_namespace(cluster: RealCluster, tmp_path: Path, overlay: str = "dev") -> Namespace:
     name = f"t{next(_names)}-aviary"
     folder = tmp_path / "k8s"
-    (folder / "overlay").mkdir(parents=True)
-    source = REPO / "k8s" / "overlays" / overlay
-    (folder / "overlay" / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": name,
-        "resources": [os.path.relpath(source, folder / "overlay")],
-    }))
+    in_namespace(folder / "overlay", REPO / "k8s" / "overlays" / overlay, name)
     plane = cluster.plane
     plane.kubectl("apply", "-k", str(folder / "overlay"))
 

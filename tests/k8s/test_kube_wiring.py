@@ -51,11 +51,14 @@ def test_kube_from_config_reports_bad_credentials(tmp_path: Path) -> None:
         KubernetesTarget.from_config(KubernetesConfig.model_validate({"in_cluster": True}), "circle")
 
 
-def test_kube_manifest_stable_deployment_is_the_canary_pod_spec() -> None:
-    """k8s/base's stable Deployment and the canary the flow builds run one pod spec, track aside; the
-    manifest leaves out what the flow owns (the version pin, the progress deadline)."""
-    (manifest,) = [o for o in kustomize.render(K8S / "base") if o["kind"] == "Deployment"]
-    built = objects.deployment(namespace="aviary", model="circle", track="canary", version=1, config_hash="h",
+@pytest.mark.parametrize("model", ["circle", "fraud"])
+def test_kube_manifest_stable_deployment_is_the_canary_pod_spec(model: str, tmp_path: Path) -> None:
+    """k8s/components/serving's stable Deployment, for any model name, and the canary the flow builds
+    run one pod spec, track aside; the manifest leaves out what the flow owns (the version pin, the
+    progress deadline)."""
+    rendered = kustomize.render(kustomize.stack(tmp_path / "stack", model))
+    (manifest,) = [o for o in rendered if o["kind"] == "Deployment"]
+    built = objects.deployment(namespace="aviary", model=model, track="canary", version=1, config_hash="h",
                                image="tensorflow/serving:2.19.0", replicas=2, store_claim="aviary-models",
                                store_mount="/models", ready_timeout_s=120)
     as_stable = yaml.safe_load(yaml.safe_dump(built).replace("canary", "stable"))
@@ -68,16 +71,35 @@ def test_kube_manifest_stable_deployment_is_the_canary_pod_spec() -> None:
     assert "progressDeadlineSeconds" not in theirs
     assert {k: v for k, v in ours.items() if k not in ("template", "progressDeadlineSeconds")} == \
         {k: v for k, v in theirs.items() if k != "template"}
-    services = {o["metadata"]["name"]: o for o in kustomize.render(K8S / "base") if o["kind"] == "Service"}
-    for name, service in services.items():
-        track = name.removeprefix("circle").removeprefix("-") or None
-        assert objects.service("aviary", "circle", track)["spec"] == service["spec"]  # type: ignore[arg-type]
+    services = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "Service"}
+    for track in (None, "stable", "canary"):
+        assert objects.service("aviary", model, track)["spec"] == services[objects.service_name(model, track)]["spec"]
 
 
 def test_kube_overlays_ship_no_model_config_for_the_flow_to_fight_over() -> None:
-    for overlay in ("dev", "prod"):
-        rendered = kustomize.render(K8S / "overlays" / overlay)
+    """model.yaml is read by kustomize, never applied: no ConfigMap reaches the cluster."""
+    for kustomization in ("overlays/dev", "overlays/prod", "examples/fraud"):
+        rendered = kustomize.render(K8S / kustomization)
         assert not [o for o in rendered if o["kind"] == "ConfigMap"]
+
+
+@pytest.mark.parametrize("model", ["circle", "fraud"])
+def test_kube_track_config_names_the_model_and_turns_prometheus_on_where_pods_are_scraped(model: str) -> None:
+    """The flow's ConfigMap, as TF Serving parses it: the model under its own name, one pinned
+    version with the track's label, and Prometheus metrics on the path the scrape annotations give."""
+    from aviary.model_config import parse_model_config
+    from aviary.serving import configpb
+
+    text = objects.model_config_text(model, f"/models/{model}", 3, "stable")
+    data = objects.config_map("aviary", model, "stable", text)["data"]
+    (entry,) = parse_model_config(data[objects.CONFIG_FILE]).model_config_list.config
+    assert (entry.name, entry.base_path) == (model, f"/models/{model}")
+    assert list(entry.model_version_policy.specific.versions) == [3] and dict(entry.version_labels) == {"stable": 3}
+    monitoring = configpb.parse_text(data[objects.MONITORING_FILE], configpb.monitoring_config(), "monitoring.config")
+    assert monitoring.prometheus_config.enable is True
+    assert monitoring.prometheus_config.path == objects.SCRAPE_ANNOTATIONS["prometheus.io/path"]
+    assert objects.SCRAPE_ANNOTATIONS["prometheus.io/port"] == str(objects.REST_PORT)
+    assert objects.SCRAPE_ANNOTATIONS["prometheus.io/scrape"] == "true"
 
 
 def role_rules() -> set[tuple[str, str, str]]:

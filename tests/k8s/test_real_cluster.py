@@ -18,17 +18,18 @@ import aviary.flows.rollout as rollout_module
 from aviary.config import PipelineConfig
 from aviary.flows.deployed import canary_deploy
 from aviary.flows.rollout import RolloutFailed, rollout
+from aviary.model_config import parse_model_config
 from aviary.rollout import Phase
+from aviary.targets import kube_objects as objects
 from aviary.targets.base import Target
 from aviary.targets.kubernetes import KubernetesTarget
 from tests.helpers import FAST_TRAIN, wait_for
 
-from .real import MODEL, REPO, Namespace, RealCluster, new_namespace
+from .real import MODEL, REPO, SECOND, Namespace, RealCluster, new_namespace
 
 pytestmark = pytest.mark.slow
 
 POINTS = {"instances": [{"x": 0.0, "y": 0.0}, {"x": 1.4, "y": 1.4}]}  # deep inside the circle, far outside
-CANARY = (("deployment", f"{MODEL}-canary"), ("configmap", f"{MODEL}-canary-config"))
 
 
 def fast_target(config: PipelineConfig) -> Target:
@@ -59,13 +60,13 @@ def assert_stable(ns: Namespace, version: int) -> None:
     pods = ns.live_pods("stable")
     assert pods and {p["metadata"]["annotations"]["aviary.dev/config-hash"] for p in pods} == {config_hash}
     def stable_only() -> bool:
-        return ns.endpoint_ips(MODEL) == {p["status"]["podIP"] for p in ns.live_pods("stable")}
+        return ns.endpoint_ips(ns.model) == {p["status"]["podIP"] for p in ns.live_pods("stable")}
 
     wait_for("live traffic on stable pods only", stable_only, timeout_s=10, every_s=0.1)
 
 
 def assert_no_canary(ns: Namespace) -> None:
-    for kind, name in CANARY:
+    for kind, name in (("deployment", f"{ns.model}-canary"), ("configmap", f"{ns.model}-canary-config")):
         assert ns.get(kind, name) is None, f"{kind} {name} left behind"
     assert ns.live_pods("canary") == []
     assert not ns.store.aliases().get("canary")
@@ -200,6 +201,77 @@ def _settled(ns: Namespace, version: int) -> bool:
     pods = ns.live_pods("stable")
     return bool(pods) and all(p["metadata"]["annotations"].get("aviary.dev/config-hash") == config_hash
                               and p["status"].get("podIP") for p in pods)
+
+
+# A second model: k8s/examples/fraud names it once; the flow derives the same names from model_name.
+
+
+@pytest.mark.parametrize("how", [(), ("--server-side",)], ids=["client-side", "server-side"])
+def test_real_second_model_overlay_creates_its_own_stack(ns: Namespace, how: tuple[str, ...]) -> None:
+    circle_before = ns.get("deployment", f"{MODEL}-stable")
+    applied = ns.apply("examples/fraud", *how)
+    assert applied.returncode == 0, applied.stderr
+
+    deployment = ns.get("deployment", objects.deployment_name(SECOND, "stable"))
+    assert deployment is not None
+    labels = objects.selector(SECOND, "stable")
+    assert deployment["metadata"]["labels"]["model"] == SECOND
+    assert deployment["spec"]["selector"]["matchLabels"] == labels
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"] == labels
+    (container,) = pod["spec"]["containers"]
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["path"] == f"/v1/models/{SECOND}/labels/stable/metadata"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == f"{SECOND}-stable-config"
+    for track in (None, "stable", "canary"):
+        service = ns.get("service", objects.service_name(SECOND, track))
+        assert service is not None, track
+        assert service["spec"]["selector"] == objects.service("x", SECOND, track)["spec"]["selector"]
+    pdb = ns.get("poddisruptionbudget", f"{SECOND}-stable")
+    assert pdb is not None and pdb["spec"]["selector"]["matchLabels"] == labels
+    # Its pod waits for the flow's first promotion, as circle's does; circle's stack is as it was.
+    replicas = deployment["spec"]["replicas"]
+    wait_for("fraud's stable pods", lambda: len(ns.for_model(SECOND).live_pods("stable")) == replicas, timeout_s=20,
+             every_s=0.1)
+    circle_after = ns.get("deployment", f"{MODEL}-stable")
+    assert circle_before is not None and circle_after is not None
+    assert (circle_after["metadata"]["labels"], circle_after["spec"]) == \
+        (circle_before["metadata"]["labels"], circle_before["spec"])
+
+    # The other apply over it (server-side over client-side, and back) changes no spec, so no pod
+    # rolls. (Its generation may move: a Deployment's follows its annotations, kubectl's included.)
+    again = ns.apply("examples/fraud", *(() if how else ("--server-side",)))
+    assert again.returncode == 0, again.stderr
+    after = ns.get("deployment", objects.deployment_name(SECOND, "stable"))
+    assert after is not None and after["spec"] == deployment["spec"]
+
+
+def test_real_second_model_rolls_out_beside_the_first_with_the_role(ns: Namespace) -> None:
+    """The flow, with `export.model_name` fraud and the Role's token: copy, canary, check through the
+    API server's proxy, promotion, all on fraud's objects; circle keeps serving its own version."""
+    promoted(ns, 1)
+    applied = ns.apply("examples/fraud")
+    assert applied.returncode == 0, applied.stderr
+    fraud = ns.for_model(SECOND)
+    promoted(fraud, 2)
+    assert_no_canary(fraud)
+    assert_no_copy_leftovers(fraud)
+    assert fraud.store.aliases() == {"production": 2}
+    config = fraud.get("configmap", objects.config_name(SECOND, "stable"))
+    assert config is not None  # TF Serving's config names the model and pins the version, Prometheus on
+    (entry,) = parse_model_config(config["data"][objects.CONFIG_FILE]).model_config_list.config
+    assert (entry.name, entry.base_path, dict(entry.version_labels)) == (SECOND, f"/models/{SECOND}", {"stable": 2})
+    assert config["data"][objects.MONITORING_FILE] == objects.monitoring_config_text()
+    assert_stable(ns, 1)
+    assert ns.store.aliases() == {"production": 1}
+    assert not ns.endpoint_ips(MODEL) & fraud.endpoint_ips(SECOND)
+    answer = fraud.proxy(SECOND, f"/v1/models/{SECOND}:predict", POINTS)
+    assert answer.status_code == 200, answer.text
+    inside, outside = answer.json()["predictions"]
+    assert inside["class"] == 1 and outside["class"] == 0
+    # Each stack serves its own model only, as TF Serving started with its config would.
+    assert fraud.proxy(MODEL, f"/v1/models/{SECOND}").status_code == 404
 
 
 # Failures: refused early, rolled back, repaired, explained.

@@ -7,6 +7,7 @@ Screenshots land in $AVIARY_SCREENSHOTS (or a temporary folder), to look at when
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,9 @@ def test_each_form_shows_what_its_deployment_uses(running_stack: RunningStack, p
     expect(page.get_by_text("Model store root; a version is the folder store/model/version.")).to_be_visible()
     # Its rollout settings are there on purpose: the export event carries them to canary-deploy.
     expect(page.get_by_text("Hand Off (Optional)")).to_be_visible()
+    # Each feature carries its kind: no separate list of categorical columns that could name a non-feature.
+    expect(form_input(page, "Features")).to_have_value(re.compile(r'^\{\s*"x": "auto",\s*"y": "auto"\s*\}$'))
+    assert page.get_by_text("Categorical (Optional)", exact=True).count() == 0
 
     page.goto(f"{base}/deployments/deployment/{deployment_id(running_stack, 'rollout/canary-deploy')}/run")
     expect(page.get_by_text("Canary Weight (Optional)")).to_be_visible(timeout=30_000)
@@ -100,12 +104,19 @@ def test_the_form_marks_every_bad_field_and_creates_no_run(running_stack: Runnin
     form_input(page, "Epochs").fill("0")
     form_input(page, "Eval Fraction").fill("1.5")
     form_input(page, "Model Name").fill("Bad Name!")
+    # A feature's kind is part of the feature: no categorical column can be missing from the features.
+    form_input(page, "Features").fill('{"x": "auto", "y": "category"}')
     page.get_by_role("button", name="Submit").click()
     # Every bad field marked at once, by the form, before anything reaches the server.
     expect(page.get_by_text("0 is less than the minimum of 1")).to_be_visible(timeout=30_000)
     expect(page.get_by_text("1.5 is greater than or equal to the maximum of 1")).to_be_visible()
     expect(page.get_by_text("'Bad Name!' does not match")).to_be_visible()
+    features = page.locator("xpath=//span[starts-with(normalize-space(.), 'Features')]/ancestor::div[contains(concat("
+                            "' ', normalize-space(@class), ' '), ' schema-form-property ')][1]")
+    expect(features.get_by_text("'category' is not one of ['auto', 'categorical']")).to_be_visible()
     page.screenshot(path=shots / "form-bad-values.png")
+    features.scroll_into_view_if_needed()
+    page.screenshot(path=shots / "form-bad-feature-kind.png")
     assert page.get_by_text("Error creating flow run").count() == 0  # no toast from a refused submit
     assert len(runs_of(running_stack, deployment)) == before
 
