@@ -275,7 +275,8 @@ class KubernetesConfig(_Frozen):
     canary_replicas: int = Field(1, ge=1, le=100, description="Canary replicas; its traffic share is their ratio.")
     canary_weight: Annotated[int | None, Unset] = Field(
         None, ge=0, le=100, json_schema_extra=_plain,
-        description="Canary traffic percent through a Gateway API HTTPRoute; empty: by replica ratio, no route.",
+        description="Canary traffic percent through a Gateway API HTTPRoute (with traffic steps, the steps set it); "
+        "empty: by replica ratio, no route.",
     )
     store_claim: str = Field("aviary-models", description="PersistentVolumeClaim that holds the model store.")
     store_mount: str = Field("/models", description="Where the pods mount the store.")
@@ -321,8 +322,8 @@ class CanaryConfig(_Frozen):
     min_requests: int = Field(20, ge=1, description="Canary requests a step needs before it is judged.")
     load_rps: float = Field(
         20.0, ge=0, le=1000, description="Requests/s of golden-set rows the rollout itself sends to the model's "
-        "default URL while a step bakes (local target, 127.0.0.1), so a canary is judged with no client "
-        "traffic too; 0 turns it off.")
+        "default URL while a step bakes (local: 127.0.0.1; Kubernetes: the model's Service, through the API "
+        "server's proxy from outside the cluster), so a canary is judged with no client traffic too; 0 turns it off.")
     max_error_rate_delta: float = Field(
         0.02, ge=0, le=1, description="How far the canary's error rate may exceed stable's.")
     max_latency_ratio: float = Field(2.0, ge=1, description="Canary p95 latency budget, as a multiple of stable's...")

@@ -141,9 +141,15 @@ class ParquetSink:
             self.discard()
 
 
+def open_parquet(path: Path) -> pq.ParquetFile:
+    """A Parquet file read a row group at a time: pyarrow's default pre-buffering reads every row group
+    that an `iter_batches` will visit ahead, i.e. the whole file into memory (2.8 GiB peak at 100M rows)."""
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
 def iter_batches(path: Path, columns: Sequence[str] | None = None, batch_rows: int = ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
     """The file's rows in order, `batch_rows` at a time."""
-    with pq.ParquetFile(path) as file:
+    with open_parquet(path) as file:
         yield from file.iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
 
 
@@ -153,12 +159,6 @@ def head_frame(dataset: Dataset, rows: int) -> pd.DataFrame:
     for batch in iter_batches(dataset.path, columns, batch_rows=max(1, rows)):
         return batch.slice(0, rows).to_pandas()
     return pa.schema([]).empty_table().to_pandas()
-
-
-def label_array(dataset: Dataset) -> np.ndarray:
-    """The label column alone, as int8: 1 byte a row."""
-    table = pq.read_table(dataset.path, columns=[dataset.label])
-    return table.column(0).to_numpy().astype(np.int8, copy=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ class ProfileBuilder:
 
 def _row_groups(path: Path) -> list[tuple[int, int]]:
     """(first row, rows) of each row group."""
-    with pq.ParquetFile(path) as file:
+    with open_parquet(path) as file:
         sizes = [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]
     starts: list[int] = [0]
     for size in sizes[:-1]:
@@ -360,7 +360,7 @@ def _chunks(
     rng = np.random.default_rng([seed, epoch]) if seed is not None else None
     order = rng.permutation(len(groups)) if rng is not None else np.arange(len(groups))
     columns = [*dataset.features, dataset.label]
-    with pq.ParquetFile(dataset.path) as file:
+    with open_parquet(dataset.path) as file:
         pending: list[pa.Table] = []
         pending_rows = 0
         for position, index in enumerate(order):

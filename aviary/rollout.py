@@ -227,6 +227,14 @@ class _Runner:
             return ()
         return self.cfg.steps
 
+    def mirror(self) -> int:
+        return self.cfg.shadow.mirror_percent if self.cfg is not None else 0
+
+    @property
+    def no_shadow(self) -> str:
+        """Why the target's steps carry no shadow comparison ('' where they do)."""
+        return str(getattr(self.target, "shadow_unavailable", ""))
+
     def snapshot(self, model: str) -> Snapshot:
         return parse_metrics(self.target.scrape(model), model)
 
@@ -241,7 +249,7 @@ class _Runner:
     def _act(self, state: Rollout) -> tuple[Event, str, dict[str, Any]]:
         model, version, target = state.model, state.version, self.target
         plan = self.plan(state)
-        mirror = self.cfg.shadow.mirror_percent if self.cfg is not None else 0
+        mirror = self.mirror()
         match state.phase:
             case Phase.PENDING:
                 beside = f"beside stable v{state.stable}" if state.stable is not None else "with no stable version"
@@ -257,11 +265,17 @@ class _Runner:
                 return (Event.CHECK_PASSED if outcome.passed else Event.CHECK_FAILED), outcome.summary, {}
             case Phase.SHIFTING:
                 if state.step < len(plan):
-                    share = plan[state.step]
-                    target.set_traffic(model, share, mirror)
+                    asked = plan[state.step]
+                    answer = target.set_traffic(model, asked, mirror)
+                    share = asked if answer is None else answer
                     why = f"step {state.step + 1}/{len(plan)}: canary answers {share}% of unversioned requests"
-                    return Event.SHIFTED, why + (f", {mirror}% mirrored to it" if mirror else ""), \
-                        {"canary_percent": share}
+                    if share != asked:
+                        why += f" ({asked}% asked, the nearest its replicas give)"
+                    if mirror:
+                        why += f", {mirror}% mirrored to it"
+                        if self.no_shadow:
+                            why += f"; shadow comparison skipped: {self.no_shadow}"
+                    return Event.SHIFTED, why, {"canary_percent": share}
                 done = f"{len(plan)} traffic steps passed" if plan else "golden-set check passed"
                 if self.cfg is not None and self.cfg.approval.required:
                     return Event.APPROVAL_NEEDED, f"{done}; waiting for approval", {}
@@ -271,9 +285,12 @@ class _Runner:
             case Phase.ANALYSING:
                 assert self.cfg is not None and self.window.analysis is not None
                 analysis, window = self.window.analysis, self.window
+                noted = analysis
+                if mirror and self.no_shadow:  # the record says so at every step
+                    noted = replace(analysis, reasons=(*analysis.reasons, f"shadow comparison skipped: {self.no_shadow}"))
                 result = StepResult(step=state.step + 1, canary_percent=state.canary_percent,
                                     mirror_percent=mirror, started=window.started, ended=window.ended,
-                                    analysis=analysis)
+                                    analysis=noted)
                 event = judge(state, analysis, self.cfg.failed_checks)
                 why = analysis.summary
                 if event is not Event.STEP_PASSED:
@@ -308,7 +325,8 @@ class _Runner:
             while True:
                 time.sleep(cfg.scrape_interval_s)  # the scrape cadence: new traffic has to arrive between scrapes
                 after = self.snapshot(model)
-                analysis = analyse_window(window.before, after, state.version, state.stable, mirror > 0, limits(cfg))
+                analysis = analyse_window(window.before, after, state.version, state.stable,
+                                          mirror > 0 and not self.no_shadow, limits(cfg))
                 elapsed = time.monotonic() - started
                 if (analysis.verdict is Verdict.FAILED
                         or (analysis.verdict is Verdict.PASSED and elapsed >= cfg.bake_s)

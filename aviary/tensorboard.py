@@ -44,6 +44,7 @@ def log_version(
     metrics: Mapping[str, float],
     labels: np.ndarray,
     scores: np.ndarray,
+    weights: np.ndarray | None = None,
 ) -> Path:
     """Write the version's run and link its training logs; idempotent, so a retried step changes nothing."""
     from tensorboard.compat.proto import event_pb2
@@ -68,7 +69,7 @@ def log_version(
          hp.hparams_pb({k: _hparam(v) for k, v in hparams.items()}, trial_id=run_name(model, version))),
         *((f"eval/{name}", scalar_summary.pb(name, float(value))) for name, value in metrics.items()),
         ("eval/pr_curve", pr_summary.pb("pr_curve", labels=labels.astype(bool), predictions=np.clip(scores, 0, 1),
-                                        num_thresholds=PR_THRESHOLDS)),
+                                        num_thresholds=PR_THRESHOLDS, weights=weights)),
         ("training_logs", text_summary.pb("training_logs", f"Training curves: `{training_logs}`")),
     ]
     writer = EventFileWriter(str(logdir))

@@ -11,6 +11,8 @@ variants run, each in its own process so that its peak memory (max RSS) is its o
 Seconds per million rows and peak memory are printed per size.
 
     python -m benchmarks.bench_scale [--rows 1000000 10000000 30000000] [--batch-size 8192] [--bare-max 30000000]
+    python -m benchmarks.bench_scale --dir /tmp/bs --rows 1000000 10000000 30000000 100000000 --bare-max 0
+        (the whole run alone up to 100M rows: ~2 GB of CSV at a time in --dir)
 """
 
 from __future__ import annotations

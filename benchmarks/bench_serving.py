@@ -5,11 +5,16 @@
 Prints one table: for 1, 8, 32 and 64 concurrent clients, p50/p99 latency and throughput of
   * in-process: the SavedModel's serving signature called directly (one instance per call),
   * in-process batched: the same calls merged by the server's batcher (no transport),
-  * REST and gRPC against `python -m serving` started in a subprocess, batching off and on.
-Each cell is bounded by --seconds and --max-requests. Clients send one instance per request; the
-REST and gRPC clients are asyncio tasks in this process (cheap load generators), the in-process
-callers are threads. A last reference row runs the REST client against a do-nothing asyncio HTTP
-server: the most any Python HTTP server can do on this machine with this client.
+  * REST and gRPC against `python -m serving` started in a subprocess, batching off and on,
+and, for the served rows, the CPU the client process and the server process spent per request: the
+two share this machine's cores, so a costly client slows the server. Each cell is bounded by --seconds
+and --max-requests. Clients send one instance per request and are asyncio tasks in this process, one
+connection each: REST twice, with a raw-socket client (pre-serialized requests, the cheapest possible:
+the REST targets are measured with it) and with aiohttp (what an asyncio user calls); gRPC with
+grpcio's grpc.aio stubs. grpc.aio and aiohttp cost alike per call, so gRPC is compared with both.
+Reference rows run the raw REST client against a do-nothing asyncio HTTP server and the gRPC client
+against the server's HTTP/2 layer answering without a model: what client and transport alone allow.
+The in-process callers are threads.
 """
 
 from __future__ import annotations
@@ -103,9 +108,16 @@ def measure(call: Callable[[int], None], clients: int, seconds: float, max_reque
     }
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_async(make_client: Callable[[], Any], clients: int, seconds: float,
-                  max_requests: int) -> dict[str, float]:
-    """Like measure(), with `clients` asyncio tasks on one loop: a load generator that costs little CPU."""
+                  max_requests: int, server_pid: int = 0) -> dict[str, float]:
+    """Like measure(), with `clients` asyncio tasks on one loop; also the CPU the client process and the
+    server process spent per request (two cores are shared, so a costly client slows the server)."""
     import asyncio
 
     async def run() -> tuple[list[float], float]:
@@ -133,10 +145,13 @@ def measure_async(make_client: Callable[[], Any], clients: int, seconds: float,
         await asyncio.sleep(0.2)
         deadline[0] = time.perf_counter() + seconds
         begin = time.perf_counter()
+        cpu[0] = _cpu_seconds(os.getpid()), _cpu_seconds(server_pid) if server_pid else 0.0
         go.set()
         await asyncio.gather(*tasks)
+        cpu[1] = _cpu_seconds(os.getpid()), _cpu_seconds(server_pid) if server_pid else 0.0
         return latencies, time.perf_counter() - begin
 
+    cpu: list[tuple[float, float]] = [(0.0, 0.0), (0.0, 0.0)]
     flat, elapsed = asyncio.run(run())
     flat.sort()
     if not flat:
@@ -146,6 +161,8 @@ def measure_async(make_client: Callable[[], Any], clients: int, seconds: float,
         "p99_ms": flat[min(len(flat) - 1, int(len(flat) * 0.99))] * 1e3,
         "rps": len(flat) / elapsed,
         "n": len(flat),
+        "client_us": (cpu[1][0] - cpu[0][0]) / len(flat) * 1e6,
+        "server_us": (cpu[1][1] - cpu[0][1]) / len(flat) * 1e6 if server_pid else float("nan"),
     }
 
 
@@ -237,8 +254,34 @@ class ServerProcess:
 
         return make
 
+    def rest_library_client(self) -> Callable[[], Any]:
+        """aiohttp, as an asyncio REST user would call: one session and keep-alive connection per client,
+        the answer's JSON decoded. Its CPU per call is like grpc.aio's, so REST and gRPC compare like for like."""
+        import aiohttp
+
+        bodies = [json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode() for i in range(97)]
+        url = f"http://127.0.0.1:{self.rest_port}/v1/models/bench:predict"
+        headers = {"Content-Type": "application/json"}
+
+        async def make() -> Any:
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+
+            async def call(i: int) -> None:
+                async with session.post(url, data=bodies[i % len(bodies)], headers=headers) as response:
+                    if response.status != 200:
+                        raise RuntimeError(await response.text())
+                    await response.json()
+
+            async def close() -> None:
+                await session.close()
+
+            return call, close
+
+        return make
+
     def grpc_client(self) -> Callable[[], Any]:
-        """grpc.aio stub calls, one channel per client (as separate client processes would have)."""
+        """grpc.aio stub calls, one channel per client (as separate client processes would have); the answer
+        is decoded into a PredictResponse by the stub."""
         import grpc
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -288,6 +331,38 @@ asyncio.run(main())
 """
 
 
+_NOOP_GRPC_SERVER = r"""
+import asyncio, sys
+from aviary.serving.http2 import Http2Server
+async def main():
+    server = Http2Server(lambda call: call.reply(b''), 1 << 20)
+    await server.listen_tcp('127.0.0.1', int(sys.argv[1]))
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def grpc_ceiling(clients: int, seconds: float, max_requests: int) -> dict[str, float]:
+    """The gRPC client against the server's HTTP/2 layer answering an empty PredictResponse, no model:
+    what the client and transport alone allow here."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _NOOP_GRPC_SERVER, str(port)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        fake = ServerProcess.__new__(ServerProcess)
+        fake.rest_port, fake.grpc_port = 0, port
+        return measure_async(fake.grpc_client(), clients, seconds, max_requests, proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def transport_ceiling(clients: int, seconds: float, max_requests: int) -> dict[str, float]:
     """The same client against a do-nothing asyncio HTTP server: what transport alone allows here."""
     port = free_port()
@@ -302,7 +377,7 @@ def transport_ceiling(clients: int, seconds: float, max_requests: int) -> dict[s
                 time.sleep(0.05)
         fake = ServerProcess.__new__(ServerProcess)
         fake.rest_port, fake.grpc_port = port, 0
-        return measure_async(fake.rest_client(), clients, seconds, max_requests)
+        return measure_async(fake.rest_client(), clients, seconds, max_requests, proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -319,13 +394,15 @@ def main() -> int:
                         help="batch_timeout_micros for the server and the in-process batcher alike")
     parser.add_argument("--batch-threads", type=int, default=os.cpu_count() or 1,
                         help="num_batch_threads for both (TF's CPU guidance: the number of cores)")
-    parser.add_argument("--only", default="", help="comma-separated subset: inproc,rest,grpc,off,on,ceiling")
+    parser.add_argument("--only", default="",
+                        help="comma-separated subset: inproc,rest,restlib,grpc,off,on,ceiling")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m serving")
     opts = parser.parse_args()
     sys.path.insert(0, str(REPO))
     clients = [int(c) for c in opts.clients.split(",")]
 
     rows: list[tuple[str, int, dict[str, float]]] = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "bench"
         build_model(base / "1")
@@ -333,7 +410,8 @@ def main() -> int:
         batching_text = BATCHING.format(timeout=opts.batch_timeout_us, threads=opts.batch_threads)
         batching_file.write_text(batching_text)
 
-        only = set(filter(None, opts.only.split(","))) or {"inproc", "rest", "grpc", "off", "on", "ceiling"}
+        only = (set(filter(None, opts.only.split(",")))
+                or {"inproc", "rest", "restlib", "grpc", "off", "on", "ceiling"})
         if "inproc" in only:
             direct, batched, batcher = in_process_calls(base / "1", batching_text)
             for n in clients:
@@ -342,8 +420,9 @@ def main() -> int:
                 rows.append(("in-process batched", n, measure(batched, n, opts.seconds, opts.max_requests)))
 
         if "ceiling" in only:
-            rows.append(("no-op HTTP server", max(clients), transport_ceiling(max(clients), opts.seconds,
-                                                                               opts.max_requests)))
+            for n in sorted({min(clients), max(clients)}):
+                rows.append(("no-op HTTP server", n, transport_ceiling(n, opts.seconds, opts.max_requests)))
+                rows.append(("no-op gRPC server", n, grpc_ceiling(n, opts.seconds, opts.max_requests)))
         for label, batching in (("off", None), ("on", batching_file)):
             if label not in only:
                 continue
@@ -352,10 +431,15 @@ def main() -> int:
                 rest, grpc_client = server.rest_client(), server.grpc_client()
                 for n in clients if "rest" in only else []:
                     rows.append((f"REST, batching {label}", n,
-                                 measure_async(rest, n, opts.seconds, opts.max_requests)))
+                                 measure_async(rest, n, opts.seconds, opts.max_requests, server.proc.pid)))
+                for n in clients if "restlib" in only else []:
+                    rows.append((f"REST aiohttp, batching {label}", n,
+                                 measure_async(server.rest_library_client(), n, opts.seconds, opts.max_requests,
+                                               server.proc.pid)))
                 for n in clients if "grpc" in only else []:
                     rows.append((f"gRPC, batching {label}", n,
-                                 measure_async(grpc_client, n, opts.seconds, opts.max_requests)))
+                                 measure_async(grpc_client, n, opts.seconds, opts.max_requests,
+                                               server.proc.pid)))
             finally:
                 server.stop()
 
@@ -378,9 +462,14 @@ def main() -> int:
         if "inproc" in only:
             batcher.close()
 
-    print(f"\n{'path':<22} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'requests':>9}")
+    load_after = os.getloadavg()
+    print(f"\nload average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; "
+          f"after: {', '.join(f'{v:.2f}' for v in load_after)} on {os.cpu_count()} CPUs")
+    print(f"\n{'path':<29} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'requests':>9} "
+          f"{'client us/req':>13} {'server us/req':>13}")
     for name, n, r in rows:
-        print(f"{name:<22} {n:>7} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['rps']:>9.0f} {int(r['n']):>9}")
+        print(f"{name:<29} {n:>7} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['rps']:>9.0f} {int(r['n']):>9} "
+              f"{r.get('client_us', float('nan')):>13.0f} {r.get('server_us', float('nan')):>13.0f}")
     table = {(name, n): r for name, n, r in rows}
     if ("REST, batching off", 1) in table and ("in-process", 1) in table:
         gap = table[("REST, batching off", 1)]["p50_ms"] - table[("in-process", 1)]["p50_ms"]
@@ -392,11 +481,14 @@ def main() -> int:
     if paired:
         print(f"REST/in-process batched at {top} clients, median of {len(paired)} back-to-back pairs: "
               f"{statistics.median(paired):.2f} (each: {', '.join(f'{r:.2f}' for r in paired)})")
-    for n in clients:
-        grpc_row, rest_row = table.get(("gRPC, batching on", n)), table.get(("REST, batching on", n))
-        if grpc_row and rest_row:
-            print(f"gRPC/REST at {n} clients, batching on: throughput {grpc_row['rps'] / rest_row['rps']:.2f}x, "
-                  f"p50 {grpc_row['p50_ms']:.3f} vs {rest_row['p50_ms']:.3f} ms")
+    for rest_name, client in (("REST aiohttp", "library clients of like cost"),
+                              ("REST", "REST's raw-socket client")):
+        for n in clients:
+            grpc_row, rest_row = table.get(("gRPC, batching on", n)), table.get((f"{rest_name}, batching on", n))
+            if grpc_row and rest_row:
+                print(f"gRPC/REST at {n} clients, batching on, {client}: throughput "
+                      f"{grpc_row['rps'] / rest_row['rps']:.2f}x, p50 {grpc_row['p50_ms']:.3f} vs "
+                      f"{rest_row['p50_ms']:.3f} ms")
     if ("gRPC, batching on", top) in table and ("in-process batched", top) in table:
         ratio = table[("gRPC, batching on", top)]["rps"] / table[("in-process batched", top)]["rps"]
         print(f"gRPC throughput at {top} clients, batching on / in-process batched: {ratio:.2f}")

@@ -216,6 +216,9 @@ def deploy_version(
                 load = GoldenLoad(url, golden.instances, canary.load_rps).running
             else:
                 logger.warning("no golden load while baking: %s is not a loopback address", host)
+        elif config.rollout.target == "kubernetes" and canary.load_rps > 0 and hasattr(target, "live_endpoint"):
+            # The Service clients call, through the target's transport (the API server's proxy from outside).
+            load = GoldenLoad.through(target.live_endpoint(model), golden.instances, canary.load_rps).running
         state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe,
                             canary=canary, approve=lambda _s: ask_approval(canary.approval, model, version),
                             load=load)

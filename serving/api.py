@@ -43,9 +43,10 @@ _FAST_DTYPES: dict[int, tuple[Any, str]] = {
 
 def tensor_proto_to_array(proto: Any) -> np.ndarray:
     fast = _FAST_DTYPES.get(proto.dtype)
-    if fast is not None and not proto.tensor_shape.unknown_rank:
-        shape = [d.size for d in proto.tensor_shape.dim]
-        if all(d >= 0 for d in shape):
+    shape_proto = proto.tensor_shape
+    if fast is not None and not shape_proto.unknown_rank:
+        shape = [d.size for d in shape_proto.dim]
+        if min(shape, default=0) >= 0:
             dtype, field = fast
             count = math.prod(shape)
             if proto.tensor_content:
@@ -56,7 +57,7 @@ def tensor_proto_to_array(proto: Any) -> np.ndarray:
                 field_values = getattr(proto, field)
                 values = np.fromiter(field_values, dtype, len(field_values))
                 if values.size == count:
-                    return values.reshape(shape)
+                    return values if len(shape) == 1 else values.reshape(shape)
                 if values.size == 0:
                     return np.zeros(shape, dtype)
                 if values.size < count:
@@ -77,11 +78,13 @@ _DTYPE_ENUMS = {np.dtype(np.int32): 3, np.dtype(np.int16): 5, np.dtype(np.int8):
                 np.dtype(np.uint16): 17}
 
 
-def array_to_tensor_proto(arr: np.ndarray) -> Any:
-    """AsProtoField: typed repeated fields (float_val, int64_val, ...), as TF Serving answers."""
-    from tensorflow.core.framework import tensor_pb2
+def array_to_tensor_proto(arr: np.ndarray, proto: Any = None) -> Any:
+    """AsProtoField: typed repeated fields (float_val, int64_val, ...), as TF Serving answers; fills
+    `proto` (an empty TensorProto, e.g. a response's map entry, saving a copy) or a new one."""
+    if proto is None:
+        from tensorflow.core.framework import tensor_pb2
 
-    proto = tensor_pb2.TensorProto()
+        proto = tensor_pb2.TensorProto()
     dims = proto.tensor_shape.dim
     for d in arr.shape:
         dims.add().size = d
@@ -117,7 +120,7 @@ def array_to_tensor_proto(arr: np.ndarray) -> Any:
     else:
         import tensorflow as tf
 
-        return tf.make_tensor_proto(arr)
+        proto.CopyFrom(tf.make_tensor_proto(arr))
     return proto
 
 
@@ -364,7 +367,7 @@ class ServingApi:
             response = predict_pb2.PredictResponse()
             _fill_spec(response.model_spec, request.model_spec.name, version, runner.name)
             for alias in wanted or sorted(outputs):
-                response.outputs[alias].CopyFrom(array_to_tensor_proto(outputs[alias]))
+                array_to_tensor_proto(outputs[alias], response.outputs[alias])
             return response
 
         return runner, feeds, self._mirrored(finish, request.model_spec.name, servable, mirror, runner.name, feeds)

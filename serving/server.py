@@ -44,7 +44,7 @@ class Flags:
     saved_model_tags: str = "serve"
     max_num_load_retries: int = 0
     load_retry_interval_micros: int = 60_000_000
-    grpc_max_threads: int = 0  # accepted; gRPC runs on the event loop (grpc.aio), not a thread pool
+    grpc_max_threads: int = 0  # accepted; gRPC runs on the event loop (serving/http2.py), not a thread pool
     grpc_channel_arguments: str = ""
     grpc_socket_path: str = ""
     enable_signature_method_name_check: bool = False

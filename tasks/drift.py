@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from prefect import task
 
 from aviary.config import DriftConfig
+from aviary.dataio import open_parquet
 from aviary.profile import DataProfile, FeatureKind, FeatureProfile
 from aviary.types import DriftReport
 
@@ -52,7 +52,7 @@ def bin_shares(parquet: Path, edges: Mapping[str, list[float]]) -> dict[str, lis
     if not counts:
         return {}
     rows = 0
-    for batch in pq.ParquetFile(parquet).iter_batches(columns=list(counts), batch_size=65_536):
+    for batch in open_parquet(parquet).iter_batches(columns=list(counts), batch_size=65_536):
         rows += batch.num_rows
         for column in counts:
             # Cast in Arrow: nulls (and booleans' None) become NaN, booleans 0/1.

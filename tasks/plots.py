@@ -15,6 +15,7 @@ from prefect import task
 from pydantic import BaseModel, ConfigDict
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from aviary.scores import Scored
 from aviary.store import ModelStore
 from aviary.types import Dataset, EvalReport, TrainedModel
 
@@ -46,26 +47,39 @@ def _point_at(thresholds: np.ndarray, threshold: float) -> int:
     return int(np.argmin(np.abs(thresholds - threshold)))
 
 
+Scores = np.ndarray | Scored
+"""Scores one per row (the labels given beside them), or a `Scored` that carries its own labels and row counts."""
+
+
+def _points(labels: np.ndarray | None, scores: Scores) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(labels, scores, sample weights) for scikit-learn's curves."""
+    if isinstance(scores, Scored):
+        return scores.labels, scores.scores, scores.weights
+    assert labels is not None, "labels are needed beside plain scores"
+    return labels, scores, None
+
+
 def _curves(
-    title: str, scores: np.ndarray, threshold: float, baseline: tuple[str, np.ndarray, float] | None
-) -> list[tuple[str, np.ndarray, float, str]]:
+    title: str, scores: Scores, threshold: float, baseline: tuple[str, Scores, float] | None
+) -> list[tuple[str, Scores, float, str]]:
     """(name, scores, threshold, colour) per curve; a baseline goes first, underneath, so the candidate stays visible."""
     candidate = (title, scores, threshold, CANDIDATE)
     return [candidate] if baseline is None else [(*baseline, BASELINE), candidate]
 
 
 def pr_curve_png(
-    labels: np.ndarray,
-    scores: np.ndarray,
+    labels: np.ndarray | None,
+    scores: Scores,
     threshold: float,
     title: str,
-    baseline: tuple[str, np.ndarray, float] | None = None,
+    baseline: tuple[str, Scores, float] | None = None,
 ) -> bytes:
     """Precision against recall, the chosen threshold marked; a baseline's curve (name, scores, threshold) beside it."""
     figure, ax = _figure()
     curves = _curves(title, scores, threshold, baseline)
     for name, s, t, color in curves:
-        precision, recall, thresholds = precision_recall_curve(labels, s)
+        y, x, w = _points(labels, s)
+        precision, recall, thresholds = precision_recall_curve(y, x, sample_weight=w)
         ax.plot(recall, precision, color=color, label=name)
         i = _point_at(thresholds, t)
         ax.plot(recall[i], precision[i], "o", color=color, markersize=8,
@@ -77,17 +91,18 @@ def pr_curve_png(
 
 
 def roc_curve_png(
-    labels: np.ndarray,
-    scores: np.ndarray,
+    labels: np.ndarray | None,
+    scores: Scores,
     threshold: float,
     title: str,
-    baseline: tuple[str, np.ndarray, float] | None = None,
+    baseline: tuple[str, Scores, float] | None = None,
 ) -> bytes:
     """True against false positive rate, the chosen threshold marked; a baseline's curve beside it."""
     figure, ax = _figure()
     curves = _curves(title, scores, threshold, baseline)
     for name, s, t, color in curves:
-        fpr, tpr, thresholds = roc_curve(labels, s)
+        y, x, w = _points(labels, s)
+        fpr, tpr, thresholds = roc_curve(y, x, sample_weight=w)
         ax.plot(fpr, tpr, color=color, label=name)
         i = _point_at(thresholds, t)
         ax.plot(fpr[i], tpr[i], "o", color=color, markersize=8, label=f"threshold {t:.3f}: FPR {fpr[i]:.3f} TPR {tpr[i]:.3f}")
@@ -183,12 +198,11 @@ def draw_pictures(
     hparams: Mapping[str, Any],
 ) -> VersionPictures:
     """Curves, confusion matrix, the baseline beside it and all versions, kept beside the version; its TensorBoard run."""
-    from aviary.dataio import label_array
     from aviary.report import history, write_pictures
     from aviary.tasks.evaluate import score_keras, score_version
     from aviary.tensorboard import log_version, run_name
 
-    labels, scores = label_array(eval_set), score_keras(trained.path, eval_set)
+    scored = score_keras(trained.path, eval_set)
     name = f"v{version}"
     other = None
     if baseline is not None:
@@ -199,8 +213,8 @@ def draw_pictures(
     ]
     rows.append({"version": version, "status": "candidate", "metrics": evaluation.model_dump()})
     pngs = {
-        "pr_curve": pr_curve_png(labels, scores, evaluation.threshold, name, other),
-        "roc_curve": roc_curve_png(labels, scores, evaluation.threshold, name, other),
+        "pr_curve": pr_curve_png(None, scored, evaluation.threshold, name, other),
+        "roc_curve": roc_curve_png(None, scored, evaluation.threshold, name, other),
         "confusion_matrix": confusion_matrix_png(evaluation.confusion_matrix, evaluation.threshold, name),
         "versus_baseline": compare_metrics_png(
             evaluation.model_dump(), baseline.report.model_dump() if baseline else None, (name, other[0] if other else "")
@@ -208,7 +222,8 @@ def draw_pictures(
         "history": history_png(rows, store.model),
     }
     logdir = log_version(runs_dir, store.model, version, trained.path.parent / "tensorboard", hparams,
-                         {m: getattr(evaluation, m) for m in PLOTTED_METRICS}, labels, scores)
+                         {m: getattr(evaluation, m) for m in PLOTTED_METRICS}, scored.labels, scored.scores,
+                         scored.weights)
     return VersionPictures(pictures=write_pictures(store, version, pngs), tensorboard_run=run_name(store.model, version),
                            tensorboard_dir=logdir)
 

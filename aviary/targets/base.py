@@ -67,10 +67,12 @@ class Target(Protocol):
         """Which versions the target serves now."""
 
     # -- progressive delivery: live traffic steps and their metrics ------------
-    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> None:
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> int | None:
         """Requests that name no version or label: stable answers them except `canary_percent` % that the
         canary answers; `mirror_percent` % are also sent to the canary in the shadow, its answers compared
-        with stable's and never returned. (0, 0): stable answers all, even while a canary is loaded."""
+        with stable's and never returned. (0, 0): stable answers all, even while a canary is loaded.
+        Returns the share the canary actually takes where it differs (replica steps), else None.
+        A target that cannot compare mirrored answers says why in a `shadow_unavailable` attribute."""
 
     def scrape(self, model: str) -> list[str]:
         """The Prometheus metrics page of every server that serves `model`, as text."""

@@ -110,6 +110,12 @@ class KubeApi:
         )
         return result is not None
 
+    def pod_get(self, pod: str, port: int, path: str) -> str:
+        """A pod's own HTTP answer (text) through the API server's pod proxy (`pods/proxy` get)."""
+        url = f"/api/v1/namespaces/{self.namespace}/pods/{pod}:{port}/proxy/{path.lstrip('/')}"
+        result = self._call("GET", url, verb="get", kind="Pod", name=pod, text=True, what=f'pods/proxy "{pod}"')
+        return str((result or {}).get("text", ""))
+
     def serves(self, group: str, version: str, plural: str) -> bool:
         """Whether the API server serves a resource (discovery, which every authenticated user may read)."""
         path = f"/apis/{group}/{version}"
@@ -135,12 +141,14 @@ class KubeApi:
         query: Mapping[str, str] | None = None,
         content_type: str | None = None,
         missing_ok: bool = False,
+        text: bool = False,
+        what: str | None = None,
     ) -> Obj | None:
-        what = KINDS[kind].resource + (f' "{name}"' if name else "")
+        what = what or KINDS[kind].resource + (f' "{name}"' if name else "")
         delay = self.backoff_s
         for attempt in range(1, self.attempts + 1):
             try:
-                return self._send(method, path, body, query, content_type)
+                return self._send(method, path, body, query, content_type, text)
             except ApiException as e:
                 status = int(e.status or 0)
                 if status == 404 and missing_ok and not _namespace_missing(e):
@@ -162,9 +170,10 @@ class KubeApi:
         raise AssertionError("unreachable")
 
     def _send(
-        self, method: str, path: str, body: Obj | None, query: Mapping[str, str] | None, content_type: str | None
+        self, method: str, path: str, body: Obj | None, query: Mapping[str, str] | None, content_type: str | None,
+        text: bool = False,
     ) -> Obj:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "text/plain, */*" if text else "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
         _method, url, headers, payload, _post = self.api_client.param_serialize(
@@ -175,6 +184,8 @@ class KubeApi:
         data = response.read()
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=data.decode(errors="replace"), data=None)
+        if text:
+            return {"text": data.decode(errors="replace")}
         return json.loads(data) if data else {}
 
     def _error(self, e: ApiException, verb: str, what: str, attempts: int) -> TargetError:

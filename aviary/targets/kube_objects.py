@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -264,24 +265,40 @@ def service(namespace: str, model: str, track: Track | None) -> Obj:
     }
 
 
-def http_route(namespace: str, model: str, gateway: str, canary_weight: int | None) -> Obj:
-    """Gateway API route over the per-track Services; `canary_weight` None sends everything to stable."""
+def http_route(namespace: str, model: str, gateway: str, canary_weight: int | None, mirror_percent: int = 0) -> Obj:
+    """Gateway API route over the per-track Services; `canary_weight` None sends everything to stable.
+    `mirror_percent` also copies that share of requests to the canary (RequestMirror's `percent`,
+    Gateway API v1.2+); the gateway drops the canary's answers."""
     backends: list[Obj] = [
         {"name": service_name(model, "stable"), "port": REST_PORT, "weight": 100 - (canary_weight or 0)}
     ]
     if canary_weight is not None:
         backends.append({"name": service_name(model, "canary"), "port": REST_PORT, "weight": canary_weight})
+    rule: Obj = {"matches": [{"path": {"type": "PathPrefix", "value": f"/v1/models/{model}"}}], "backendRefs": backends}
+    if mirror_percent > 0:
+        rule["filters"] = [{"type": "RequestMirror", "requestMirror": {
+            "backendRef": {"name": service_name(model, "canary"), "port": REST_PORT}, "percent": mirror_percent}}]
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": {"name": model, "namespace": namespace, "labels": {"app": APP, "model": model}},
         "spec": {
             "parentRefs": [{"name": gateway}],
-            "rules": [
-                {
-                    "matches": [{"path": {"type": "PathPrefix", "value": f"/v1/models/{model}"}}],
-                    "backendRefs": backends,
-                }
-            ],
+            "rules": [rule],
         },
     }
+
+
+MAX_CANARY_REPLICAS = 100
+
+
+def canary_replicas(percent: int, stable_replicas: int) -> tuple[int, int]:
+    """Canary replicas whose ratio beside `stable_replicas` comes nearest `percent` of a Service's
+    traffic (at least one: a canary with no pods takes nothing to judge), and the share they give."""
+    if percent <= 0:
+        return 0, 0
+    stable = max(1, stable_replicas)
+    wanted = percent * stable / (100 - percent) if percent < 100 else MAX_CANARY_REPLICAS
+    candidates = {min(MAX_CANARY_REPLICAS, max(1, n)) for n in (math.floor(wanted), math.ceil(wanted))}
+    replicas = min(candidates, key=lambda n: (abs(100 * n / (stable + n) - percent), n))
+    return replicas, round(100 * replicas / (stable + replicas))

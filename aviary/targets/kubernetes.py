@@ -3,8 +3,9 @@
 A canary is its own Deployment (`<model>-canary`) beside the stable one (`<model>-stable`), each
 serving one pinned version through its own ConfigMap. Both sit behind the `<model>` Service, so
 the canary's share of live traffic is its replica ratio, or a Gateway API HTTPRoute weight when
-`canary_weight` is set. The overlays own the stable Deployment's shape; the flow owns only its pin.
-Every wait polls with a deadline. See docs/kubernetes.md.
+`canary_weight` is set; traffic steps scale the canary or set the weight, and each step is judged
+on every serving pod's metrics. The overlays own the stable Deployment's shape; the flow owns only
+its pin. Every wait polls with a deadline. See docs/kubernetes.md.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aviary.targets import kube_objects as objects
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 from aviary.targets.kube_api import KubeApi
 from aviary.targets.kube_copy import VersionCopier
+from aviary.targets.kube_metrics import relabel
 from aviary.targets.kube_status import pod_problems, rollout_state
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class KubernetesTarget:
         self._clock = clock
         self._sleep = sleep
         self._gateway_checked = False
+        self._traffic: tuple[int, int] | None = None  # the last set_traffic: (canary %, mirror %)
         self.api = KubeApi(
             api_client, cfg.namespace, field_manager=objects.MANAGER, attempts=attempts, backoff_s=backoff_s,
             max_backoff_s=max_backoff_s, request_timeout_s=request_timeout_s, sleep=sleep,
@@ -103,9 +106,13 @@ class KubernetesTarget:
         self._check_gateway_api()
         for track in (None, "stable", "canary"):
             self.api.apply(objects.service(self.cfg.namespace, model, track))
-        self._apply_canary(model, version)
+        self._apply_canary(model, version, self.cfg.canary_replicas)
         if self.cfg.canary_weight is not None:
-            self._apply_route(model, self.cfg.canary_weight)
+            if self._traffic is None:
+                self._apply_route(model, self.cfg.canary_weight)
+            else:  # traffic steps: the share set_traffic gave (0 while the canary is checked)
+                canary_percent, mirror_percent = self._traffic
+                self._apply_route(model, canary_percent or None, mirror_percent)
         log.info("canary %s v%d applied beside stable v%s", objects.deployment_name(model, "canary"), version, stable)
 
     def wait_ready(self, model: str, version: int, timeout_s: float) -> None:
@@ -116,6 +123,9 @@ class KubernetesTarget:
         """In the cluster: the track's Service by DNS. Outside: the API server's service proxy, with
         the client's own credentials (bearer token or client certificate) and CA."""
         self._check_model(model)
+        return self._endpoint(model, track)
+
+    def _endpoint(self, model: str, track: Track | None) -> Endpoint:
         svc = objects.service_name(model, track)
         suffix = f"/v1/models/{model}"
         if self.cfg.in_cluster:
@@ -153,16 +163,69 @@ class KubernetesTarget:
         self._check_model(model)
         return Serving(stable=self._live_pin(model, "stable"), canary=self._present(model, "canary"))
 
-    # Progressive delivery: not yet here. The canary's share is its replica ratio (or `canary_weight`)
-    # from the start, and the rollout judges it by the golden-set check alone.
-    traffic_split = False
+    # Progressive delivery: the canary's share of live traffic in steps, judged on the pods' metrics.
 
-    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> None:
-        raise TargetError("kubernetes: traffic steps are not yet supported; the canary's share is its replica "
-                          "ratio or rollout.kubernetes.canary_weight")
+    traffic_split = True
+
+    @property
+    def shadow_unavailable(self) -> str:
+        """Why no step compares the canary's predictions with stable's here ('' where one does). TF Serving
+        compares nothing, and neither the Gateway's RequestMirror (it drops the canary's answers) nor a
+        Service (no mirroring at all) can; the mirrored share still counts in the canary's own metrics
+        with the Gateway API."""
+        if self.cfg.canary_weight is not None:
+            return "kubernetes: the Gateway mirrors to the canary but TF Serving compares no predictions"
+        return "kubernetes: a Service cannot mirror requests (no Gateway API route: canary_weight unset)"
+
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> int:
+        """With the Gateway API (`canary_weight` set), the HTTPRoute's weights become (100 - p, p) and
+        `mirror_percent` a RequestMirror filter. Without it, the shared Service splits by replica
+        ratio: the canary is scaled to the count whose ratio beside stable's live replicas comes
+        nearest `canary_percent` (at least one), and nothing is mirrored. Returns the share the
+        canary now takes, once its pods are ready."""
+        self._check_model(model)
+        self._traffic = (canary_percent, mirror_percent)
+        if self.cfg.canary_weight is not None:
+            self._check_gateway_api()
+            shifted = canary_percent > 0 or mirror_percent > 0
+            self._apply_route(model, canary_percent if shifted else None, mirror_percent)
+            return canary_percent
+        version = self._present(model, "canary")
+        if not version:
+            if canary_percent > 0:
+                raise TargetError(f"no canary deployment {objects.deployment_name(model, 'canary')} to give "
+                                  f"{canary_percent}% of the traffic")
+            return 0
+        stable = self.api.get("Deployment", objects.deployment_name(model, "stable"))
+        stable_replicas = int(((stable or {}).get("spec") or {}).get("replicas", 1))
+        replicas, share = objects.canary_replicas(canary_percent, stable_replicas)
+        self._apply_canary(model, version, replicas)
+        if replicas:
+            self._wait_rolled_out(model, "canary", version, self.promote_timeout_s)
+        log.info("canary %s: %d replicas beside %d stable: %d%% of the traffic (%d%% asked)",
+                 objects.deployment_name(model, "canary"), replicas, stable_replicas, share, canary_percent)
+        return share
 
     def scrape(self, model: str) -> list[str]:
-        raise TargetError("kubernetes: reading the pods' metrics is not yet supported")
+        """Every ready serving pod's Prometheus page, through the API server's pod proxy, each series
+        labelled with the version the pod serves (its `aviary.dev/version` annotation)."""
+        self._check_model(model)
+        pages: list[str] = []
+        for track in ("stable", "canary"):
+            for pod in self.api.list("Pod", objects.selector(model, track)):
+                meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+                version = str((meta.get("annotations") or {}).get(objects.VERSION_KEY, ""))
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+                if meta.get("deletionTimestamp") or not ready or not version.isdigit():
+                    continue
+                text = self.api.pod_get(meta["name"], objects.REST_PORT, objects.METRICS_PATH)
+                pages.append(relabel(text, {"version": version}))
+        return pages
+
+    def live_endpoint(self, model: str) -> Endpoint:
+        """The Service clients call (both tracks), for the rollout's own load."""
+        self._check_model(model)
+        return self._endpoint(model, None)
 
     # Getting a version's files onto the store volume from outside the cluster.
 
@@ -228,10 +291,11 @@ class KubernetesTarget:
             store_mount=self.cfg.store_mount, ready_timeout_s=self.promote_timeout_s, resources=self._resources(model),
         )
 
-    def _apply_canary(self, model: str, version: int) -> None:
+    def _apply_canary(self, model: str, version: int, replicas: int) -> None:
+        """The whole canary track, always (server-side apply drops fields a manager leaves out)."""
         config_map = self.api.apply(self._config_map(model, "canary", version))
         config_hash = objects.content_hash(config_map.get("data") or {})
-        self.api.apply(self._full_track(model, "canary", version, config_hash, self.cfg.canary_replicas))
+        self.api.apply(self._full_track(model, "canary", version, config_hash, replicas))
 
     def _pin_stable(self, model: str, version: int) -> None:
         """Write the stable ConfigMap, then pin the Deployment to it. Where no overlay made the stable
@@ -244,8 +308,8 @@ class KubernetesTarget:
             self.api.apply(whole, field_manager=objects.BOOTSTRAP_MANAGER)
         self.api.apply(objects.stable_pin(self.cfg.namespace, model, version, config_hash, self.promote_timeout_s))
 
-    def _apply_route(self, model: str, canary_weight: int | None) -> None:
-        self.api.apply(objects.http_route(self.cfg.namespace, model, self.gateway, canary_weight))
+    def _apply_route(self, model: str, canary_weight: int | None, mirror_percent: int = 0) -> None:
+        self.api.apply(objects.http_route(self.cfg.namespace, model, self.gateway, canary_weight, mirror_percent))
 
     def _remove_canary(self, model: str) -> None:
         """Traffic off the canary, then the canary gone, pods included: a route that cannot be updated
@@ -256,6 +320,7 @@ class KubernetesTarget:
                 self._apply_route(model, None)
             except TargetError as e:
                 route_error = e
+        self._traffic = None
         name = objects.deployment_name(model, "canary")
         self.api.delete("Deployment", name, propagation="Foreground")
         self.api.delete("ConfigMap", objects.config_name(model, "canary"))

@@ -181,7 +181,7 @@ class TestKubelet(threading.Thread):
             return self._waiting(pod, "ContainerCreating", "")
         ip = self._ip(pod)
         if ip not in self._pod_configs:  # the container starts: TF Serving reads its config once
-            self._pod_configs[ip] = config
+            self._pod_configs[ip] = f"{config}\n# pod {pod['metadata']['uid']}\n"  # a new pod's counters start at 0
             assert self.network is not None
             tmp = self.network.pins.with_suffix(".tmp")
             tmp.write_text(json.dumps(self._pod_configs))

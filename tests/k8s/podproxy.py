@@ -5,7 +5,9 @@ only the versions its model config pins (read once, at container start), with it
 forwarder, listening on every pod address, looks up the dialed address in the kubelet's pins file
 and rewrites the model path onto that pod's pinned version before forwarding:
 `/v1/models/m[...]` -> `/versions/<pin>`, `/labels/L` -> the version L labels, a version the pod
-does not pin -> 404, as TF Serving answers.
+does not pin -> 404, as TF Serving answers. Each pod also has its own Prometheus page at
+`/monitoring/prometheus/metrics`, as TF Serving's: its predict requests by status and their latency,
+labelled by `model_name` and never by version (a pod's counters start at zero with the pod).
 
     python tests/k8s/podproxy.py PORT UPSTREAM PINS_JSON
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -51,7 +54,41 @@ def rewrite(path: str, config: str) -> tuple[str | None, int, str]:
     return f"/v1/models/{model}/versions/{version}{rest}", 200, ""
 
 
+METRICS_PATH = "/monitoring/prometheus/metrics"
+BUCKETS_US = [10 * 1.8**i for i in range(33)]  # TF Serving's request_latency buckets (microseconds)
+STATUS = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE"}
+
+
+class PodMetrics:
+    """One pod's TF Serving counters."""
+
+    def __init__(self) -> None:
+        self.count: dict[tuple[str, str], int] = {}  # (model, status) -> requests
+        self.latency: dict[str, list[float]] = {}  # model -> latencies in microseconds
+
+    def observe(self, model: str, status: int, latency_us: float) -> None:
+        key = (model, STATUS.get(status, "UNKNOWN"))
+        self.count[key] = self.count.get(key, 0) + 1
+        self.latency.setdefault(model, []).append(latency_us)
+
+    def render(self) -> str:
+        count, latency = ":tensorflow:serving:request_count", ":tensorflow:serving:request_latency"
+        lines = [f"# TYPE {count} counter"]
+        lines += [f'{count}{{model_name="{m}",status="{s}"}} {n}' for (m, s), n in sorted(self.count.items())]
+        lines.append(f"# TYPE {latency} histogram")
+        for model, values in sorted(self.latency.items()):
+            labels = f'model_name="{model}",API="predict",entrypoint="REST"'
+            for bound in BUCKETS_US:
+                lines.append(f'{latency}_bucket{{{labels},le="{bound:g}"}} {sum(v <= bound for v in values)}')
+            lines.append(f'{latency}_bucket{{{labels},le="+Inf"}} {len(values)}')
+            lines.append(f"{latency}_sum{{{labels}}} {sum(values)}")
+            lines.append(f"{latency}_count{{{labels}}} {len(values)}")
+        return "\n".join(lines) + "\n"
+
+
 def app(upstream: str, pins_file: Path) -> web.Application:
+    metrics: dict[tuple[str, str], PodMetrics] = {}  # (pod IP, the config it started with) -> counters
+
     async def forward(request: web.Request) -> web.StreamResponse:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         ip = sockname[0] if sockname else ""
@@ -61,15 +98,26 @@ def app(upstream: str, pins_file: Path) -> web.Application:
             config = None
         if config is None:
             return web.json_response({"error": f"no pod runs on {ip}"}, status=503)
+        pod = metrics.setdefault((ip, config), PodMetrics())
+        if request.path == METRICS_PATH:
+            return web.Response(text=pod.render(), content_type="text/plain")
+        started = time.perf_counter()
+        match = MODEL_PATH.match(request.path)
+        counted = request.method == "POST" and match is not None and match["rest"] == ":predict"
         path, status, error = rewrite(request.path, config)
         if path is None:
+            if counted and match is not None:
+                pod.observe(match["model"], status, (time.perf_counter() - started) * 1e6)
             return web.json_response({"error": error}, status=status)
         async with aiohttp.ClientSession() as session, session.request(
             request.method, f"{upstream}{path}", data=await request.read(),
             headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
         ) as answer:
-            return web.Response(body=await answer.read(), status=answer.status,
-                                headers={"Content-Type": answer.headers.get("Content-Type", "application/json")})
+            body = await answer.read()
+        if counted and match is not None:
+            pod.observe(match["model"], answer.status, (time.perf_counter() - started) * 1e6)
+        return web.Response(body=body, status=answer.status,
+                            headers={"Content-Type": answer.headers.get("Content-Type", "application/json")})
 
     application = web.Application()
     application.router.add_route("*", "/{tail:.*}", forward)

@@ -32,6 +32,9 @@ MODEL = "circle"  # the environment overlays' model
 SECOND = "fraud"  # k8s/examples/fraud: a second model in the same namespace
 ROLE = "aviary-rollout"
 _names = itertools.count(1)
+STEPS: dict[str, Any] = {"bake_s": 1, "max_bake_s": 20, "scrape_interval_s": 0.5, "min_requests": 10,
+                         "latency_slack_ms": 500, "load_rps": 15}
+"""Traffic steps in seconds, not minutes: short bakes, and latency judged loosely on a busy test machine."""
 
 
 @dataclass
@@ -87,7 +90,7 @@ class Namespace:
         return PipelineConfig.model_validate({
             "export": {"store": self.store_root, "model_name": self.model, "golden_rows": 20, "warmup_records": 2},
             "rollout": {"target": "kubernetes", "ready_timeout_s": 20, "lock_timeout_s": 0,
-                        "check": {"p95_budget_ms": 3000}, **rollout,
+                        "check": {"p95_budget_ms": 3000}, "canary": STEPS, **rollout,
                         "kubernetes": {"kubeconfig": self.kubeconfig, "namespace": self.name, "copy_timeout_s": 20,
                                        **kube}},
         })

@@ -59,3 +59,26 @@ def test_its_own_deadline_ends_it_even_inside_the_block() -> None:
             assert len(load.codes) == count and 0 < count < 40
     finally:
         server.shutdown()
+
+
+def test_through_an_endpoint_it_calls_with_the_endpoints_credentials() -> None:
+    """On Kubernetes the load goes where the target's endpoint says (the API server's proxy), with its headers."""
+    from aviary.targets.base import Endpoint
+
+    GoldenLoad.through(Endpoint(url="https://10.0.0.7:6443/api/v1/x/proxy/v1/models/m"), ROWS, 20)  # not refused
+    tokens: list[str] = []
+
+    def answer(_body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+        tokens.append(headers.get("Authorization", ""))
+        return 200, {}
+
+    server = json_server(answer)
+    try:
+        endpoint = Endpoint(url=f"http://127.0.0.1:{server.server_port}/v1/models/m", headers={"Authorization": "Bearer t"})
+        load = GoldenLoad.through(endpoint, ROWS, rate=50)
+        assert load.url.endswith("/v1/models/m:predict")
+        with load.running(max_seconds=5):
+            wait_for("3 requests", lambda: len(tokens) >= 3 or None, timeout_s=5, every_s=0.02)
+        assert set(tokens) == {"Bearer t"} and set(load.codes) == {200}
+    finally:
+        server.shutdown()

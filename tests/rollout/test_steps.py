@@ -178,3 +178,25 @@ def test_every_phase_that_can_fail_leads_to_rolling_back() -> None:
         assert TRANSITIONS[(phase, Event.FAILED)] is Phase.ROLLING_BACK, phase
     assert TRANSITIONS[(Phase.ANALYSING, Event.CHECKS_EXHAUSTED)] is Phase.ROLLING_BACK
     assert TRANSITIONS[(Phase.AWAITING_APPROVAL, Event.REJECTED)] is Phase.ROLLING_BACK
+
+
+class ReplicaSteps(FakeTarget):
+    """A target that can only come near a share (a canary's replica ratio) and cannot mirror."""
+
+    shadow_unavailable = "a Service cannot mirror requests"
+
+    def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> int:
+        super().set_traffic(model, canary_percent, mirror_percent)
+        return 0 if canary_percent == 0 else max(canary_percent, 50)
+
+
+def test_the_share_a_target_gives_is_recorded_and_no_shadow_is_awaited_where_it_cannot_mirror() -> None:
+    target = ReplicaSteps(stable=1, traffic=FakeTraffic("circle", stable=1, canary=2, per_scrape=100))
+    state = drive(target, FAST.model_copy(update={"steps": (10, 75)}))
+    assert phases(state)[-1] is Phase.PROMOTED and state.failed_checks == 0
+    assert target.traffic_calls == [(0, 0), (10, 20), (75, 20), (0, 0)]
+    assert [s.canary_percent for s in state.steps] == [50, 75]
+    assert all(s.analysis.shadow is None and s.analysis.reasons[-1] == "shadow comparison skipped: a Service cannot "
+               "mirror requests" for s in state.steps)
+    (shift,) = [h.reason for h in state.history if h.reason.startswith("step 1/2")]
+    assert "answers 50% of unversioned requests (10% asked" in shift

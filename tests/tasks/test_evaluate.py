@@ -36,3 +36,17 @@ def test_evaluate_trained_model_on_eval_set(trained: TrainedModel, circle_split:
     assert r.rows == circle_split.eval.rows
     assert r.precision >= 0.9 and r.recall > 0.85 and r.roc_auc > 0.97
     assert sum(map(sum, r.confusion_matrix)) == r.rows
+
+
+def test_evaluation_past_the_exact_size_streams_counts_per_level(trained: TrainedModel, circle_split: Split) -> None:
+    from aviary.scores import LEVELS
+    from aviary.tasks.evaluate import evaluate_model, report_scored, score_keras
+
+    cfg = EvalConfig(precision_floor=0.9)
+    exact, binned = evaluate_model(trained, circle_split.eval, cfg), evaluate_model(trained, circle_split.eval, cfg, exact_rows=100)
+    assert binned.rows == exact.rows == circle_split.eval.rows
+    assert binned.threshold in LEVELS and binned.threshold == pytest.approx(exact.threshold, abs=1e-3)
+    assert binned.roc_auc == pytest.approx(exact.roc_auc, abs=1e-3)
+    # At the level it chose, the counts are those of the rows themselves.
+    rows = score_keras(trained.path, circle_split.eval)
+    assert rows.exact and report_scored(rows, binned.threshold).confusion_matrix == binned.confusion_matrix

@@ -1,0 +1,62 @@
+"""Traffic steps on Kubernetes without a server: the replica arithmetic, the route, the relabelled pages."""
+
+from __future__ import annotations
+
+import pytest
+
+from aviary.analysis import parse_metrics
+from aviary.targets import kube_objects as objects
+from aviary.targets.kube_metrics import relabel
+
+
+@pytest.mark.parametrize(("percent", "stable", "replicas", "share"), [
+    (0, 3, 0, 0),
+    (10, 1, 1, 50),  # at least one pod: one stable pod leaves 50% as the nearest share
+    (50, 1, 1, 50),
+    (75, 1, 3, 75),
+    (10, 3, 1, 25),
+    (25, 3, 1, 25),
+    (50, 3, 3, 50),
+    (10, 9, 1, 10),
+    (20, 10, 3, 23),  # 2.5 wanted: 3/13 = 23.1% is nearer 20% than 2/12 = 16.7%
+    (99, 2, 100, 98),  # capped
+])
+def test_kube_canary_replicas_nearest_ratio(percent: int, stable: int, replicas: int, share: int) -> None:
+    assert objects.canary_replicas(percent, stable) == (replicas, share)
+
+
+def test_kube_route_weights_and_mirror() -> None:
+    route = objects.http_route("aviary", "circle", "gw", 25, 10)
+    (rule,) = route["spec"]["rules"]
+    assert [(b["name"], b["weight"]) for b in rule["backendRefs"]] == [("circle-stable", 75), ("circle-canary", 25)]
+    assert rule["filters"] == [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"name": "circle-canary", "port": 8501}, "percent": 10}}]
+    (rule,) = objects.http_route("aviary", "circle", "gw", None)["spec"]["rules"]
+    assert [(b["name"], b["weight"]) for b in rule["backendRefs"]] == [("circle-stable", 100)]
+    assert "filters" not in rule
+
+
+TF_SERVING_PAGE = """# TYPE :tensorflow:serving:request_count counter
+:tensorflow:serving:request_count{model_name="circle",status="OK"} 7
+:tensorflow:serving:request_count{model_name="circle",status="INVALID_ARGUMENT"} 3
+:tensorflow:serving:request_count{model_name="other",status="OK"} 5
+# TYPE :tensorflow:serving:request_latency histogram
+:tensorflow:serving:request_latency_bucket{model_name="circle",API="predict",entrypoint="REST",le="1000"} 6
+:tensorflow:serving:request_latency_bucket{model_name="circle",API="predict",entrypoint="REST",le="+Inf"} 10
+:tensorflow:serving:request_latency_sum{model_name="circle",API="predict",entrypoint="REST"} 9000
+:tensorflow:serving:request_latency_count{model_name="circle",API="predict",entrypoint="REST"} 10
+"""
+
+
+def test_kube_pod_pages_are_attributed_to_their_version_and_summed() -> None:
+    """Real TF Serving labels no version: each pod's page gets its track's, and pods of a version add up."""
+    assert parse_metrics([TF_SERVING_PAGE], "circle").versions == {}
+    pages = [relabel(TF_SERVING_PAGE, {"version": "1"}), relabel(TF_SERVING_PAGE, {"version": "1"}),
+             relabel(TF_SERVING_PAGE, {"version": "2"})]
+    snapshot = parse_metrics(pages, "circle")
+    assert snapshot.versions[1].requests == {"OK": 14.0, "INVALID_ARGUMENT": 6.0}
+    assert snapshot.versions[2].requests == {"OK": 7.0, "INVALID_ARGUMENT": 3.0}
+    assert snapshot.versions[1].latency.count == 20 and snapshot.versions[1].latency.buckets[0] == (1000.0, 12.0)
+    # A server that labels versions itself is believed.
+    labelled = TF_SERVING_PAGE.replace('status="OK"}', 'status="OK",version="9"}')
+    assert set(parse_metrics([relabel(labelled, {"version": "1"})], "circle").versions) == {1, 9}
