@@ -160,10 +160,26 @@ class TrainConfig(_Frozen):
     hidden_units: tuple[int, ...] = Field(
         (64, 32), min_length=1, description="Units of each hidden ReLU layer; [10] is a single layer of 10."
     )
-    epochs: int = Field(40, ge=1, le=10_000, description="Upper bound on epochs; early stopping usually ends sooner.")
+    epochs: Annotated[int | None, Unset] = Field(
+        None, ge=1, le=10_000, json_schema_extra=_plain,
+        description="Upper bound on epochs; early stopping usually ends sooner. Empty: 40, or more on small data sets, "
+        "enough for 20,000 gradient steps.",
+    )
     batch_size: int = Field(64, ge=1, le=65_536, description="Rows per gradient step.")
-    learning_rate: float = Field(0.01, gt=0, le=1, description="Adam learning rate.")
-    patience: int = Field(5, ge=0, description="Epochs without validation-loss improvement before stopping.")
+    learning_rate: float = Field(
+        0.001, gt=0, le=1,
+        description="Adam's starting learning rate (Keras' default; 0.01 fell short of the baselines of benchmarks/bench_quality.py on a few hundred rows).",
+    )
+    reduce_lr_factor: float = Field(
+        0.5, gt=0, le=1,
+        description="The learning rate is multiplied by this when the validation loss stalls (Keras' ReduceLROnPlateau, "
+        "after half the patience); 1 keeps it constant.",
+    )
+    patience: Annotated[int | None, Unset] = Field(
+        None, ge=0, json_schema_extra=_plain,
+        description="Epochs without validation-loss improvement before stopping. Empty: the epochs of 300 gradient steps, "
+        "at least 5, so a few hundred rows are not stopped after a few dozen steps.",
+    )
     seed: int = Field(42, description="Seeds weights and shuffling, so a re-run gives the same metrics.")
     class_weight: Literal["balanced", "none"] = Field(
         "none",

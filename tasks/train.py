@@ -8,6 +8,7 @@ SavedModel exported from it, do to raw values exactly what training did.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -68,6 +69,45 @@ def class_weights(profile: DataProfile, mode: str) -> dict[int, float] | None:
     return {c: total / (2 * n) for c, n in counts.items()}
 
 
+PATIENCE_STEPS = 300
+"""Unset patience waits this many gradient steps (rounded up to whole epochs, at least MIN_PATIENCE) for the
+validation loss to improve: a fixed count of epochs is a few dozen steps on a few hundred rows, too few to leave a plateau."""
+MIN_PATIENCE = 5
+DEFAULT_EPOCHS = 40
+MIN_STEPS = 20_000
+"""An unset epoch bound allows at least this many steps; early stopping still ends small data sets within a few hundred epochs."""
+
+
+def steps_per_epoch(train: Dataset, cfg: TrainConfig) -> int:
+    return max(1, math.ceil(train.rows * (1 - VALIDATION_SPLIT) / cfg.batch_size))
+
+
+def epochs(train: Dataset, cfg: TrainConfig) -> int:
+    """The configured bound, or DEFAULT_EPOCHS, raised on small data sets to MIN_STEPS gradient steps."""
+    if cfg.epochs is not None:
+        return cfg.epochs
+    return max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch(train, cfg)))
+
+
+def patience(train: Dataset, cfg: TrainConfig) -> int:
+    """The configured patience, or enough whole epochs for PATIENCE_STEPS steps."""
+    if cfg.patience is not None:
+        return cfg.patience
+    return max(MIN_PATIENCE, math.ceil(PATIENCE_STEPS / steps_per_epoch(train, cfg)))
+
+
+def schedule_callbacks(wait: int, cfg: TrainConfig) -> list[Any]:
+    """Early stopping on the validation loss (best weights kept), and the learning rate halved after half the wait."""
+    import keras
+
+    callbacks: list[Any] = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=wait, restore_best_weights=True)]
+    if cfg.reduce_lr_factor < 1:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=cfg.reduce_lr_factor, patience=max(1, wait // 2), min_lr=cfg.learning_rate / 100
+        ))
+    return callbacks
+
+
 EpochCallback = Callable[[int, int, dict[str, float]], None]
 """Called after each epoch with (epoch from 1, the epoch bound, the epoch's losses and metrics)."""
 
@@ -89,18 +129,19 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: Epoch
     fit = tf_batches(train, cfg.batch_size, seed=cfg.seed, part="fit", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
     held = tf_batches(train, VALIDATION_BATCH, part="holdout", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
     model = build_model(profile, cfg)
+    bound, wait = epochs(train, cfg), patience(train, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = [] if on_epoch is None else [keras.callbacks.LambdaCallback(
-        on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, cfg.epochs, {k: float(v) for k, v in (logs or {}).items()})
+        on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, bound, {k: float(v) for k, v in (logs or {}).items()})
     )]
     history = model.fit(
         fit,
         validation_data=held,
-        epochs=cfg.epochs,
+        epochs=bound,
         class_weight=class_weights(profile, cfg.class_weight),
         verbose=0,
         callbacks=[
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+            *schedule_callbacks(wait, cfg),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
             *progress,
         ],

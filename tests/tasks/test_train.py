@@ -7,15 +7,24 @@ import pytest
 from aviary.config import DataConfig, TrainConfig
 from aviary.tasks.evaluate import predict_keras
 from aviary.tasks.preprocess import load_model
-from aviary.tasks.train import build_model, class_weights, load_inputs, train_model, train_model_task
-from aviary.types import Split, TrainedModel
+from aviary.tasks.train import (
+    build_model,
+    class_weights,
+    epochs,
+    load_inputs,
+    patience,
+    schedule_callbacks,
+    train_model,
+    train_model_task,
+)
+from aviary.types import Dataset, Split, TrainedModel
 from tests.helpers import FAST_TRAIN
 from tests.profiles import dataset_with_profile, profile_frame
 
 
 def test_train_writes_model_and_tensorboard_logs(trained: TrainedModel) -> None:
     assert trained.path.name == "model.keras" and trained.path.is_file()
-    assert 1 <= trained.epochs_run <= FAST_TRAIN.epochs
+    assert FAST_TRAIN.epochs is not None and 1 <= trained.epochs_run <= FAST_TRAIN.epochs
     assert trained.final_val_loss < 0.3, "the circle should be learnt"
     assert trained.profile is not None and [f.input_name for f in trained.profile.features] == ["x", "y"]
     events = list((trained.path.parent / "tensorboard").rglob("events.out.tfevents.*"))
@@ -76,3 +85,23 @@ def test_mixed_columns_and_a_header_with_spaces_train_on_raw_values(tmp_path: Pa
     scores = predict_keras(trained.path, inputs)
     assert [int(s >= 0.5) for s in scores[:4]] == [0, 1, 1, 0]
     assert np.isfinite(scores).all(), "an unseen category gets an answer"
+
+
+def _rows(rows: int) -> Dataset:
+    return Dataset(path=Path("train.parquet"), source=Path("in.csv"), rows=rows, fingerprint="f", features=("x",), label="y")
+
+
+def test_unset_patience_and_epoch_bound_count_gradient_steps() -> None:
+    cfg = TrainConfig()  # batch 64; 10% of the rows are held out for early stopping
+    small, large = _rows(480), _rows(800_000)  # 7 and 11,250 steps per epoch
+    assert patience(small, cfg) == 43 and patience(large, cfg) == 5, "300 steps, at least 5 epochs"
+    assert epochs(small, cfg) == 2858 and epochs(large, cfg) == 40, "20,000 steps, at least 40 epochs"
+    fixed = TrainConfig(epochs=12, patience=3)
+    assert (epochs(small, fixed), patience(small, fixed)) == (12, 3), "set values are kept as they are"
+
+
+def test_the_learning_rate_is_halved_on_a_plateau_unless_turned_off() -> None:
+    stop, plateau = schedule_callbacks(10, TrainConfig(learning_rate=0.004))
+    assert (stop.patience, stop.restore_best_weights) == (10, True)
+    assert (plateau.factor, plateau.patience, plateau.min_lr) == (0.5, 5, pytest.approx(0.00004))
+    assert [type(c).__name__ for c in schedule_callbacks(10, TrainConfig(reduce_lr_factor=1))] == ["EarlyStopping"]
