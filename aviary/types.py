@@ -38,6 +38,10 @@ class Split(_Result):
 class TrainedModel(_Result):
     path: Path
     epochs_run: int
+    epoch_limit: int | None = None
+    """The epoch bound training ran under, also when the config left it to the data's size."""
+    patience: int | None = None
+    """The early-stopping patience it ran under, likewise."""
     final_loss: float
     final_val_loss: float
     profile: DataProfile | None = None

@@ -202,8 +202,13 @@ def retrain(config: PipelineConfig = PipelineConfig()) -> RetrainResult:
         # Its own final state, so the runs list tells a rejected model from a shipped one.
         return final_state(result, "Rejected", f"{model} v{version} rejected: {why}")
 
+    parameters = config.model_dump(mode="json")
+    # An unset epoch bound or patience is recorded as the value training resolved from the data's size.
+    for key, used in (("epochs", trained.epoch_limit), ("patience", trained.patience)):
+        if parameters["train"].get(key) is None:
+            parameters["train"][key] = used
     provenance = Provenance(
-        parameters=config.model_dump(mode="json"),
+        parameters=parameters,
         parent_version=baseline_version,
         drift_reference=reference_task(train_set.path, profile),
         tensorboard_run=pictures.tensorboard_run,

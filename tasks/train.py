@@ -152,6 +152,8 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: Epoch
     return TrainedModel(
         path=path,
         epochs_run=len(losses),
+        epoch_limit=bound,
+        patience=wait,
         final_loss=float(losses[-1]),
         final_val_loss=float(min(val_losses)),
         profile=profile,

@@ -29,8 +29,12 @@ def csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_first_run_exports_v1_and_second_run_is_judged_against_it(tmp_path: Path, csv: Path) -> None:
     cfg = config(tmp_path, csv)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"patience": None})})
     first = retrain(cfg)
     assert (first.version, first.blessed, first.baseline_version) == (1, True, None)
+    recorded = ModelStore(tmp_path / "store", "circle").metadata(1).config
+    assert recorded is not None and recorded["train"]["epochs"] == 25
+    assert isinstance(recorded["train"]["patience"], int) and recorded["train"]["patience"] >= 5, "as resolved"
     assert first.path == tmp_path / "store" / "circle" / "1" and (first.path / "saved_model.pb").is_file()
     assert any("floors alone" in r for r in first.reasons)
 
