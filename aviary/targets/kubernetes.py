@@ -126,8 +126,8 @@ class KubernetesTarget:
         self._check_model(model)
         return self._endpoint(model, track)
 
-    def _endpoint(self, model: str, track: Track | None) -> Endpoint:
-        svc = objects.service_name(model, track)
+    def _endpoint(self, model: str, track: Track | None, svc: str | None = None) -> Endpoint:
+        svc = svc or objects.service_name(model, track)
         suffix = f"/v1/models/{model}"
         if self.cfg.in_cluster:
             return Endpoint(url=f"http://{svc}.{self.cfg.namespace}.svc:{objects.REST_PORT}{suffix}")
@@ -236,6 +236,14 @@ class KubernetesTarget:
         """The Service clients call (both tracks), for the rollout's own load."""
         self._check_model(model)
         return self._endpoint(model, None)
+
+    def mirror_endpoint(self, model: str) -> Endpoint | None:
+        """Where the route mirrors (the shadow comparator's Service), for the rollout's own load, which
+        reaches the Service directly and so passes no Gateway; None without the Gateway API."""
+        self._check_model(model)
+        if self.cfg.canary_weight is None:
+            return None
+        return self._endpoint(model, None, objects.shadow_name(model))
 
     # Getting a version's files onto the store volume from outside the cluster.
 

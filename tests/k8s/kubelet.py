@@ -257,10 +257,12 @@ class TestKubelet(threading.Thread):
         scratch = Path(tempfile.mkdtemp(prefix="pod-"))
         mounts = self._volumes(pod, scratch)
         paths = {m["mountPath"]: mounts[m["name"]] for m in container.get("volumeMounts") or []}
-        pattern = re.compile("|".join(re.escape(m) for m in sorted(paths, key=len, reverse=True)))
+        # Whole path components only: /etc/aviary/models.config holds no mount /models.
+        pattern = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(m) for m in sorted(paths, key=len, reverse=True))
+                             + r")(?![\w.-])")
 
         def local(text: str) -> str:
-            return pattern.sub(lambda match: str(paths[match.group(0)]), text) if paths else text
+            return pattern.sub(lambda match: str(paths[match.group(1)]), text) if paths else text
 
         for volume in pod["spec"].get("volumes") or []:  # config files name paths inside the pod too
             if "configMap" in volume:
@@ -269,7 +271,8 @@ class TestKubelet(threading.Thread):
         port = next(self._ports)
         argv = [sys.executable, *[local(a) for a in [*container["command"][1:], *(container.get("args") or [])]],
                 "--host=127.0.0.1", f"--port={port}", f"--rest_api_port={port + 1}"]
-        with open(scratch / "server.log", "wb") as out:
+        assert self.network is not None
+        with open(self.network.log.with_name(f"pod-{pod['metadata']['name']}.log"), "wb") as out:
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and server
                 ["ip", "netns", "exec", self.network.namespace, *argv], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, start_new_session=True,
@@ -288,8 +291,6 @@ class TestKubelet(threading.Thread):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        log = scratch / "server.log"
-        self.job_output.append(f"server pod exit {process.returncode}: {log.read_text()[-500:] if log.exists() else ''}")
         shutil.rmtree(scratch, ignore_errors=True)
 
     # Run-to-completion pods.
