@@ -150,7 +150,7 @@ def assert_no_shadow(ns: Namespace) -> None:
 # route's RequestMirror filter would, near the circle's edge, where a drifting canary moves.
 EDGE_ROWS = [{"x": x, "y": 0.0} for x in (0.6, 0.8, 1.0, 1.2)]
 SHADOW = {"mirror_percent": 10, "min_rows": 20}
-GATEWAY = {"canary_weight": 20, "rollout": {"ready_timeout_s": 180}}  # the comparator imports TensorFlow
+READY_S = 180  # the comparator imports TensorFlow on a busy machine
 
 
 def mirrored(ns: Namespace) -> Any:
@@ -160,7 +160,7 @@ def mirrored(ns: Namespace) -> Any:
 def test_real_gateway_route_weights_are_the_steps(ns: Namespace, gateway_api: None) -> None:
     promoted(ns, 1)
     before = stable_shape(ns)
-    target = fast_target(ns.config(**GATEWAY))
+    target = fast_target(ns.config(canary_weight=20, rollout={"ready_timeout_s": READY_S}))
     target.publish(MODEL, 2, ns.store.version_dir(2))
     target.set_traffic(MODEL, 0, 0)
     target.deploy_canary(MODEL, 2, 1)
@@ -177,7 +177,8 @@ def test_real_gateway_route_weights_are_the_steps(ns: Namespace, gateway_api: No
     assert_no_canary(ns)
     assert_no_shadow(ns)
 
-    config = ns.config(**GATEWAY, rollout={**GATEWAY["rollout"], "canary": {**STEPS, "steps": [10, 50], "shadow": SHADOW}})
+    config = ns.config(canary_weight=20, rollout={"ready_timeout_s": READY_S,
+                                                  "canary": {**STEPS, "steps": [10, 50], "shadow": SHADOW}})
     with mirrored(ns):
         result = rollout(2, config)
     assert result.phase == Phase.PROMOTED, result
@@ -204,8 +205,8 @@ def test_real_gateway_drifting_canary_is_rolled_back_by_the_shadow_comparison(ns
     # v7: v2 with probabilities 0.3 higher near the circle's edge; the golden set passes. No other test uses 7.
     shutil.copytree(ns.store.version_dir(2), ns.store.version_dir(DRIFT))
     drift(ns.store.version_dir(DRIFT))
-    config = ns.config(**GATEWAY, rollout={**GATEWAY["rollout"], "canary": {**STEPS, "steps": [10, 50], "failed_checks": 1,
-                                                                             "shadow": SHADOW}})
+    config = ns.config(canary_weight=20, rollout={"ready_timeout_s": READY_S, "canary": {
+        **STEPS, "steps": [10, 50], "failed_checks": 1, "shadow": SHADOW}})
     with mirrored(ns), pytest.raises(RolloutFailed, match=r"RolledBack: 10% step, check 1/1 failed: shadow "
                                                           r"(class agreement|mean|p99|positive rate)"):
         rollout(DRIFT, config)
