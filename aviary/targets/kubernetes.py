@@ -377,9 +377,12 @@ class KubernetesTarget:
             self._sleep(min(self.poll_interval_s, remaining))
 
     def _remove_shadow(self, model: str) -> None:
+        """Service first, ConfigMap last: while either of the others is left, so is the Service's trace."""
         name = objects.shadow_name(model)
-        self.api.delete("Deployment", name, propagation="Foreground")
+        if self.api.get("Deployment", name) is None and self.api.get("ConfigMap", f"{name}-config") is None:
+            return  # nothing to delete (and no call a Role without the comparator's rights would refuse)
         self.api.delete("Service", name)
+        self.api.delete("Deployment", name, propagation="Foreground")
         self.api.delete("ConfigMap", f"{name}-config")
         self._wait_gone(name, objects.shadow_selector(model), "shadow comparator")
 
