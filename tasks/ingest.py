@@ -16,12 +16,13 @@ turn the problem into one line naming the file, the column and the first bad lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import sys
 import tempfile
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,17 +275,21 @@ def _parts(
     convert = _convert_options([*cfg.features, cfg.label], {**types, cfg.label: pa.bool_()}, booleans=True)
     reading = _Reading(path, header, convert, _Checks(cfg, schema))
     try:
-        for start, part in _in_order(reading):
-            if part is None:
-                # A quote from `start` on: the rest goes through one streaming reader, in order.
-                yield from _streamed(reading, start)
-                return
-            yield part
+        rest = None
+        with contextlib.closing(_in_order(reading)) as ranges:
+            for start, part in ranges:
+                if part is None:
+                    rest = start
+                    break
+                yield part
+        if rest is not None:
+            # A quote from `rest` on: the ranges ahead are dropped, the rest read by one streaming reader.
+            yield from _streamed(reading, rest)
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _in_order(reading: _Reading) -> Iterator[tuple[int, _Part | None]]:
+def _in_order(reading: _Reading) -> Generator[tuple[int, _Part | None]]:
     """(start, parsed range) in file order, at most PARSERS + 1 ranges parsed ahead of the one taken."""
     chunk = _block_bytes(reading.header, CHUNK_BYTES)  # the first range holds the header whole
     with reading.path.open("rb") as file, ThreadPoolExecutor(PARSERS, thread_name_prefix="ingest-parse") as parsers:
