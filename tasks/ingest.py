@@ -126,7 +126,7 @@ def _ingest(cfg: DataConfig, work_dir: Path) -> tuple[Dataset, int]:
         sink = ParquetSink(work_dir / "dataset.parquet", schema, row_group_rows=INGEST_ROW_GROUP)
         with sink:
             # Hashing and writing range k (both release the GIL) overlap with parsing the ranges after it.
-            for part in _parts(path, header, cfg, types, schema):
+            for part in _parts(path, header, cfg, types, stats):
                 stats.add(part)
                 try:
                     fingerprint.update(part.batch)
@@ -269,11 +269,11 @@ class _Reading:
 
 
 def _parts(
-    path: Path, header: Header, cfg: DataConfig, types: dict[str, pa.DataType], schema: pa.Schema
+    path: Path, header: Header, cfg: DataConfig, types: dict[str, pa.DataType], checks: _Checks
 ) -> Iterator[_Part]:
-    """The file's rows, checked, in file order: ranges parsed in parallel, then any rest streamed."""
+    """The file's rows, checked (not yet counted), in file order: ranges parsed in parallel, then any rest streamed."""
     convert = _convert_options([*cfg.features, cfg.label], {**types, cfg.label: pa.bool_()}, booleans=True)
-    reading = _Reading(path, header, convert, _Checks(cfg, schema))
+    reading = _Reading(path, header, convert, checks)
     try:
         rest = None
         with contextlib.closing(_in_order(reading)) as ranges:
