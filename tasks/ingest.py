@@ -195,7 +195,8 @@ def _column_types(path: Path, header: Header, cfg: DataConfig) -> dict[str, pa.D
     # No threads: a threaded reader parses the blocks after the sample ahead of time, a third of a 1M-row ingest.
     read = pa_csv.ReadOptions(block_size=_block_bytes(header, SAMPLE_BYTES), use_threads=False)
     try:
-        with pa_csv.open_csv(path, read_options=read, convert_options=options) as reader:
+        with pa_csv.open_csv(path, read_options=read, parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                             convert_options=options) as reader:
             try:
                 sample = reader.read_next_batch()
             except StopIteration:
@@ -374,7 +375,10 @@ def _streamed(reading: _Reading, start: int) -> Iterator[_Part]:
     with pa.OSFile(str(reading.path)) as source:
         source.seek(start)
         try:
-            with pa_csv.open_csv(source, read_options=read, convert_options=reading.convert) as reader:
+            # Quotes are in this part of the file, so its blocks must not be cut inside a quoted value.
+            quoted = pa_csv.ParseOptions(newlines_in_values=True)
+            with pa_csv.open_csv(source, read_options=read, parse_options=quoted,
+                                 convert_options=reading.convert) as reader:
                 for batch in reader:
                     yield reading.checks.check(batch)
         except (pa.ArrowInvalid, ValueError) as exc:

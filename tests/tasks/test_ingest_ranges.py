@@ -103,8 +103,11 @@ def test_a_quoted_newline_reads_whole_wherever_the_ranges_fall(
     path.write_bytes(HEADER + b"".join(lines))
     one = ingest_in(monkeypatch, path, tmp_path / "one", chunk=64 << 20, parsers=1)
     cut = ingest_in(monkeypatch, path, tmp_path / "cut", chunk=4096, parsers=2, block=64 << 20)
-    assert one.fingerprint == cut.fingerprint and one.rows == cut.rows == len(lines)
+    # The streaming reader's blocks cut inside quoted values too.
+    blocks = ingest_in(monkeypatch, path, tmp_path / "blocks", chunk=4096, parsers=2, block=16 << 10)
+    assert one.fingerprint == cut.fingerprint == blocks.fingerprint and one.rows == cut.rows == len(lines)
     assert_same_rows(cut, one)
+    assert_same_rows(blocks, one)
     table = pq.read_table(cut.path)
     colours = table.column("colour").to_pylist()
     assert colours[first_quote_row] == f"{first_quote_row}" + "\nline" * 1000
