@@ -3,9 +3,11 @@
 Features may be numbers, booleans (true/false, yes/no) or text (categories); the label is 0/1,
 true/false or yes/no, in any letter case (1, true and yes are class 1). Column types come from the
 first block of rows: numbers are read as float64, true/false words as booleans, anything else as
-text; columns listed in `categorical` are always text. One pass of pyarrow's streaming CSV reader
-parses, checks, fingerprints and writes each batch as Parquet row groups, so memory does not grow
-with the file. Only when something is wrong does `ingest_errors` read the file again, carefully, to
+text; columns listed in `categorical` are always text. The file is cut at line ends into ranges of
+CHUNK_BYTES, parsed and checked in parallel threads (pyarrow's parser releases the GIL), a few
+ranges ahead at most, while the main thread fingerprints and writes them as Parquet row groups in
+file order, so memory does not grow with the file and the result does not depend on the threads.
+Only when something is wrong does `ingest_errors` read the file again, carefully, from its start, to
 turn the problem into one line naming the file, the column and the first bad lines.
 
 `python -m tasks.ingest PATH [--features x y] [--label class] [--min-rows N]` checks a file alone.
@@ -14,11 +16,15 @@ turn the problem into one line naming the file, the column and the first bad lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +54,23 @@ FINGERPRINT_VERSION = b"aviary-ingest-v1"
 """Bumped whenever the fingerprint's recipe changes, so old and new fingerprints never collide.
 Numeric columns and the label hash as they always have, so numeric data keeps its fingerprint."""
 
+CHUNK_BYTES = 2 << 20
+"""Bytes of CSV per range parsed by one thread: ~100,000 rows of three columns, so a 1M-row file
+keeps two cores busy to the end and hashing and writing the last range, which nothing overlaps, is short.
+Ranges are cut at fixed offsets (then the next line end), never by timing, so a file always gives
+the same row groups."""
+
+PARSERS = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+"""Threads parsing ranges; the ranges ahead of the one being written are at most PARSERS + 1."""
+
 BLOCK_BYTES = 4 << 20
-"""Bytes of CSV parsed per batch: large enough to keep the parser's threads busy, small enough that
-hashing and writing the last batch, which nothing overlaps, is short (a 1M-row file is 5 batches)."""
+"""Bytes per batch of the streaming reader, which reads files that hold a quote character (below)."""
+
+QUOTE = b'"'
+"""pyarrow's default quote character. Its parser accepts a newline inside a quoted value (even with
+ParseOptions.newlines_in_values False, which only stops it from looking for such newlines when it
+cuts blocks), so a line end is a row end only where no quote came before. Ranges are parsed in
+parallel up to the first range holding a quote; from there the file is streamed by one reader."""
 
 INGEST_ROW_GROUP = 1 << 20
 """Rows per row group of the ingested copy: few, large groups write fastest; the split regroups them."""
@@ -104,16 +124,15 @@ def _ingest(cfg: DataConfig, work_dir: Path) -> tuple[Dataset, int]:
     fingerprint = _Fingerprint(schema)
     try:
         sink = ParquetSink(work_dir / "dataset.parquet", schema, row_group_rows=INGEST_ROW_GROUP)
-        with sink, ThreadPoolExecutor(1) as writer:
-            # Hashing and writing batch k (both release the GIL) overlap with parsing batch k + 1.
-            pending: Future[None] | None = None
-            for batch in _batches(path, header, cfg, types):
-                out = stats.check(batch)
-                if pending is not None:
-                    _written(pending, work_dir, path)
-                pending = writer.submit(_store, out, fingerprint, sink)
-            if pending is not None:
-                _written(pending, work_dir, path)
+        with sink:
+            # Hashing and writing range k (both release the GIL) overlap with parsing the ranges after it.
+            for part in _parts(path, header, cfg, types, stats):
+                stats.add(part)
+                try:
+                    fingerprint.update(part.batch)
+                    sink.write(part.batch)
+                except OSError as exc:
+                    raise _write_error(work_dir, path, exc) from None
             stats.finish(path, header)
             digest = fingerprint.hexdigest(stats.rows)
             try:
@@ -137,18 +156,6 @@ def check_csv(cfg: DataConfig) -> tuple[Dataset, int]:
     """Check a file alone: the data set (its Parquet copy already gone) and its count of class-1 rows."""
     with tempfile.TemporaryDirectory(prefix="aviary-ingest-") as work_dir:
         return _ingest(cfg, Path(work_dir))
-
-
-def _store(batch: pa.RecordBatch, fingerprint: _Fingerprint, sink: ParquetSink) -> None:
-    fingerprint.update(batch)
-    sink.write(batch)
-
-
-def _written(pending: Future[None], work_dir: Path, path: Path) -> None:
-    try:
-        pending.result()
-    except OSError as exc:
-        raise _write_error(work_dir, path, exc) from None
 
 
 def _write_error(work_dir: Path, path: Path, exc: OSError) -> IngestWriteError:
@@ -188,7 +195,8 @@ def _column_types(path: Path, header: Header, cfg: DataConfig) -> dict[str, pa.D
     # No threads: a threaded reader parses the blocks after the sample ahead of time, a third of a 1M-row ingest.
     read = pa_csv.ReadOptions(block_size=_block_bytes(header, SAMPLE_BYTES), use_threads=False)
     try:
-        with pa_csv.open_csv(path, read_options=read, convert_options=options) as reader:
+        with pa_csv.open_csv(path, read_options=read, parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                             convert_options=options) as reader:
             try:
                 sample = reader.read_next_batch()
             except StopIteration:
@@ -242,22 +250,139 @@ def _detail(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _batches(path: Path, header: Header, cfg: DataConfig, types: dict[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
-    options = _convert_options([*cfg.features, cfg.label], {**types, cfg.label: pa.bool_()}, booleans=True)
-    read = pa_csv.ReadOptions(block_size=_block_bytes(header, BLOCK_BYTES), use_threads=True)
+@dataclass(frozen=True)
+class _Part:
+    """A checked range or batch, as it is stored, with its counts."""
+
+    batch: pa.RecordBatch
+    ones: int
+    present: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What every range's parse needs."""
+
+    path: Path
+    header: Header
+    convert: pa_csv.ConvertOptions
+    checks: _Checks
+
+
+def _parts(
+    path: Path, header: Header, cfg: DataConfig, types: dict[str, pa.DataType], checks: _Checks
+) -> Iterator[_Part]:
+    """The file's rows, checked (not yet counted), in file order: ranges parsed in parallel, then any rest streamed."""
+    convert = _convert_options([*cfg.features, cfg.label], {**types, cfg.label: pa.bool_()}, booleans=True)
+    reading = _Reading(path, header, convert, checks)
     try:
-        with pa_csv.open_csv(path, read_options=read, convert_options=options) as reader:
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    return
-                yield batch
+        rest = None
+        with contextlib.closing(_in_order(reading)) as ranges:
+            for start, part in ranges:
+                if part is None:
+                    rest = start
+                    break
+                yield part
+        if rest is not None:
+            # A quote from `rest` on: the ranges ahead are dropped, the rest read by one streaming reader.
+            yield from _streamed(reading, rest)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _in_order(reading: _Reading) -> Generator[tuple[int, _Part | None]]:
+    """(start, parsed range) in file order, at most PARSERS + 1 ranges parsed ahead of the one taken."""
+    chunk = _block_bytes(reading.header, CHUNK_BYTES)  # the first range holds the header whole
+    with reading.path.open("rb") as file, ThreadPoolExecutor(PARSERS, thread_name_prefix="ingest-parse") as parsers:
+        fd = file.fileno()
+        window: deque[tuple[int, Future[_Part | None]]] = deque()
+        try:
+            for start, end in _ranges(fd, os.fstat(fd).st_size, chunk):
+                window.append((start, parsers.submit(_parse_range, reading, fd, start, end)))
+                if len(window) > PARSERS:
+                    first, future = window.popleft()
+                    yield first, future.result()
+            while window:
+                first, future = window.popleft()
+                yield first, future.result()
+        finally:
+            # Ranges still parsing read through `fd`: they finish before it closes.
+            for _, future in window:
+                future.cancel()
+            wait([future for _, future in window])
+
+
+def _ranges(fd: int, size: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """[start, end) byte ranges of about `chunk` bytes, each ending just after a newline (or at the end)."""
+    start = 0
+    while start < size:
+        end = _line_end(fd, size, start + chunk)
+        yield start, end
+        start = end
+
+
+def _line_end(fd: int, size: int, offset: int) -> int:
+    """The first position at or after `offset` that follows a newline, or the file's size."""
+    probe = offset - 1
+    while probe < size:
+        data = os.pread(fd, 64 << 10, probe)
+        if not data:
+            break
+        found = data.find(b"\n")
+        if found >= 0:
+            return probe + found + 1
+        probe += len(data)
+    return size
+
+
+def _read_range(fd: int, start: int, end: int) -> bytes:
+    data = os.pread(fd, end - start, start)
+    while len(data) < end - start:  # a short read: rare on a regular file, but allowed
+        more = os.pread(fd, end - start - len(data), start + len(data))
+        if not more:
+            raise OSError(f"file shrank while read at byte {start + len(data)}")
+        data += more
+    return data
+
+
+def _parse_range(reading: _Reading, fd: int, start: int, end: int) -> _Part | None:
+    """One range parsed and checked; None if it holds a quote (its line ends may not end rows)."""
+    data = _read_range(fd, start, end)
+    if QUOTE in data:
+        return None
+    read = pa_csv.ReadOptions(
+        use_threads=False,
+        block_size=max(len(data), 1),
+        # Only the first range starts with the header; the others are named by it.
+        column_names=None if start == 0 else reading.header.names,
+    )
+    try:
+        table = pa_csv.read_csv(pa.py_buffer(data), read_options=read, convert_options=reading.convert)
     except (pa.ArrowInvalid, ValueError) as exc:
         # pyarrow says "Expected 3 columns, got 2: 1,1" or "invalid value 'oops'" without a line number.
         raise _Refused(_detail(exc)) from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    batches = table.combine_chunks().to_batches()
+    return reading.checks.check(batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema))
+
+
+def _streamed(reading: _Reading, start: int) -> Iterator[_Part]:
+    """The rows from byte `start` (a line end with no quote before it) to the end, through one reader."""
+    read = pa_csv.ReadOptions(
+        block_size=_block_bytes(reading.header, BLOCK_BYTES),
+        use_threads=True,
+        column_names=None if start == 0 else reading.header.names,
+    )
+    with pa.OSFile(str(reading.path)) as source:
+        source.seek(start)
+        try:
+            # Quotes are in this part of the file, so its blocks must not be cut inside a quoted value.
+            quoted = pa_csv.ParseOptions(newlines_in_values=True)
+            with pa_csv.open_csv(source, read_options=read, parse_options=quoted,
+                                 convert_options=reading.convert) as reader:
+                for batch in reader:
+                    yield reading.checks.check(batch)
+        except (pa.ArrowInvalid, ValueError) as exc:
+            raise _Refused(_detail(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,12 +399,13 @@ class _Checks:
         self.ones = 0
         self.present = dict.fromkeys(cfg.features, 0)
 
-    def check(self, batch: pa.RecordBatch) -> pa.RecordBatch:
-        """The batch as it is stored (label as int8), or _Refused."""
+    def check(self, batch: pa.RecordBatch) -> _Part:
+        """The batch as it is stored (label as int8) with its counts, or _Refused. Safe in any thread."""
         impute = self.cfg.missing == "impute"
         label = batch.column(self.cfg.label)
         if label.null_count:
             raise _Refused("empty label")
+        present: dict[str, int] = {}
         columns = []
         for column in self.cfg.features:
             values = batch.column(column)
@@ -295,12 +421,18 @@ class _Checks:
                     values = pa.array(array, type=pa.float64())  # NaN where missing
             if missing and not impute:
                 raise _Refused(f"missing value in {column!r}")
-            self.present[column] += len(values) - missing
+            present[column] = len(values) - missing
             columns.append(values)
         labels = pc.cast(label, pa.int8())
-        self.ones += int(pc.sum(labels).as_py() or 0)
-        self.rows += batch.num_rows
-        return pa.RecordBatch.from_arrays([*columns, labels], schema=self.schema)
+        ones = int(pc.sum(labels).as_py() or 0)
+        return _Part(pa.RecordBatch.from_arrays([*columns, labels], schema=self.schema), ones, present)
+
+    def add(self, part: _Part) -> None:
+        """Count a checked part; called in file order."""
+        self.rows += part.batch.num_rows
+        self.ones += part.ones
+        for column, present in part.present.items():
+            self.present[column] += present
 
     def finish(self, path: Path, header: Header) -> None:
         cfg = self.cfg

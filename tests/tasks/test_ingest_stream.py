@@ -113,6 +113,7 @@ def test_an_error_on_a_file_of_garbage_keeps_memory_bounded(tmp_path: Path) -> N
 
 def test_a_bad_row_near_the_end_of_a_long_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ingest_module, "BLOCK_BYTES", 64 << 10)  # many batches: the bad one comes late
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 64 << 10)
     path = tmp_path / "long.csv"
     rows = [b"0.5,0.5,1", b"1,1,0"] * 50_000
     rows[-3] = b"1,1,7"
@@ -208,6 +209,7 @@ def test_block_size_changes_neither_fingerprint_nor_content(tmp_path: Path, monk
     cfg = data_cfg(path, features=("amount", "count", "member", "colour"), label="label")
     whole = ingest_csv(cfg, tmp_path / "a")
     monkeypatch.setattr(ingest_module, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 4096)
     pieces = ingest_csv(cfg, tmp_path / "b")
     assert whole.fingerprint == pieces.fingerprint
     pd.testing.assert_frame_equal(pd.read_parquet(whole.path), pd.read_parquet(pieces.path))
@@ -228,6 +230,7 @@ def test_text_values_change_the_fingerprint(tmp_path: Path) -> None:
 
 def test_a_full_disk_mid_ingest_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ingest_module, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 4096)
     path = tmp_path / "data.csv"
     path.write_text("x,y,class\n" + "0.5,0.5,1\n1,1,0\n" * 5000)
     real, calls = ParquetSink.write, []
