@@ -291,6 +291,9 @@ class KubernetesConfig(_Frozen):
         description="Object-store base TF Serving reads versions from (gs://..., s3://...); empty: the volume.",
     )
     gateway: str = Field("aviary", description="Gateway API Gateway that the canary HTTPRoute attaches to.")
+    shadow_image: str = Field(
+        "aviary:0.1.0", description="Flow image (`make image`) of the shadow comparator the Gateway mirrors requests "
+        "to during traffic steps; used only with canary_weight.")
 
 
 class ShadowConfig(_Frozen):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import cast
 
 import numpy as np
@@ -218,7 +220,19 @@ def deploy_version(
                 logger.warning("no golden load while baking: %s is not a loopback address", host)
         elif config.rollout.target == "kubernetes" and canary.load_rps > 0 and hasattr(target, "live_endpoint"):
             # The Service clients call, through the target's transport (the API server's proxy from outside).
-            load = GoldenLoad.through(target.live_endpoint(model), golden.instances, canary.load_rps).running
+            live = GoldenLoad.through(target.live_endpoint(model), golden.instances, canary.load_rps)
+            load = live.running
+            mirror = target.mirror_endpoint(model) if hasattr(target, "mirror_endpoint") else None
+            if mirror is not None and canary.shadow.mirror_percent > 0:
+                # That load passes no Gateway: its share goes to the shadow comparator as the route's mirror would.
+                shadow = GoldenLoad.through(mirror, golden.instances, canary.load_rps * canary.shadow.mirror_percent / 100)
+
+                @contextlib.contextmanager
+                def both(max_seconds: float) -> Iterator[GoldenLoad]:
+                    with live.running(max_seconds), shadow.running(max_seconds):
+                        yield live
+
+                load = both
         state = run_rollout(target, model, version, stable, check, config.rollout.ready_timeout_s, observe,
                             canary=canary, approve=lambda _s: ask_approval(canary.approval, model, version),
                             load=load)

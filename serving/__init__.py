@@ -23,6 +23,9 @@ Progressive-delivery extensions (off until used, so the server stays a TF Servin
                                          "stable_version", "canary_version"}
       DELETE /v1/models/<m>/traffic  (back to TF Serving's rule)
 
+  `--mirror_percent=N` (default 0, off) starts every configured model with a split that mirrors
+  N% (the shadow comparator on Kubernetes runs with 100).
+
   While a split is set, inference requests that name no version and no label (REST
   `/v1/models/<m>:predict|classify|regress`, gRPC ModelSpec without version/version_label) are
   answered by the version labelled `stable`, except `canary_percent` of them (exact over any run of

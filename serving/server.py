@@ -58,6 +58,9 @@ class Flags:
     rest_api_header_timeout_in_ms: int = 10000
     rest_api_max_connections: int = 0
     instance_id: str = ""  # ours: echoed as X-Aviary-Instance, so a client can tell which server answers
+    # Ours: every configured model starts with this traffic split's mirror share (its `canary` label's
+    # answers compared with `stable`'s); 0, the default, leaves the server a TF Serving drop-in.
+    mirror_percent: int = 0
     version: bool = False
 
 
@@ -235,6 +238,9 @@ class ModelServer:
             with open(self.flags.model_config_file, encoding="utf-8") as fh:
                 self._config_text = fh.read()
         self.manager.apply_config(config)
+        if self.flags.mirror_percent:
+            for model in config.model_config_list.config:
+                self.manager.set_traffic(model.name, 0, self.flags.mirror_percent)
 
     def _poll_config(self) -> None:
         from aviary.serving.status import ServingError
@@ -356,6 +362,9 @@ def main(argv: Sequence[str]) -> int:
         return 0
     if not all(c.isalnum() or c in "._-" for c in flags.instance_id):
         print("--instance_id may hold only letters, digits, '.', '_' and '-'", file=sys.stderr)
+        return 2
+    if not 0 <= flags.mirror_percent <= 100:
+        print("--mirror_percent must be between 0 and 100", file=sys.stderr)
         return 2
     if not flags.model_config_file and not flags.model_base_path:
         print("Either --model_config_file or --model_base_path must be given", file=sys.stderr)

@@ -35,3 +35,18 @@ def relabel(text: str, labels: Mapping[str, str]) -> str:
             rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(merged.items()))
             lines.append(f"{sample.name}{{{rendered}}} {_number(sample.value)}")
     return "\n".join(lines) + "\n"
+
+
+SHADOW_PREFIX = ":aviary:serving:shadow:"
+
+
+def shadow_series(text: str) -> str:
+    """Only the shadow comparison's series of a page (the shadow comparator's): its request counters
+    count mirrored requests stable's pods already counted."""
+    lines: list[str] = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(SHADOW_PREFIX):
+                rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
+                lines.append(f"{sample.name}{{{rendered}}} {_number(sample.value)}")
+    return "\n".join(lines) + "\n"

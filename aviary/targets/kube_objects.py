@@ -168,6 +168,84 @@ def serving_container(model: str, track: Track, image: str, store_mount: str, re
     }
 
 
+SHADOW = "shadow"
+
+
+def shadow_name(model: str) -> str:
+    """The shadow comparator's Deployment, Service and (with `-config`) ConfigMap."""
+    return f"{model}-{SHADOW}"
+
+
+def shadow_selector(model: str) -> dict[str, str]:
+    """Its own `app`: no Service of the tracks (`<model>` selects every `aviary-serving` pod of the
+    model) ever sends it client traffic."""
+    return {"app": f"aviary-{SHADOW}", "model": model}
+
+
+def shadow_config_text(model: str, base_path: str, stable: int, canary: int) -> str:
+    """Both versions, labelled: the project's server routes unversioned requests to `stable` and
+    mirrors them to `canary` (its traffic split, `--mirror_percent`)."""
+    return render_model_config(model, base_path, sorted({stable, canary}), {"stable": stable, "canary": canary})
+
+
+def shadow_objects(*, namespace: str, model: str, stable: int, canary: int, base_path: str, image: str,
+                   store_claim: str, store_mount: str, ready_timeout_s: float,
+                   resources: Mapping[str, Any] = DEFAULT_RESOURCES) -> list[Obj]:
+    """ConfigMap, Deployment and Service of the shadow comparator: one pod of the project's own server
+    (the flow image) that answers each request the Gateway mirrors to it with stable (the Gateway
+    drops that answer), runs the canary on the same inputs and exports the comparison as
+    `:aviary:serving:shadow:*` series."""
+    name, labels = shadow_name(model), shadow_selector(model)
+    data = {CONFIG_FILE: shadow_config_text(model, base_path, stable, canary), MONITORING_FILE: monitoring_config_text()}
+    config: Obj = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-config", "namespace": namespace, "labels": dict(labels)},
+        "data": data,
+    }
+    container = serving_container(model, "canary", image, store_mount, resources)
+    container["command"] = ["python", "-m", "aviary.serving"]
+    container["args"] = [
+        "--host=0.0.0.0", f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}",
+        f"--model_config_file={CONFIG_DIR}/{CONFIG_FILE}", f"--monitoring_config_file={CONFIG_DIR}/{MONITORING_FILE}",
+        "--allow_version_labels_for_unavailable_models=true", "--mirror_percent=100",
+    ]
+    template_annotations = {VERSION_KEY: str(canary), HASH_KEY: content_hash(data)}
+    deployment: Obj = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels),
+                     "annotations": {VERSION_KEY: str(canary)}},
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 1,
+            "progressDeadlineSeconds": progress_deadline_s(ready_timeout_s),
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": template_annotations},
+                "spec": {
+                    "serviceAccountName": "default",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 10,
+                    "securityContext": pod_security(),
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": f"{name}-config"}},
+                        {"name": "store", "persistentVolumeClaim": {"claimName": store_claim, "readOnly": True}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "spec": {"selector": dict(labels),
+                 "ports": [{"name": "rest", "port": REST_PORT, "targetPort": "rest", "protocol": "TCP"}]},
+    }
+    return [config, deployment, service]
+
+
 def progress_deadline_s(ready_timeout_s: float) -> int:
     return max(1, int(ready_timeout_s + 0.999))
 
@@ -267,8 +345,8 @@ def service(namespace: str, model: str, track: Track | None) -> Obj:
 
 def http_route(namespace: str, model: str, gateway: str, canary_weight: int | None, mirror_percent: int = 0) -> Obj:
     """Gateway API route over the per-track Services; `canary_weight` None sends everything to stable.
-    `mirror_percent` also copies that share of requests to the canary (RequestMirror's `percent`,
-    Gateway API v1.2+); the gateway drops the canary's answers."""
+    `mirror_percent` also copies that share of requests to the shadow comparator (RequestMirror's
+    `percent`, Gateway API v1.2+); the Gateway drops its answers."""
     backends: list[Obj] = [
         {"name": service_name(model, "stable"), "port": REST_PORT, "weight": 100 - (canary_weight or 0)}
     ]
@@ -277,7 +355,7 @@ def http_route(namespace: str, model: str, gateway: str, canary_weight: int | No
     rule: Obj = {"matches": [{"path": {"type": "PathPrefix", "value": f"/v1/models/{model}"}}], "backendRefs": backends}
     if mirror_percent > 0:
         rule["filters"] = [{"type": "RequestMirror", "requestMirror": {
-            "backendRef": {"name": service_name(model, "canary"), "port": REST_PORT}, "percent": mirror_percent}}]
+            "backendRef": {"name": shadow_name(model), "port": REST_PORT}, "percent": mirror_percent}}]
     return {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",

@@ -23,7 +23,7 @@ from aviary.targets import kube_objects as objects
 from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 from aviary.targets.kube_api import KubeApi
 from aviary.targets.kube_copy import VersionCopier
-from aviary.targets.kube_metrics import relabel
+from aviary.targets.kube_metrics import relabel, shadow_series
 from aviary.targets.kube_status import pod_problems, rollout_state
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ class KubernetesTarget:
             self.api.apply(objects.service(self.cfg.namespace, model, track))
         self._apply_canary(model, version, self.cfg.canary_replicas)
         if self.cfg.canary_weight is not None:
+            self._remove_shadow(model)  # a crashed run's comparator compared another pair
             if self._traffic is None:
                 self._apply_route(model, self.cfg.canary_weight)
             else:  # traffic steps: the share set_traffic gave (0 while the canary is checked)
@@ -125,8 +126,8 @@ class KubernetesTarget:
         self._check_model(model)
         return self._endpoint(model, track)
 
-    def _endpoint(self, model: str, track: Track | None) -> Endpoint:
-        svc = objects.service_name(model, track)
+    def _endpoint(self, model: str, track: Track | None, svc: str | None = None) -> Endpoint:
+        svc = svc or objects.service_name(model, track)
         suffix = f"/v1/models/{model}"
         if self.cfg.in_cluster:
             return Endpoint(url=f"http://{svc}.{self.cfg.namespace}.svc:{objects.REST_PORT}{suffix}")
@@ -169,12 +170,11 @@ class KubernetesTarget:
 
     @property
     def shadow_unavailable(self) -> str:
-        """Why no step compares the canary's predictions with stable's here ('' where one does). TF Serving
-        compares nothing, and neither the Gateway's RequestMirror (it drops the canary's answers) nor a
-        Service (no mirroring at all) can; the mirrored share still counts in the canary's own metrics
-        with the Gateway API."""
+        """Why no step compares the canary's predictions with stable's here ('' where one does). With
+        the Gateway API the route mirrors to the shadow comparator, which compares; a Service cannot
+        mirror at all."""
         if self.cfg.canary_weight is not None:
-            return "kubernetes: the Gateway mirrors to the canary but TF Serving compares no predictions"
+            return ""
         return "kubernetes: a Service cannot mirror requests (no Gateway API route: canary_weight unset)"
 
     def set_traffic(self, model: str, canary_percent: int, mirror_percent: int) -> int:
@@ -188,6 +188,8 @@ class KubernetesTarget:
         if self.cfg.canary_weight is not None:
             self._check_gateway_api()
             shifted = canary_percent > 0 or mirror_percent > 0
+            if mirror_percent > 0:  # the comparator answers before the route mirrors anything to it
+                self._apply_shadow(model)
             self._apply_route(model, canary_percent if shifted else None, mirror_percent)
             return canary_percent
         version = self._present(model, "canary")
@@ -208,24 +210,40 @@ class KubernetesTarget:
 
     def scrape(self, model: str) -> list[str]:
         """Every ready serving pod's Prometheus page, through the API server's pod proxy, each series
-        labelled with the version the pod serves (its `aviary.dev/version` annotation)."""
+        labelled with the version the pod serves (its `aviary.dev/version` annotation); and the shadow
+        comparator's shadow series alone (its request counters would count the mirrored requests as
+        stable's a second time)."""
         self._check_model(model)
         pages: list[str] = []
-        for track in ("stable", "canary"):
-            for pod in self.api.list("Pod", objects.selector(model, track)):
+        selectors = [objects.selector(model, "stable"), objects.selector(model, "canary")]
+        if self.cfg.canary_weight is not None:
+            selectors.append(objects.shadow_selector(model))
+        for selector in selectors:
+            for pod in self.api.list("Pod", selector):
                 meta, status = pod.get("metadata") or {}, pod.get("status") or {}
                 version = str((meta.get("annotations") or {}).get(objects.VERSION_KEY, ""))
                 ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
                 if meta.get("deletionTimestamp") or not ready or not version.isdigit():
                     continue
                 text = self.api.pod_get(meta["name"], objects.REST_PORT, objects.METRICS_PATH)
-                pages.append(relabel(text, {"version": version}))
+                if selector.get("track") is None:
+                    pages.append(shadow_series(text))
+                else:
+                    pages.append(relabel(text, {"version": version}))
         return pages
 
     def live_endpoint(self, model: str) -> Endpoint:
         """The Service clients call (both tracks), for the rollout's own load."""
         self._check_model(model)
         return self._endpoint(model, None)
+
+    def mirror_endpoint(self, model: str) -> Endpoint | None:
+        """Where the route mirrors (the shadow comparator's Service), for the rollout's own load, which
+        reaches the Service directly and so passes no Gateway; None without the Gateway API."""
+        self._check_model(model)
+        if self.cfg.canary_weight is None:
+            return None
+        return self._endpoint(model, None, objects.shadow_name(model))
 
     # Getting a version's files onto the store volume from outside the cluster.
 
@@ -312,8 +330,8 @@ class KubernetesTarget:
         self.api.apply(objects.http_route(self.cfg.namespace, model, self.gateway, canary_weight, mirror_percent))
 
     def _remove_canary(self, model: str) -> None:
-        """Traffic off the canary, then the canary gone, pods included: a route that cannot be updated
-        never keeps the canary's pods in the shared Service."""
+        """Traffic off the canary, then the shadow comparator and the canary gone, pods included: a
+        route that cannot be updated never keeps the canary's pods in the shared Service."""
         route_error: TargetError | None = None
         if self.api.get("HTTPRoute", model) is not None:  # None too where the Gateway API is absent
             try:
@@ -321,26 +339,64 @@ class KubernetesTarget:
             except TargetError as e:
                 route_error = e
         self._traffic = None
+        self._remove_shadow(model)  # first: a comparator is never left without its canary
         name = objects.deployment_name(model, "canary")
         self.api.delete("Deployment", name, propagation="Foreground")
         self.api.delete("ConfigMap", objects.config_name(model, "canary"))
-        self._wait_gone(model, "canary")
+        self._wait_gone(name, objects.selector(model, "canary"), "canary")
         if route_error is not None:
             raise route_error
 
-    def _wait_gone(self, model: str, track: Track) -> None:
-        """Until the Deployment and its pods are gone (foreground deletion): a terminating pod leaves
-        the Service's endpoints at once, a live one keeps taking traffic."""
-        name = objects.deployment_name(model, track)
+    def _apply_shadow(self, model: str) -> None:
+        """The shadow comparator for the live stable and canary pins, rolled out (re-applying the same
+        pins changes nothing, so later steps keep its pod and counters)."""
+        stable, canary = self._live_pin(model, "stable"), self._present(model, "canary")
+        if not stable or not canary:
+            raise TargetError(f"no shadow comparison for {model}: stable serves {stable or 'nothing verifiable'}, "
+                              f"canary {canary or 'nothing'}")
+        for obj in objects.shadow_objects(
+            namespace=self.cfg.namespace, model=model, stable=stable, canary=canary, base_path=self._base_path(model),
+            image=self.cfg.shadow_image, store_claim=self.cfg.store_claim, store_mount=self.cfg.store_mount,
+            ready_timeout_s=self.promote_timeout_s, resources=self._resources(model),
+        ):
+            self.api.apply(obj)
+        name = objects.shadow_name(model)
         deadline = self._clock() + self.promote_timeout_s
         while True:
-            live = [p for p in self.api.list("Pod", objects.selector(model, track))
-                    if not p.get("metadata", {}).get("deletionTimestamp")]
+            deployment = self.api.get("Deployment", name)
+            if deployment is None:
+                raise NotReady(f"shadow comparator {name} not found in namespace {self.cfg.namespace!r}")
+            state = rollout_state(deployment)
+            if state.done:
+                return
+            remaining = deadline - self._clock()
+            if state.failed or remaining <= 0:
+                problems = "; ".join(pod_problems(self.api.list("Pod", objects.shadow_selector(model))))
+                raise NotReady(f"shadow comparator {name}: {state.message or 'not ready'}"
+                               + (f"; {problems}" if problems else ""))
+            self._sleep(min(self.poll_interval_s, remaining))
+
+    def _remove_shadow(self, model: str) -> None:
+        """Service first, ConfigMap last: while either of the others is left, so is the Service's trace."""
+        name = objects.shadow_name(model)
+        if self.api.get("Deployment", name) is None and self.api.get("ConfigMap", f"{name}-config") is None:
+            return  # nothing to delete (and no call a Role without the comparator's rights would refuse)
+        self.api.delete("Service", name)
+        self.api.delete("Deployment", name, propagation="Foreground")
+        self.api.delete("ConfigMap", f"{name}-config")
+        self._wait_gone(name, objects.shadow_selector(model), "shadow comparator")
+
+    def _wait_gone(self, name: str, selector: Mapping[str, str], what: str) -> None:
+        """Until the Deployment and its pods are gone (foreground deletion): a terminating pod leaves
+        the Service's endpoints at once, a live one keeps taking traffic."""
+        deadline = self._clock() + self.promote_timeout_s
+        while True:
+            live = [p for p in self.api.list("Pod", selector) if not p.get("metadata", {}).get("deletionTimestamp")]
             if self.api.get("Deployment", name) is None and not live:
                 return
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise TargetError(f"{track} deployment {name} still has {len(live)} live pods "
+                raise TargetError(f"{what} deployment {name} still has {len(live)} live pods "
                                   f"{self.promote_timeout_s:g}s after its deletion")
             self._sleep(min(self.poll_interval_s, remaining))
 

@@ -3,6 +3,9 @@
 - A serving pod gets an address of the pod network, which answers as TF Serving started with the
   pod's model-config ConfigMap would (read once, at start; see podproxy.py). It is Ready while its
   readinessProbe's httpGet answers 2xx there. A pod whose ConfigMap is missing waits in ContainerCreating.
+- A pod whose container runs the project's own server (`python -m aviary.serving`: the shadow
+  comparator) runs it for real inside the pod network, its volumes mapped as a Job's; its address
+  forwards to that process as it is.
 - A pod whose image is in `unpullable` stays Pending in ImagePullBackOff.
 - A run-to-completion pod (a Job's) runs its shell command on this machine, its volumes mapped to
   folders: the claim to the store volume, projected ConfigMaps to files, emptyDirs to temp folders.
@@ -13,9 +16,14 @@ from __future__ import annotations
 
 import base64
 import datetime
+import itertools
 import json
+import os
 import re
+import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -50,7 +58,9 @@ class TestKubelet(threading.Thread):
         self._ips: dict[str, str] = {}
         self._reported: dict[str, Obj] = {}
         self._jobs: dict[str, threading.Thread] = {}
-        self._pod_configs: dict[str, str] = {}  # pod IP -> model config the pod started with
+        self._pod_configs: dict[str, Any] = {}  # pod IP -> model config the pod started with, or its own server
+        self._servers: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}  # pod uid -> its server, its folders
+        self._ports = itertools.count(8700, 2)
 
     # Lifecycle.
 
@@ -62,6 +72,8 @@ class TestKubelet(threading.Thread):
     def __exit__(self, *exc: object) -> None:
         self._stop_event.set()
         self.join(timeout=10)
+        for uid in list(self._servers):
+            self._stop_server(uid)
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -95,6 +107,8 @@ class TestKubelet(threading.Thread):
         live = {p["metadata"]["uid"] for p in pods}
         for uid in [uid for uid in self._ips if uid not in live]:
             self._pod_configs.pop(self._ips.pop(uid), None)
+        for uid in [uid for uid in self._servers if uid not in live]:
+            self._stop_server(uid)
         for pod in pods:
             meta = pod["metadata"]
             if meta.get("namespace", "").startswith("kube-"):
@@ -121,6 +135,7 @@ class TestKubelet(threading.Thread):
         self.session.delete(self._url(self._pod_path(pod)), json={"gracePeriodSeconds": 0},
                             params={"gracePeriodSeconds": "0"}, timeout=10)
         self._reported.pop(pod["metadata"]["uid"], None)
+        self._stop_server(pod["metadata"]["uid"])
 
     def _bind(self, pod: Obj) -> None:
         binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod["metadata"]["name"]},
@@ -181,7 +196,10 @@ class TestKubelet(threading.Thread):
             return self._waiting(pod, "ContainerCreating", "")
         ip = self._ip(pod)
         if ip not in self._pod_configs:  # the container starts: TF Serving reads its config once
-            self._pod_configs[ip] = f"{config}\n# pod {pod['metadata']['uid']}\n"  # a new pod's counters start at 0
+            if self._runs_server(pod):
+                self._pod_configs[ip] = {"upstream": self._start_server(pod)}
+            else:
+                self._pod_configs[ip] = f"{config}\n# pod {pod['metadata']['uid']}\n"  # a new pod's counters start at 0
             assert self.network is not None
             tmp = self.network.pins.with_suffix(".tmp")
             tmp.write_text(json.dumps(self._pod_configs))
@@ -225,6 +243,55 @@ class TestKubelet(threading.Thread):
             self.probe_failures.append(f"{pod['metadata']['name']} {ip}: {answer.status_code} {answer.text[:200]}")
             del self.probe_failures[:-50]
         return 200 <= answer.status_code < 400
+
+    # Pods of the project's own server.
+
+    @staticmethod
+    def _runs_server(pod: Obj) -> bool:
+        return any((c.get("command") or [])[1:] == ["-m", "aviary.serving"] for c in pod["spec"]["containers"])
+
+    def _start_server(self, pod: Obj) -> str:
+        """The container's command on this machine, inside the pod network, on ports of its own."""
+        assert self.network is not None
+        (container,) = pod["spec"]["containers"]
+        scratch = Path(tempfile.mkdtemp(prefix="pod-"))
+        mounts = self._volumes(pod, scratch)
+        paths = {m["mountPath"]: mounts[m["name"]] for m in container.get("volumeMounts") or []}
+        # Whole path components only: /etc/aviary/models.config holds no mount /models.
+        pattern = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(m) for m in sorted(paths, key=len, reverse=True))
+                             + r")(?![\w.-])")
+
+        def local(text: str) -> str:
+            return pattern.sub(lambda match: str(paths[match.group(1)]), text) if paths else text
+
+        for volume in pod["spec"].get("volumes") or []:  # config files name paths inside the pod too
+            if "configMap" in volume:
+                for file in mounts[volume["name"]].iterdir():
+                    file.write_text(local(file.read_text()))
+        port = next(self._ports)
+        argv = [sys.executable, *[local(a) for a in [*container["command"][1:], *(container.get("args") or [])]],
+                "--host=127.0.0.1", f"--port={port}", f"--rest_api_port={port + 1}"]
+        assert self.network is not None
+        with open(self.network.log.with_name(f"pod-{pod['metadata']['name']}.log"), "wb") as out:
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and server
+                ["ip", "netns", "exec", self.network.namespace, *argv], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, start_new_session=True,
+            )
+        self._servers[pod["metadata"]["uid"]] = (process, scratch)
+        return f"http://127.0.0.1:{port + 1}"
+
+    def _stop_server(self, uid: str) -> None:
+        if uid not in self._servers:
+            return
+        process, scratch = self._servers.pop(uid)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
 
     # Run-to-completion pods.
 
@@ -277,6 +344,11 @@ class TestKubelet(threading.Thread):
             folder = scratch / name
             folder.mkdir()
             folders[name] = folder
+            if "configMap" in volume:  # every key a file
+                data = self.session.get(self._url(f"/api/v1/namespaces/{namespace}/configmaps/{volume['configMap']['name']}"),
+                                        timeout=10).json()
+                for key, text in (data.get("data") or {}).items():
+                    (folder / key).write_text(text)
             for source in (volume.get("projected") or {}).get("sources") or []:
                 cm = source.get("configMap")
                 if not cm:

@@ -2,7 +2,8 @@
 
 One `python -m aviary.serving` serves every version on the volume; a pod's TF Serving would serve
 only the versions its model config pins (read once, at container start), with its labels. This
-forwarder, listening on every pod address, looks up the dialed address in the kubelet's pins file
+forwarder, listening on every pod address, looks up the dialed address in the kubelet's pins file (a pod that runs its own server: forwarded
+there as it is)
 and rewrites the model path onto that pod's pinned version before forwarding:
 `/v1/models/m[...]` -> `/versions/<pin>`, `/labels/L` -> the version L labels, a version the pod
 does not pin -> 404, as TF Serving answers. Each pod also has its own Prometheus page at
@@ -98,6 +99,8 @@ def app(upstream: str, pins_file: Path) -> web.Application:
             config = None
         if config is None:
             return web.json_response({"error": f"no pod runs on {ip}"}, status=503)
+        if isinstance(config, dict):  # a pod running the project's own server: forwarded as it is
+            return await relay(request, f"{config['upstream']}{request.path_qs}")
         pod = metrics.setdefault((ip, config), PodMetrics())
         if request.path == METRICS_PATH:
             return web.Response(text=pod.render(), content_type="text/plain")
@@ -116,6 +119,18 @@ def app(upstream: str, pins_file: Path) -> web.Application:
             body = await answer.read()
         if counted and match is not None:
             pod.observe(match["model"], answer.status, (time.perf_counter() - started) * 1e6)
+        return web.Response(body=body, status=answer.status,
+                            headers={"Content-Type": answer.headers.get("Content-Type", "application/json")})
+
+    async def relay(request: web.Request, url: str) -> web.Response:
+        try:
+            async with aiohttp.ClientSession() as session, session.request(
+                request.method, url, data=await request.read(),
+                headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
+            ) as answer:
+                body = await answer.read()
+        except aiohttp.ClientError as error:  # still starting
+            return web.json_response({"error": str(error)}, status=503)
         return web.Response(body=body, status=answer.status,
                             headers={"Content-Type": answer.headers.get("Content-Type", "application/json")})
 

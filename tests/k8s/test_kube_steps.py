@@ -6,7 +6,7 @@ import pytest
 
 from aviary.analysis import parse_metrics
 from aviary.targets import kube_objects as objects
-from aviary.targets.kube_metrics import relabel
+from aviary.targets.kube_metrics import relabel, shadow_series
 
 
 @pytest.mark.parametrize(("percent", "stable", "replicas", "share"), [
@@ -30,7 +30,7 @@ def test_kube_route_weights_and_mirror() -> None:
     (rule,) = route["spec"]["rules"]
     assert [(b["name"], b["weight"]) for b in rule["backendRefs"]] == [("circle-stable", 75), ("circle-canary", 25)]
     assert rule["filters"] == [{"type": "RequestMirror", "requestMirror": {
-        "backendRef": {"name": "circle-canary", "port": 8501}, "percent": 10}}]
+        "backendRef": {"name": "circle-shadow", "port": 8501}, "percent": 10}}]
     (rule,) = objects.http_route("aviary", "circle", "gw", None)["spec"]["rules"]
     assert [(b["name"], b["weight"]) for b in rule["backendRefs"]] == [("circle-stable", 100)]
     assert "filters" not in rule
@@ -60,3 +60,31 @@ def test_kube_pod_pages_are_attributed_to_their_version_and_summed() -> None:
     # A server that labels versions itself is believed.
     labelled = TF_SERVING_PAGE.replace('status="OK"}', 'status="OK",version="9"}')
     assert set(parse_metrics([relabel(labelled, {"version": "1"})], "circle").versions) == {1, 9}
+
+
+COMPARATOR_PAGE = """# TYPE :tensorflow:serving:request_count counter
+:tensorflow:serving:request_count{model_name="circle",status="OK",version="1"} 40
+# TYPE :aviary:serving:shadow:compared_count counter
+:aviary:serving:shadow:compared_count_total{model_name="circle",stable_version="1",canary_version="2",output="probability"} 40
+:aviary:serving:shadow:disagreement_count_total{model_name="circle",stable_version="1",canary_version="2",output="probability"} 4
+"""
+
+
+def test_kube_shadow_comparator_counts_only_its_comparison() -> None:
+    """The comparator answers mirrored requests with stable: its request counters would double stable's."""
+    snapshot = parse_metrics([shadow_series(COMPARATOR_PAGE)], "circle")
+    assert snapshot.versions == {}
+    assert snapshot.shadow[2].rows == 40 and snapshot.shadow[2].disagreements == 4
+
+
+def test_kube_shadow_comparator_objects() -> None:
+    config, deployment, service = objects.shadow_objects(
+        namespace="aviary", model="circle", stable=1, canary=2, base_path="/models/circle", image="aviary:0.1.0",
+        store_claim="aviary-models", store_mount="/models", ready_timeout_s=60)
+    assert objects.pinned_versions(config["data"][objects.CONFIG_FILE]) == [1, 2]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-m", "aviary.serving"] and "--mirror_percent=100" in container["args"]
+    assert service["metadata"]["name"] == deployment["metadata"]["name"] == "circle-shadow"
+    # Never behind the model's Service, which selects every serving pod of the model.
+    live = objects.service("aviary", "circle", None)["spec"]["selector"]
+    assert not live.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()

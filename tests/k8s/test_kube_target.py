@@ -71,3 +71,17 @@ def test_kube_auto_controller_status_is_what_kubectl_accepts() -> None:
 
     deployment = {"metadata": {"name": "d", "generation": 3}, "spec": {"replicas": 2}}
     assert rollout_state({**deployment, "status": ready_status(deployment)}).done
+
+
+def test_kube_shadow_comparator_only_with_the_gateway_and_untouched_when_absent(
+        kube: EmulatorThread, kube_client: ApiClient, kube_target: KubernetesTarget) -> None:
+    """No comparator, no call to its objects: a Role from before the comparator can still roll back."""
+    kube_target.deploy_canary("circle", 1, None)
+    kube_target.roll_back("circle", None)
+    assert requests_to(kube, "DELETE", "/services/circle-shadow") == 0
+    assert kube_target.mirror_endpoint("circle") is None
+    assert kube_target.shadow_unavailable.startswith("kubernetes: a Service cannot mirror")
+    gateway = make_target(kube_client, canary_weight=20)
+    assert gateway.shadow_unavailable == ""
+    endpoint = gateway.mirror_endpoint("circle")
+    assert endpoint is not None and endpoint.url.endswith("/services/circle-shadow:rest/proxy/v1/models/circle")

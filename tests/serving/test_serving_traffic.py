@@ -161,3 +161,33 @@ def test_without_a_stable_label_the_split_keeps_tf_servings_rule(store: Store, t
         assert [rest_version(server) for _ in range(4)] == [2] * 4  # the newest version, as without a split
     finally:
         server.stop()
+
+
+def test_mirror_percent_flag_starts_with_the_split(store: Store, tmp_path: Path) -> None:
+    """The shadow comparator's start: every configured model mirrors from the first request; off by default."""
+    from aviary.serving.server import ModelServer, main, parse_flags
+
+    assert main(["--mirror_percent=101", "--model_base_path=/nowhere"]) == 2
+    base = tmp_path / "circle"
+    store.add_version(base, 1, store.circle_v1)
+    store.add_version(base, 2, store.circle_v2)
+    config = write_config(tmp_path / "models.config", f"""
+model_config_list {{ config {{
+  name: 'circle' base_path: '{base}' model_platform: 'tensorflow'
+  model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+  version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 2 }}
+}} }}
+""")
+    for argv, mirrored in (([], 0), (["--mirror_percent=100"], 100)):
+        server = ModelServer(parse_flags([f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models",
+                                          *argv]))
+        try:
+            server.load_initial()
+            assert server.manager.traffic_state("circle")["mirror_percent"] == mirrored
+            wait_for(lambda: len(server.manager.available()) == 2, timeout=60)  # noqa: B023 - both versions loaded
+            stable, canary = server.manager.route("circle")
+            # Without the flag: TF Serving's rule, the newest version and no mirror.
+            assert (stable.version, canary.version if canary else None) == ((1, 2) if mirrored else (2, None))
+        finally:
+            server.manager.close()
+            server.executor.shutdown(wait=False, cancel_futures=True)
