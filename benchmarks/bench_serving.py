@@ -342,11 +342,11 @@ asyncio.run(main())
 """
 
 
-def grpc_ceiling(clients: int, seconds: float, max_requests: int) -> dict[str, float]:
-    """The gRPC client against the server's HTTP/2 layer answering an empty PredictResponse, no model:
-    what the client and transport alone allow here."""
+def ceiling(script: str, grpc: bool, clients: int, seconds: float, max_requests: int) -> dict[str, float]:
+    """The same client against a server that answers without a model (`_NOOP_SERVER`, or the server's
+    HTTP/2 layer answering an empty PredictResponse): what client and transport alone allow here."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _NOOP_GRPC_SERVER, str(port)], cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-c", script, str(port)], cwd=REPO)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -356,28 +356,9 @@ def grpc_ceiling(clients: int, seconds: float, max_requests: int) -> dict[str, f
             except OSError:
                 time.sleep(0.05)
         fake = ServerProcess.__new__(ServerProcess)
-        fake.rest_port, fake.grpc_port = 0, port
-        return measure_async(fake.grpc_client(), clients, seconds, max_requests, proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def transport_ceiling(clients: int, seconds: float, max_requests: int) -> dict[str, float]:
-    """The same client against a do-nothing asyncio HTTP server: what transport alone allows here."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", _NOOP_SERVER, str(port)])
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        fake = ServerProcess.__new__(ServerProcess)
-        fake.rest_port, fake.grpc_port = port, 0
-        return measure_async(fake.rest_client(), clients, seconds, max_requests, proc.pid)
+        fake.rest_port, fake.grpc_port = (0, port) if grpc else (port, 0)
+        client = fake.grpc_client() if grpc else fake.rest_client()
+        return measure_async(client, clients, seconds, max_requests, proc.pid)
     finally:
         proc.kill()
         proc.wait()
@@ -421,8 +402,8 @@ def main() -> int:
 
         if "ceiling" in only:
             for n in sorted({min(clients), max(clients)}):
-                rows.append(("no-op HTTP server", n, transport_ceiling(n, opts.seconds, opts.max_requests)))
-                rows.append(("no-op gRPC server", n, grpc_ceiling(n, opts.seconds, opts.max_requests)))
+                rows.append(("no-op HTTP server", n, ceiling(_NOOP_SERVER, False, n, opts.seconds, opts.max_requests)))
+                rows.append(("no-op gRPC server", n, ceiling(_NOOP_GRPC_SERVER, True, n, opts.seconds, opts.max_requests)))
         for label, batching in (("off", None), ("on", batching_file)):
             if label not in only:
                 continue
