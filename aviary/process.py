@@ -34,6 +34,24 @@ def alive(pid: int) -> bool:
     return True
 
 
+def terminate_group(pid: int, timeout_s: float) -> bool:
+    """SIGTERM the process group `pid` leads, SIGKILL it after `timeout_s`, and return once its leader is
+    gone; False if there was no such group."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while alive(pid):
+            time.sleep(POLL_S)
+    return True
+
+
 def tail(path: Path, lines: int = 15) -> str:
     """The end of a log, for an error message."""
     if not path.exists():
@@ -89,19 +107,7 @@ class Background:
         """SIGTERM the process group, SIGKILL it after `timeout_s`; True if it was running."""
         pid = self.pid()
         self.pid_file.unlink(missing_ok=True)
-        if pid is None:
-            return False
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        deadline = time.monotonic() + timeout_s
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-        return True
+        return pid is not None and terminate_group(pid, timeout_s)
 
 
 def wait_started(

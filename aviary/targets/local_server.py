@@ -27,7 +27,7 @@ import requests
 from aviary import faults
 from aviary.config import LocalConfig
 from aviary.lock import Busy, model_lock
-from aviary.process import Background, alive
+from aviary.process import Background, alive, terminate_group
 from aviary.targets.base import TargetError
 
 START_TIMEOUT_S = 90.0
@@ -185,7 +185,7 @@ class LocalServer:
                     break  # the port answers as someone else: this one will never bind it
                 time.sleep(POLL_S)
             if alive(pid):
-                self._terminate(pid)
+                terminate_group(pid, STOP_TIMEOUT_S)
         return None
 
     def describe(self) -> str:
@@ -228,7 +228,7 @@ class LocalServer:
         old = self.record()
         if old is not None and alive(old.pid) and self._ours(old.pid, old.instance):
             # Ours but not answering on the configured ports (hung, or started with other ports): replace it.
-            self._terminate(old.pid)
+            terminate_group(old.pid, STOP_TIMEOUT_S)
         elif old is not None:
             _reap_group(old.pid)
         self.pid_file.unlink(missing_ok=True)
@@ -269,10 +269,10 @@ class LocalServer:
             if answer == instance:
                 return self._write_record(process.pid, instance, started)
             if answer is not None:  # someone else took the port while ours started
-                self._terminate(process.pid)
+                terminate_group(process.pid, STOP_TIMEOUT_S)
                 raise TargetError(self.describe())
             time.sleep(POLL_S)
-        self._terminate(process.pid)
+        terminate_group(process.pid, STOP_TIMEOUT_S)
         raise TargetError(f"local server did not answer on {self.rest} within {START_TIMEOUT_S:.0f} s; see {self.log_file}")
 
     def _write_record(self, pid: int, instance: str, started: float) -> ServerRecord:
@@ -281,28 +281,13 @@ class LocalServer:
         self.process.write(pid, asdict(rec))
         return rec
 
-    def _terminate(self, pid: int) -> None:
-        """SIGTERM the server's process group (it leads its own session), SIGKILL it after the deadline."""
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while alive(pid):
-                time.sleep(POLL_S)
-
     def stop(self) -> str:
         """Stop this state directory's server; says what it did. A server that is not ours is never signalled."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with model_lock(self.lock_file, f"the local server in {self.state_dir}", START_TIMEOUT_S + 10):
             rec = self.record()
             if rec is not None and alive(rec.pid) and self._ours(rec.pid, rec.instance):
-                self._terminate(rec.pid)
+                terminate_group(rec.pid, STOP_TIMEOUT_S)
                 self.pid_file.unlink(missing_ok=True)
                 return f"stopped pid {rec.pid} (instance {rec.instance})"
             if rec is not None:
@@ -312,7 +297,7 @@ class LocalServer:
             if answer:
                 pid = self._orphan(answer)
                 if pid is not None:
-                    self._terminate(pid)
+                    terminate_group(pid, STOP_TIMEOUT_S)
                     return f"stopped pid {pid} (instance {answer}), which no pid file recorded"
             if answer is not None:
                 return f"not running; port {self.cfg.rest_port} is taken by a server this target did not start, left alone"
