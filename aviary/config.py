@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from aviary.behaviour import Case, default_cases
 
@@ -71,7 +70,7 @@ def _features_by_column(data: Any) -> Any:
     categorical = data.get("categorical") or ()
     categorical = (categorical,) if isinstance(categorical, str) else categorical
     if not _names(categorical):
-        return data  # the field's own type error says what is wrong
+        raise ValueError(f"categorical must be a list of column names, got {categorical!r}")
     if _names(features):
         kinds: dict[str, str] = {}
         for name in features:
@@ -85,7 +84,7 @@ def _features_by_column(data: Any) -> Any:
             if name not in features:
                 raise ValueError(f"categorical column {name!r} is not among the features {list(features)}")
             features[name] = "categorical"
-        data["categorical"] = tuple(name for name, kind in features.items() if kind == "categorical")
+    data.pop("categorical", None)  # read into `features`; the property gives it back
     data["features"] = features
     return data
 
@@ -112,9 +111,6 @@ class DataConfig(_Frozen):
         None, json_schema_extra=_plain,
         description="Behavioural cases: inputs (by column) and the class they must get, checked in tests and after "
         "every deploy. Empty: the circle's cases when the features are x and y, none otherwise.",
-    )
-    categorical: SkipJsonSchema[tuple[str, ...]] = Field(
-        (), exclude=True, description="The features of kind categorical; the older spelling of them as input.",
     )
     missing: Literal["reject", "impute"] = Field(
         "reject",
@@ -143,6 +139,11 @@ class DataConfig(_Frozen):
         The model's inputs are named, so the order changes only how they are concatenated inside it.
         """
         return tuple(self.features)
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        """The features of kind categorical (the older spelling of them is read into `features`)."""
+        return tuple(name for name, kind in self.features.items() if kind == "categorical")
 
     def behaviour_cases(self) -> tuple[Case, ...]:
         return self.cases if self.cases is not None else default_cases(self.columns)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from aviary.config import _features_by_column
 from aviary.store import METADATA_FILE, History, ModelStore
 
 REPORTS_DIR = "reports"
@@ -215,8 +216,7 @@ def _config(data: dict[str, Any]) -> dict[str, Any]:
     section = config.get("data")
     if isinstance(section, dict) and isinstance(section.get("features"), list):
         # A version from before features mapped column -> kind: compared as it reads today.
-        kinds = dict.fromkeys(section["features"], "auto") | dict.fromkeys(section.get("categorical") or (), "categorical")
-        config = {**config, "data": {k: v for k, v in section.items() if k != "categorical"} | {"features": kinds}}
+        config = {**config, "data": _features_by_column(section)}
     return {k: v for k, v in _flatten("", config).items() if k.split(".")[0] in ("data", "split", "train", "evaluate", "gate")}
 
 

@@ -521,14 +521,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--missing", choices=("reject", "impute"), default=defaults.missing)
     args = parser.parse_args(argv)
     try:
-        cfg = DataConfig(
-            path=args.path,
-            features=tuple(args.features),
-            label=args.label,
-            min_rows=args.min_rows,
-            categorical=tuple(args.categorical),
-            missing=args.missing,
-        )
+        cfg = DataConfig.model_validate({
+            "path": args.path, "features": tuple(args.features), "label": args.label, "min_rows": args.min_rows,
+            "categorical": tuple(args.categorical), "missing": args.missing,
+        })
     except ValidationError as exc:
         parser.error("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
     try:

@@ -112,7 +112,8 @@ def test_a_canary_drifting_from_stable_is_rolled_back_by_the_shadow_comparison(
     assert store.aliases() == {"production": 1}
     (record,) = records(store, 2)
     shadow = record.steps[-1].shadow
-    assert shadow is not None and (shadow["agreement"] < 0.98 or shadow["mean_abs_diff"] > 0.05), shadow
+    assert shadow is not None and (
+        shadow["agreement"] < 0.98 or shadow["mean_abs_diff"] > 0.05 or shadow["p99_abs_diff"] > 0.25), shadow
 
 
 def test_approval_that_times_out_takes_the_default_and_the_run_completes(
