@@ -19,10 +19,11 @@ REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"  # microseconds
 # The local server's shadow comparison (an extension), per output tensor, labelled
 # {model_name, stable_version, canary_version, output}; positives also by track=stable|canary.
-SHADOW_COMPARED = ":aviary:serving:shadow:compared_count"
-SHADOW_DISAGREEMENTS = ":aviary:serving:shadow:disagreement_count"
-SHADOW_POSITIVES = ":aviary:serving:shadow:positive_count"
-SHADOW_ABS_DIFF = ":aviary:serving:shadow:abs_diff"
+SHADOW_PREFIX = ":aviary:serving:shadow:"
+SHADOW_COMPARED = f"{SHADOW_PREFIX}compared_count"
+SHADOW_DISAGREEMENTS = f"{SHADOW_PREFIX}disagreement_count"
+SHADOW_POSITIVES = f"{SHADOW_PREFIX}positive_count"
+SHADOW_ABS_DIFF = f"{SHADOW_PREFIX}abs_diff"
 CLASS_OUTPUT = "class"
 """The exported signature's outputs: classes are compared on `class`, |p difference| on `probability`."""
 PROBABILITY_OUTPUT = "probability"
@@ -108,7 +109,7 @@ def parse_metrics(texts: Iterable[str], model: str) -> Snapshot:
                 if labels.get("model_name") != model:
                     continue
                 name, value = sample.name.removesuffix("_total"), sample.value
-                if name.startswith(":aviary:serving:shadow:"):
+                if name.startswith(SHADOW_PREFIX):
                     if not labels.get("canary_version", "").isdigit():
                         continue
                     version, output = int(labels["canary_version"]), labels.get("output", "")

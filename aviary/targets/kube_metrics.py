@@ -8,9 +8,11 @@ the pod's `aviary.dev/version` annotation; aviary.analysis then sums the pages o
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from aviary.analysis import SHADOW_PREFIX
 
 
 def _escape(value: str) -> str:
@@ -25,28 +27,25 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def relabel(text: str, labels: Mapping[str, str]) -> str:
-    """The page with `labels` added to every sample that lacks them (a label the server set wins),
-    rendered as untyped samples, which the text parser reads back under the same names."""
+def _render(text: str, labels: Mapping[str, str], keep: Callable[[str], bool]) -> str:
+    """The page's samples whose names `keep` accepts, with `labels` added where they lack them (a label
+    the server set wins), rendered as untyped samples, which the text parser reads back under the same names."""
     lines: list[str] = []
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            merged = {**labels, **sample.labels}
-            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(merged.items()))
-            lines.append(f"{sample.name}{{{rendered}}} {_number(sample.value)}")
+            if keep(sample.name):
+                merged = {**labels, **sample.labels}
+                rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(merged.items()))
+                lines.append(f"{sample.name}{{{rendered}}} {_number(sample.value)}")
     return "\n".join(lines) + "\n"
 
 
-SHADOW_PREFIX = ":aviary:serving:shadow:"
+def relabel(text: str, labels: Mapping[str, str]) -> str:
+    """The page with `labels` added to every sample that lacks them."""
+    return _render(text, labels, lambda _name: True)
 
 
 def shadow_series(text: str) -> str:
     """Only the shadow comparison's series of a page (the shadow comparator's): its request counters
     count mirrored requests stable's pods already counted."""
-    lines: list[str] = []
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.startswith(SHADOW_PREFIX):
-                rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
-                lines.append(f"{sample.name}{{{rendered}}} {_number(sample.value)}")
-    return "\n".join(lines) + "\n"
+    return _render(text, {}, lambda name: name.startswith(SHADOW_PREFIX))
