@@ -361,20 +361,12 @@ class KubernetesTarget:
         ):
             self.api.apply(obj)
         name = objects.shadow_name(model)
-        deadline = self._clock() + self.promote_timeout_s
-        while True:
-            deployment = self.api.get("Deployment", name)
-            if deployment is None:
-                raise NotReady(f"shadow comparator {name} not found in namespace {self.cfg.namespace!r}")
-            state = rollout_state(deployment)
-            if state.done:
-                return
-            remaining = deadline - self._clock()
-            if state.failed or remaining <= 0:
-                problems = "; ".join(pod_problems(self.api.list("Pod", objects.shadow_selector(model))))
-                raise NotReady(f"shadow comparator {name}: {state.message or 'not ready'}"
-                               + (f"; {problems}" if problems else ""))
-            self._sleep(min(self.poll_interval_s, remaining))
+
+        def not_ready(message: str) -> str:
+            problems = "; ".join(pod_problems(self.api.list("Pod", objects.shadow_selector(model))))
+            return f"shadow comparator {name}: {message or 'not ready'}" + (f"; {problems}" if problems else "")
+
+        self._wait_deployment(name, "shadow comparator", self.promote_timeout_s, not_ready)
 
     def _remove_shadow(self, model: str) -> None:
         """Service first, ConfigMap last: while either of the others is left, so is the Service's trace."""
@@ -426,23 +418,33 @@ class KubernetesTarget:
         return pinned[0]
 
     def _wait_rolled_out(self, model: str, track: Track, version: int, timeout_s: float) -> None:
+        def serves_version(deployment: dict[str, Any]) -> None:
+            served = (deployment["metadata"].get("annotations") or {}).get(objects.VERSION_KEY)
+            if served != str(version):
+                raise NotReady(f"{track} deployment {name} serves version {served}, not {version}")
+
         name = objects.deployment_name(model, track)
+        self._wait_deployment(name, f"{track} deployment", timeout_s,
+                              lambda message: self._not_ready(model, track, version, message), serves_version)
+
+    def _wait_deployment(self, name: str, what: str, timeout_s: float, not_ready: Callable[[str], str],
+                         check: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Until the Deployment has rolled out (`kubectl rollout status`); `not_ready` words a failure or timeout."""
         deadline = self._clock() + timeout_s
         while True:
             deployment = self.api.get("Deployment", name)
             if deployment is None:
-                raise NotReady(f"{track} deployment {name} not found in namespace {self.cfg.namespace!r}")
-            served = (deployment["metadata"].get("annotations") or {}).get(objects.VERSION_KEY)
-            if served != str(version):
-                raise NotReady(f"{track} deployment {name} serves version {served}, not {version}")
+                raise NotReady(f"{what} {name} not found in namespace {self.cfg.namespace!r}")
+            if check is not None:
+                check(deployment)
             state = rollout_state(deployment)
             if state.done:
                 return
             if state.failed:
-                raise NotReady(self._not_ready(model, track, version, state.message))
+                raise NotReady(not_ready(state.message))
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise NotReady(self._not_ready(model, track, version, f"not ready after {timeout_s:g}s: {state.message}"))
+                raise NotReady(not_ready(f"not ready after {timeout_s:g}s: {state.message}"))
             self._sleep(min(self.poll_interval_s, remaining))
 
     def _not_ready(self, model: str, track: Track, version: int, message: str) -> str:
