@@ -27,7 +27,7 @@ import requests
 from aviary import faults
 from aviary.config import LocalConfig
 from aviary.lock import Busy, model_lock
-from aviary.process import Background, alive, terminate_group
+from aviary.process import Background, alive, tail, terminate_group
 from aviary.targets.base import TargetError
 
 START_TIMEOUT_S = 90.0
@@ -264,7 +264,9 @@ class LocalServer:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise TargetError(f"local server exited with code {process.returncode} before it answered; see {self.log_file}")
+                said = tail(self.log_file, 1)  # the server's own last word: a port in use, a bad config
+                raise TargetError(f"local server exited with code {process.returncode} before it answered"
+                                  + (f": {said}" if said else "") + f"; see {self.log_file}")
             answer = self.probe()
             if answer == instance:
                 return self._write_record(process.pid, instance, started)

@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -163,3 +164,16 @@ def test_a_server_of_another_state_dir_on_the_port_is_not_reconfigured(local: Lo
         assert owner.pid() is not None
     finally:
         owner.stop()
+
+
+def test_a_rest_port_held_by_a_listener_that_answers_nothing_is_named_in_the_one_line_error(
+    local: LocalConfig,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind((local.host, local.rest_port))
+        taken.listen()
+        target = LocalTarget(local, local.state_dir / "store")
+        with pytest.raises(TargetError, match=rf"exited with code 1 before it answered: .*{local.rest_port}.*in use") as error:
+            target.deploy_canary("circle", 1, None)
+    assert "\n" not in str(error.value)
+    assert servers_of(local) == []
