@@ -52,8 +52,11 @@ def test_its_own_deadline_ends_it_even_inside_the_block() -> None:
     server = json_server(lambda _b, _h: (200, {}))
     try:
         load = GoldenLoad(f"http://127.0.0.1:{server.server_port}/v1/models/m:predict", ROWS, rate=100)
+        before = set(threading.enumerate())
         with load.running(max_seconds=0.2):
-            time.sleep(0.6)  # well past its deadline: the property is that nothing more is sent
+            (sender,) = [t for t in threading.enumerate() if t not in before and t.name == "golden-load"]
+            # It ends by its own deadline, inside the block (a request in flight then still counts).
+            wait_for("the load's own deadline", lambda: not sender.is_alive() or None, timeout_s=10, every_s=0.02)
             count = len(load.codes)
             time.sleep(0.2)
             assert len(load.codes) == count and 0 < count < 40

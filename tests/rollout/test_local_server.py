@@ -170,10 +170,11 @@ def test_a_rest_port_held_by_a_listener_that_answers_nothing_is_named_in_the_one
     local: LocalConfig,
 ) -> None:
     with socket.socket() as taken:
-        taken.bind((local.host, local.rest_port))
+        taken.bind((local.host, 0))  # held while the gRPC port is drawn, so the two cannot be the same
         taken.listen()
-        target = LocalTarget(local, local.state_dir / "store")
-        with pytest.raises(TargetError, match=rf"exited with code 1 before it answered: .*{local.rest_port}.*in use") as error:
+        cfg = local.model_copy(update={"rest_port": taken.getsockname()[1], "grpc_port": free_port()})
+        target = LocalTarget(cfg, cfg.state_dir / "store")
+        with pytest.raises(TargetError, match=rf"exited with code 1 before it answered: .*{cfg.rest_port}.*in use") as error:
             target.deploy_canary("circle", 1, None)
     assert "\n" not in str(error.value)
-    assert servers_of(local) == []
+    assert servers_of(cfg) == []
