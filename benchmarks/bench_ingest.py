@@ -2,8 +2,9 @@
 
 Generates a circle CSV (1,000,000 rows by default), then times, each in its own subprocess so that
 peak memory is its own: bare `pd.read_csv(path)` (C engine), bare `pd.read_csv(path, engine="pyarrow")`,
-and our `ingest_csv` cold (fresh work_dir: parse, validate, fingerprint, write Parquet) and warm (the
-Parquet file for that content exists and is reused). Best of --repeat runs each, after one untimed
+and our `ingest_csv` cold (fresh work_dir: parse, validate, fingerprint, write Parquet), warm (the
+Parquet file for that content exists and is reused) and bad (one bad label ten rows from the end: the
+time to the one-line error that names its line). Best of --repeat runs each, after one untimed
 warm-up call, in --rounds interleaved rounds, all on one file in one run.
 
     python -m benchmarks.bench_ingest [--rows 1000000] [--repeat 3] [--rounds 3] [--goal 1.25]
@@ -24,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BARE = ("pandas-c", "pandas-pyarrow")
-OURS = ("ingest-cold", "ingest-warm")
+OURS = ("ingest-cold", "ingest-warm", "ingest-bad")
 
 
 def _cpu_s() -> float:
@@ -53,6 +54,25 @@ def _variant(name: str, csv: Path, scratch: Path) -> Callable[[int], object]:
         return lambda run: ingest_csv(cfg, scratch / f"cold-{run}")
     if name == "ingest-warm":
         return lambda _: ingest_csv(cfg, scratch / "warm")
+    if name == "ingest-bad":
+        from aviary.tasks.ingest import DataError
+
+        # The same file with one bad label ten rows from its end: the time to the one-line error.
+        lines = csv.read_bytes().splitlines(keepends=True)
+        lines[-10] = lines[-10].rsplit(b",", 1)[0] + b",7\n"
+        bad = scratch / "bad.csv"
+        bad.write_bytes(b"".join(lines))
+        bad_cfg = cfg.model_copy(update={"path": bad})
+
+        def refused(run: int) -> str:
+            try:
+                ingest_csv(bad_cfg, scratch / f"bad-{run}")
+            except DataError as exc:
+                assert f"line {len(lines) - 9}" in str(exc), exc
+                return str(exc)
+            raise AssertionError("the bad label was not refused")
+
+        return refused
     raise ValueError(f"unknown variant {name!r}")
 
 
@@ -128,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{result['peak_rss_mib']:14.0f}{result['delta_rss_mib']:16.0f}"
         )
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    for name in OURS:
+    for name in OURS[:2]:  # the goal is for a good file; the bad one's row shows what an error costs
         ratio = results[name]["best_s"] / bare
         same_engine = results[name]["best_s"] / results["pandas-pyarrow"]["best_s"]
         verdict = "meets" if ratio <= args.goal else "misses"

@@ -87,7 +87,11 @@ class IngestWriteError(OSError):
 
 
 class _Refused(Exception):
-    """A batch holds a value the rules refuse: the careful pass finds where."""
+    """A batch holds a value the rules refuse: the careful pass finds where, reading from `start`."""
+
+    def __init__(self, detail: str, start: int = 0) -> None:
+        super().__init__(detail)
+        self.start = start
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,7 +144,7 @@ def _ingest(cfg: DataConfig, work_dir: Path) -> tuple[Dataset, int]:
             except OSError as exc:
                 raise _write_error(work_dir, path, exc) from None
     except _Refused as refused:
-        raise diagnose(path, header, rules, cfg.missing == "impute", str(refused)) from None
+        raise diagnose(path, header, rules, cfg.missing == "impute", str(refused), refused.start) from None
     dataset = Dataset(
         path=out_path, source=path, rows=stats.rows, fingerprint=digest, features=cfg.columns, label=cfg.label
     )
@@ -358,11 +362,13 @@ def _parse_range(reading: _Reading, fd: int, start: int, end: int) -> _Part | No
     )
     try:
         table = pa_csv.read_csv(pa.py_buffer(data), read_options=read, convert_options=reading.convert)
+        batches = table.combine_chunks().to_batches()
+        return reading.checks.check(batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema))
     except (pa.ArrowInvalid, ValueError) as exc:
         # pyarrow says "Expected 3 columns, got 2: 1,1" or "invalid value 'oops'" without a line number.
-        raise _Refused(_detail(exc)) from None
-    batches = table.combine_chunks().to_batches()
-    return reading.checks.check(batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema))
+        raise _Refused(_detail(exc), start) from None
+    except _Refused as refused:
+        raise _Refused(str(refused), start) from None
 
 
 def _streamed(reading: _Reading, start: int) -> Iterator[_Part]:
@@ -382,7 +388,9 @@ def _streamed(reading: _Reading, start: int) -> Iterator[_Part]:
                 for batch in reader:
                     yield reading.checks.check(batch)
         except (pa.ArrowInvalid, ValueError) as exc:
-            raise _Refused(_detail(exc)) from None
+            raise _Refused(_detail(exc), start) from None
+        except _Refused as refused:
+            raise _Refused(str(refused), start) from None
 
 
 # ----------------------------------------------------------------------------------------------

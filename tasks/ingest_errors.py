@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import math
 import os
 import stat
@@ -108,21 +109,50 @@ def _records(path: Path) -> Iterator[_Record]:
             raise DataError(f"{path}: cannot parse as CSV at line {lines_before + 1}: {exc}") from None
 
 
-def _rows(path: Path, header: Header) -> Iterator[tuple[int, list[str]]]:
+def _rows(path: Path, header: Header, offset: int = 0) -> Iterator[tuple[int, list[str]]]:
     """Data records after the header with the file line each starts on; blank lines skipped.
 
-    Leaner than `_records` (no raw text kept), as it may read millions of lines.
+    Leaner than `_records` (no raw text kept), as it may read millions of lines. With `offset` (a
+    byte just after a line end, outside any quoted value, past the header), from there on: the lines
+    before it are counted, not parsed.
     """
-    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+    if not offset:
+        handle = path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+        before = 0
+    else:
+        before = lines_before(path, offset)
+        raw = path.open("rb")
+        raw.seek(offset)
+        handle = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+    with handle:
         reader = csv.reader(handle)
         last = 0
         try:
             for fields in reader:
                 start, last = last + 1, reader.line_num
-                if fields and start > header.line:
-                    yield start, fields
+                if fields and before + start > header.line:
+                    yield before + start, fields
         except csv.Error as exc:
-            raise DataError(f"{path}: cannot parse as CSV at line {last + 1}: {exc}") from None
+            raise DataError(f"{path}: cannot parse as CSV at line {before + last + 1}: {exc}") from None
+
+
+def lines_before(path: Path, offset: int, block_bytes: int = 8 << 20) -> int:
+    """Lines that end before byte `offset`, as Python's reader splits them: at \n, \r\n or a lone \r."""
+    lines = 0
+    carry = b""
+    with path.open("rb") as handle:
+        left = offset
+        while left > 0:
+            block = handle.read(min(left, block_bytes))
+            if not block:
+                break
+            left -= len(block)
+            data = carry + block
+            # A \r that ends this block may be the first half of a \r\n: it is counted with the next block.
+            carry = b"\r" if data.endswith(b"\r") and left > 0 else b""
+            data = data[: len(data) - len(carry)]
+            lines += data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+    return lines + len(carry)
 
 
 def check_regular_file(path: Path) -> None:
@@ -286,17 +316,19 @@ def _classifier(rule: Rule, missing_ok: bool) -> Callable[[str], str | None]:
     return boolean
 
 
-def diagnose(path: Path, header: Header, rules: dict[str, Rule], missing_ok: bool, detail: str) -> DataError:
+def diagnose(path: Path, header: Header, rules: dict[str, Rule], missing_ok: bool, detail: str,
+             offset: int = 0) -> DataError:
     """Read every record once and report the first problem: rows of the wrong length, then columns in
     order, each with its most basic problem first. `detail` is what the fast parse said, for when
-    this pass finds nothing it would refuse."""
+    this pass finds nothing it would refuse. `offset`: where the fast parse's refused part starts,
+    at a line end outside quotes; the rows before it passed the same rules, so reading starts there."""
     expected = len(header.names)
     short, long = _Tally(), _Tally()
     short_fields: int | None = None
     unclosed: tuple[int, str, int] | None = None
     checks = [(column, header.position(column), _classifier(rule, missing_ok)) for column, rule in rules.items()]
     tallies: dict[tuple[str, str], _Tally] = {}
-    for line, fields in _rows(path, header):
+    for line, fields in _rows(path, header, offset):
         if len(fields) != expected:
             text = ",".join(fields)
             if len(fields) < expected:

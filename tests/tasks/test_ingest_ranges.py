@@ -113,3 +113,52 @@ def test_a_quoted_newline_reads_whole_wherever_the_ranges_fall(
     assert colours[first_quote_row] == f"{first_quote_row}" + "\nline" * 1000
     expected = pd.read_csv(path, keep_default_na=False)["colour"].tolist()
     assert colours == expected
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["late", "twice", "crlf", "after a quote", "short row in the streamed part"],
+)
+def test_the_careful_pass_from_the_refused_range_says_what_a_pass_from_the_start_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    """The careful pass starts at the refused range (or the streamed part) and counts the lines before it:
+    the same one line, counts and line numbers as when the file is one range read from its start."""
+    bad, quoted = b"1.5,4,false,blue,7\n", b'2.5,1,true,"two\nlines",no\n'
+    if layout == "late":
+        body = ROWS * 1500 + bad + ROWS * 3
+    elif layout == "twice":
+        body = ROWS * 900 + bad + ROWS * 600 + bad + bad
+    elif layout == "crlf":
+        body = (ROWS * 1500 + bad + ROWS * 3).replace(b"\n", b"\r\n")
+    elif layout == "after a quote":
+        body = ROWS * 300 + quoted + ROWS * 900 + bad + ROWS * 3
+    else:
+        body = ROWS * 300 + quoted + ROWS * 900 + b"1.5,4\n" + ROWS * 3
+    path = tmp_path / "data.csv"
+    path.write_bytes(HEADER + body)
+    messages = []
+    for chunk in (64 << 20, 4096):
+        with pytest.raises(DataError) as exc:
+            ingest_in(monkeypatch, path, tmp_path / f"work-{chunk}", chunk=chunk, parsers=2, block=8192)
+        messages.append(str(exc.value))
+    assert messages[0] == messages[1], messages
+    assert "line " in messages[0] and "\n" not in messages[0]
+    if layout == "twice":
+        assert "3 labels not 0 or 1" in messages[0] and "line 3602" in messages[0], messages[0]
+
+
+def test_lines_before_counts_line_ends_as_the_careful_reader_splits_them(tmp_path: Path) -> None:
+    from aviary.tasks.ingest_errors import lines_before
+
+    data = b"a\nb\r\nc\rd\r\n\r\ne\n" * 3
+    path = tmp_path / "ends.csv"
+    path.write_bytes(data)
+    with path.open(encoding="utf-8", newline="") as handle:
+        ends = []
+        for line in handle:
+            ends.append((ends[-1] if ends else 0) + len(line.encode()))
+    for offset in ends:
+        for block in (1, 2, 3, 1 << 20):  # a \r\n may straddle two blocks
+            assert lines_before(path, offset, block) == ends.index(offset) + 1
+    assert lines_before(path, 0) == 0
