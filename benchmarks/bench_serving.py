@@ -279,6 +279,94 @@ class ServerProcess:
 
         return make
 
+    def grpc_raw_client(self) -> Callable[[], Any]:
+        """gRPC over a raw asyncio connection per client, the counterpart of `rest_client`: each call's HEADERS
+        and DATA frames pre-serialized (header fields as literals, so the block never depends on earlier
+        calls), the answer read as frames up to its trailers, which must say grpc-status 0."""
+        import asyncio
+        import struct
+
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        from aviary.serving import http2
+
+        block = (b"\x83\x86"  # :method POST, :scheme http (static table)
+                 + http2.literal(b":path", b"/tensorflow.serving.PredictionService/Predict")
+                 + http2.literal(b":authority", f"127.0.0.1:{self.grpc_port}".encode())
+                 + http2.literal(b"content-type", b"application/grpc") + http2.literal(b"te", b"trailers"))
+        messages = []
+        for i in range(97):
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "bench"
+            x, y = inputs(i)
+            req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
+            req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
+            body = req.SerializeToString()
+            messages.append(b"\x00" + struct.pack(">I", len(body)) + body)
+        head = struct.Struct(">IBI")
+        ok = http2.literal(b"grpc-status", b"0")
+        hello = (http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0, struct.pack(">HI", http2.SETTINGS_INITIAL_WINDOW_SIZE,
+                                                                            http2.MAX_WINDOW))
+                 + http2.frame(http2.WINDOW_UPDATE, 0, 0, struct.pack(">I", http2.MAX_WINDOW - http2.DEFAULT_WINDOW)))
+
+        class Connection(asyncio.Protocol):
+            def __init__(self) -> None:
+                self.buf = b""
+                self.stream = -1
+                self.waiting: dict[int, asyncio.Future[None]] = {}
+                self.answered: set[int] = set()
+
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                assert isinstance(transport, asyncio.Transport)
+                self.transport = transport
+                transport.write(hello)
+
+            def send(self, i: int) -> asyncio.Future[None]:
+                sid = self.stream = self.stream + 2
+                message = messages[i % len(messages)]
+                self.transport.write(head.pack(len(block) << 8 | http2.HEADERS, http2.FLAG_END_HEADERS, sid) + block
+                                     + head.pack(len(message) << 8 | http2.DATA, http2.FLAG_END_STREAM, sid) + message)
+                future = self.waiting[sid] = asyncio.get_running_loop().create_future()
+                return future
+
+            def data_received(self, data: bytes) -> None:
+                buf, pos = self.buf + data, 0
+                while len(buf) - pos >= 9:
+                    length_type, flags, sid = head.unpack_from(buf, pos)
+                    end = pos + 9 + (length_type >> 8)
+                    if end > len(buf):
+                        break
+                    kind = length_type & 0xFF
+                    if kind == http2.SETTINGS and not flags & http2.FLAG_ACK:
+                        self.transport.write(http2.frame(http2.SETTINGS, http2.FLAG_ACK, 0))
+                    elif kind == http2.DATA and end - pos > 9 + 5:
+                        self.answered.add(sid)
+                    elif kind == http2.HEADERS and flags & http2.FLAG_END_STREAM and sid in self.waiting:
+                        future = self.waiting.pop(sid)
+                        if sid in self.answered and buf[pos + 9:end] == ok:
+                            self.answered.discard(sid)
+                            future.set_result(None)
+                        else:
+                            future.set_exception(RuntimeError(f"call failed: {buf[pos + 9:end]!r}"))
+                    pos = end
+                self.buf = buf[pos:]
+
+        port = self.grpc_port
+
+        async def make() -> Any:
+            _, conn = await asyncio.get_running_loop().create_connection(Connection, "127.0.0.1", port)
+
+            async def call(i: int) -> None:
+                await conn.send(i)
+
+            async def close() -> None:
+                conn.transport.close()
+
+            return call, close
+
+        return make
+
     def grpc_client(self) -> Callable[[], Any]:
         """grpc.aio stub calls, one channel per client (as separate client processes would have); the answer
         is decoded into a PredictResponse by the stub."""
@@ -371,12 +459,14 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,32,64")
     parser.add_argument("--pairs", type=int, default=3,
                         help="back-to-back in-process/REST batched measurements at the top client count")
+    parser.add_argument("--grpc-pairs", type=int, default=3,
+                        help="back-to-back REST/gRPC raw-client measurements at each client count")
     parser.add_argument("--batch-timeout-us", type=int, default=0,
                         help="batch_timeout_micros for the server and the in-process batcher alike")
     parser.add_argument("--batch-threads", type=int, default=os.cpu_count() or 1,
                         help="num_batch_threads for both (TF's CPU guidance: the number of cores)")
     parser.add_argument("--only", default="",
-                        help="comma-separated subset: inproc,rest,restlib,grpc,off,on,ceiling")
+                        help="comma-separated subset: inproc,rest,restlib,grpc,grpcraw,off,on,ceiling")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m serving")
     opts = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -392,7 +482,7 @@ def main() -> int:
         batching_file.write_text(batching_text)
 
         only = (set(filter(None, opts.only.split(",")))
-                or {"inproc", "rest", "restlib", "grpc", "off", "on", "ceiling"})
+                or {"inproc", "rest", "restlib", "grpc", "grpcraw", "off", "on", "ceiling"})
         if "inproc" in only:
             direct, batched, batcher = in_process_calls(base / "1", batching_text)
             for n in clients:
@@ -417,6 +507,10 @@ def main() -> int:
                     rows.append((f"REST aiohttp, batching {label}", n,
                                  measure_async(server.rest_library_client(), n, opts.seconds, opts.max_requests,
                                                server.proc.pid)))
+                for n in clients if "grpcraw" in only else []:
+                    rows.append((f"gRPC raw, batching {label}", n,
+                                 measure_async(server.grpc_raw_client(), n, opts.seconds, opts.max_requests,
+                                               server.proc.pid)))
                 for n in clients if "grpc" in only else []:
                     rows.append((f"gRPC, batching {label}", n,
                                  measure_async(grpc_client, n, opts.seconds, opts.max_requests,
@@ -438,6 +532,26 @@ def main() -> int:
                     paired.append(served / inproc)
                     print(f"pair: in-process batched {inproc:.0f} req/s, REST batching on {served:.0f} req/s, "
                           f"ratio {served / inproc:.2f}")
+            finally:
+                server.stop()
+        # The same for gRPC against REST: raw clients of like cost, one connection per client, batching on,
+        # alternating which goes first.
+        grpc_pairs: dict[int, list[tuple[float, float]]] = {}
+        if opts.grpc_pairs and {"rest", "grpcraw", "on"} <= only:
+            server = ServerProcess(base, batching_file, opts.server_arg)
+            try:
+                rest, raw = server.rest_client(), server.grpc_raw_client()
+                for n in clients:
+                    for k in range(opts.grpc_pairs):
+                        cells = {}
+                        for name, client in ((("rest", rest), ("grpc", raw)) if k % 2 == 0 else
+                                             (("grpc", raw), ("rest", rest))):
+                            cells[name] = measure_async(client, n, opts.seconds, opts.max_requests)
+                        grpc_pairs.setdefault(n, []).append(
+                            (cells["grpc"]["rps"] / cells["rest"]["rps"], cells["grpc"]["p50_ms"] / cells["rest"]["p50_ms"]))
+                        print(f"pair at {n} clients: REST {cells['rest']['rps']:.0f} req/s p50 "
+                              f"{cells['rest']['p50_ms']:.3f} ms, gRPC {cells['grpc']['rps']:.0f} req/s p50 "
+                              f"{cells['grpc']['p50_ms']:.3f} ms")
             finally:
                 server.stop()
         if "inproc" in only:
@@ -462,14 +576,21 @@ def main() -> int:
     if paired:
         print(f"REST/in-process batched at {top} clients, median of {len(paired)} back-to-back pairs: "
               f"{statistics.median(paired):.2f} (each: {', '.join(f'{r:.2f}' for r in paired)})")
-    for rest_name, client in (("REST aiohttp", "library clients of like cost"),
-                              ("REST", "REST's raw-socket client")):
+    for grpc_name, rest_name, kind in (("gRPC raw", "REST", "raw-socket clients, requests pre-serialized"),
+                                       ("gRPC", "REST aiohttp", "library clients of like cost"),
+                                       ("gRPC", "REST", "grpcio against REST's raw-socket client")):
         for n in clients:
-            grpc_row, rest_row = table.get(("gRPC, batching on", n)), table.get((f"{rest_name}, batching on", n))
+            grpc_row = table.get((f"{grpc_name}, batching on", n))
+            rest_row = table.get((f"{rest_name}, batching on", n))
             if grpc_row and rest_row:
-                print(f"gRPC/REST at {n} clients, batching on, {client}: throughput "
+                print(f"{grpc_name}/{rest_name} at {n} clients, batching on, {kind}: throughput "
                       f"{grpc_row['rps'] / rest_row['rps']:.2f}x, p50 {grpc_row['p50_ms']:.3f} vs "
                       f"{rest_row['p50_ms']:.3f} ms")
+    for n, pairs in grpc_pairs.items():
+        throughput, p50 = statistics.median(t for t, _ in pairs), statistics.median(q for _, q in pairs)
+        print(f"gRPC/REST at {n} clients, raw clients, batching on, median of {len(pairs)} back-to-back pairs: "
+              f"throughput {throughput:.2f}x (target >= 1), p50 {p50:.2f}x (each: "
+              f"{', '.join(f'{t:.2f}/{q:.2f}' for t, q in pairs)})")
     if ("gRPC, batching on", top) in table and ("in-process batched", top) in table:
         ratio = table[("gRPC, batching on", top)]["rps"] / table[("in-process batched", top)]["rps"]
         print(f"gRPC throughput at {top} clients, batching on / in-process batched: {ratio:.2f}")
