@@ -22,11 +22,19 @@ T = TypeVar("T")
 FAST_TRAIN = TrainConfig(epochs=25, batch_size=32, learning_rate=0.02, patience=5, seed=7)
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on now and that this process has not handed out before:
+    the kernel may offer a just-released port again, and two servers of one test must not share one."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 120.0, every_s: float = 0.5) -> T:
