@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 APPLY = "application/apply-patch+yaml"
+MERGE = "application/strategic-merge-patch+json"
 RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
 
 
@@ -90,6 +91,16 @@ class KubeApi:
             "PATCH", self._path(kind, name), verb="patch", kind=kind, name=name, body=obj,
             query={"fieldManager": field_manager or self.field_manager, "force": "true"}, content_type=APPLY,
         )
+        assert result is not None
+        return result
+
+    def patch_status(self, kind: str, name: str, patch: Obj) -> Obj:
+        """A strategic-merge patch of the object's `status` subresource: lists with a merge key (a
+        pod's conditions, by type) merge, so what others wrote there stays."""
+        plural = KINDS[kind].resource.split(".", 1)
+        what = f'{plural[0]}/status{"." + plural[1] if len(plural) > 1 else ""} "{name}"'
+        result = self._call("PATCH", self._path(kind, name) + "/status", verb="patch", kind=kind, name=name,
+                            body=patch, content_type=MERGE, what=what)
         assert result is not None
         return result
 
