@@ -170,6 +170,22 @@ def inputs(i: int) -> tuple[float, float]:
     return ((i % 97) / 97.0 - 0.5, (i % 89) / 89.0 - 0.5)
 
 
+def predict_requests() -> list[Any]:
+    """The gRPC clients' PredictRequests, one instance each, the same inputs as the REST bodies."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    requests = []
+    for i in range(97):
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "bench"
+        x, y = inputs(i)
+        req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
+        req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
+        requests.append(req)
+    return requests
+
+
 def in_process_calls(model_dir: Path, batching: str) -> tuple[Callable[[int], None], Callable[[int], None], Any]:
     import numpy as np
     import tensorflow as tf
@@ -286,9 +302,6 @@ class ServerProcess:
         import asyncio
         import struct
 
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-
         from aviary.serving import http2
 
         block = (b"\x83\x86"  # :method POST, :scheme http (static table)
@@ -296,12 +309,7 @@ class ServerProcess:
                  + http2.literal(b":authority", f"127.0.0.1:{self.grpc_port}".encode())
                  + http2.literal(b"content-type", b"application/grpc") + http2.literal(b"te", b"trailers"))
         messages = []
-        for i in range(97):
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "bench"
-            x, y = inputs(i)
-            req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
-            req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
+        for req in predict_requests():
             body = req.SerializeToString()
             messages.append(b"\x00" + struct.pack(">I", len(body)) + body)
         head = struct.Struct(">IBI")
@@ -371,17 +379,9 @@ class ServerProcess:
         """grpc.aio stub calls, one channel per client (as separate client processes would have); the answer
         is decoded into a PredictResponse by the stub."""
         import grpc
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        requests = []
-        for i in range(97):
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "bench"
-            x, y = inputs(i)
-            req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
-            req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
-            requests.append(req)
+        requests = predict_requests()
         target = f"127.0.0.1:{self.grpc_port}"
 
         async def make() -> Any:
