@@ -9,10 +9,13 @@ Prints one table: for 1, 8, 32 and 64 concurrent clients, p50/p99 latency and th
 and, for the served rows, the CPU the client process and the server process spent per request: the
 two share this machine's cores, so a costly client slows the server. Each cell is bounded by --seconds
 and --max-requests. Clients send one instance per request and are asyncio tasks in this process, one
-connection each: REST twice, with a raw-socket client (pre-serialized requests, the cheapest possible:
-the REST targets are measured with it) and with aiohttp (what an asyncio user calls); gRPC with
-grpcio's grpc.aio stubs. grpc.aio and aiohttp cost alike per call, so gRPC is compared with both.
-Reference rows run the raw REST client against a do-nothing asyncio HTTP server and the gRPC client
+connection each: REST with a raw-socket client (pre-serialized requests, the cheapest possible: the
+REST targets are measured with it) and with aiohttp (what an asyncio user calls); gRPC with a raw
+HTTP/2 client of the same kind and with grpcio's grpc.aio stubs. Like is compared with like: raw with
+raw, and grpc.aio with aiohttp, which cost alike per call. Since cells swing with the machine's load,
+REST and gRPC are also measured in back-to-back pairs at each client count (--grpc-pairs), and each
+front end's own event-loop cost per call is timed with the model run and the sockets taken out.
+Reference rows run the raw REST client against a do-nothing asyncio HTTP server and the grpcio client
 against the server's HTTP/2 layer answering without a model: what client and transport alone allow.
 The in-process callers are threads.
 """
@@ -170,6 +173,22 @@ def inputs(i: int) -> tuple[float, float]:
     return ((i % 97) / 97.0 - 0.5, (i % 89) / 89.0 - 0.5)
 
 
+def predict_requests() -> list[Any]:
+    """The gRPC clients' PredictRequests, one instance each, the same inputs as the REST bodies."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    requests = []
+    for i in range(97):
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "bench"
+        x, y = inputs(i)
+        req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
+        req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
+        requests.append(req)
+    return requests
+
+
 def in_process_calls(model_dir: Path, batching: str) -> tuple[Callable[[int], None], Callable[[int], None], Any]:
     import numpy as np
     import tensorflow as tf
@@ -286,9 +305,6 @@ class ServerProcess:
         import asyncio
         import struct
 
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-
         from aviary.serving import http2
 
         block = (b"\x83\x86"  # :method POST, :scheme http (static table)
@@ -296,12 +312,7 @@ class ServerProcess:
                  + http2.literal(b":authority", f"127.0.0.1:{self.grpc_port}".encode())
                  + http2.literal(b"content-type", b"application/grpc") + http2.literal(b"te", b"trailers"))
         messages = []
-        for i in range(97):
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "bench"
-            x, y = inputs(i)
-            req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
-            req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
+        for req in predict_requests():
             body = req.SerializeToString()
             messages.append(b"\x00" + struct.pack(">I", len(body)) + body)
         head = struct.Struct(">IBI")
@@ -371,17 +382,9 @@ class ServerProcess:
         """grpc.aio stub calls, one channel per client (as separate client processes would have); the answer
         is decoded into a PredictResponse by the stub."""
         import grpc
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-        requests = []
-        for i in range(97):
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "bench"
-            x, y = inputs(i)
-            req.inputs["x"].CopyFrom(tf.make_tensor_proto([x], dtype=tf.float32))
-            req.inputs["y"].CopyFrom(tf.make_tensor_proto([y], dtype=tf.float32))
-            requests.append(req)
+        requests = predict_requests()
         target = f"127.0.0.1:{self.grpc_port}"
 
         async def make() -> Any:
@@ -397,6 +400,94 @@ class ServerProcess:
             return call, close
 
         return make
+
+
+def front_end_cost(base: Path, calls: int = 20000, rounds: int = 3) -> dict[str, float]:
+    """Event-loop microseconds per Predict call of each front end, from request bytes to answer bytes, with
+    the model run replaced by fixed outputs and the sockets by a recording transport: what the server's
+    own REST and gRPC code costs, apart from TensorFlow, the clients and this machine's other load."""
+    import asyncio
+    import struct
+
+    import numpy as np
+
+    from aviary.serving import http2
+    from aviary.serving.dispatch import Dispatcher
+    from aviary.serving.grpc_service import GrpcService
+    from aviary.serving.rest import RestOptions, RestServer, _Connection
+    from aviary.serving.server import ModelServer, parse_flags
+
+    outputs = {"class": np.array([1], np.int64), "probability": np.array([0.7], np.float32)}
+
+    class Canned(Dispatcher):
+        def run(self, runner: Any, feeds: Any, done: Callable[[Any], None], timeout_s: float | None) -> None:
+            done(dict(outputs))
+
+    class Recorder(asyncio.Transport):
+        last = b""
+
+        def write(self, data: Any) -> None:
+            self.last = bytes(data)
+
+        def resume_reading(self) -> None:
+            pass
+
+    async def run() -> dict[str, float]:
+        server = ModelServer(parse_flags(["--port=1", "--rest_api_port=2", "--model_name=bench",
+                                          f"--model_base_path={base}"]))
+        await asyncio.get_running_loop().run_in_executor(None, server.load_initial)
+        grpc_conn = http2.GrpcConnection(http2.Http2Server(
+            GrpcService(server.api, server.metrics, Canned(asyncio.get_running_loop()), lambda _: None, False).handle,
+            1 << 22))
+        grpc_out = Recorder()
+        grpc_conn.connection_made(grpc_out)
+        grpc_conn.data_received(http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0, struct.pack(
+            ">HI", http2.SETTINGS_INITIAL_WINDOW_SIZE, http2.MAX_WINDOW)) + http2.frame(
+            http2.WINDOW_UPDATE, 0, 0, struct.pack(">I", http2.MAX_WINDOW - http2.DEFAULT_WINDOW)))
+        block = (b"\x83\x86" + http2.literal(b":path", b"/tensorflow.serving.PredictionService/Predict")
+                 + http2.literal(b"content-type", b"application/grpc") + http2.literal(b"te", b"trailers"))
+        head = struct.Struct(">IBI")
+        messages = [b"\x00" + struct.pack(">I", len(body)) + body
+                    for body in (req.SerializeToString() for req in predict_requests())]
+        stream = [-1]
+
+        def grpc_call(i: int) -> None:
+            sid = stream[0] = stream[0] + 2
+            message = messages[i % len(messages)]
+            grpc_conn.data_received(head.pack(len(block) << 8 | http2.HEADERS, http2.FLAG_END_HEADERS, sid) + block
+                                    + head.pack(len(message) << 8 | http2.DATA, http2.FLAG_END_STREAM, sid) + message)
+
+        rest = RestServer(server.api, server.metrics, RestOptions())
+        rest.loop, rest.dispatcher = asyncio.get_running_loop(), Canned(asyncio.get_running_loop())
+        rest_conn = _Connection(rest)
+        rest_out = Recorder()
+        rest_conn.connection_made(rest_out)
+        bodies = [json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode() for i in range(97)]
+        requests = [b"POST /v1/models/bench:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body) for body in bodies]
+
+        def rest_call(i: int) -> None:
+            rest_conn.data_received(requests[i % len(requests)])
+
+        best = {"REST": float("inf"), "gRPC": float("inf")}
+        try:
+            for _ in range(rounds):
+                for name, call in (("REST", rest_call), ("gRPC", grpc_call)):
+                    for i in range(calls // 10):
+                        call(i)
+                    start = time.perf_counter()
+                    for i in range(calls):
+                        call(i)
+                    best[name] = min(best[name], (time.perf_counter() - start) / calls * 1e6)
+        finally:
+            server.manager.close()
+            server.executor.shutdown(wait=False)
+        # Answers, not errors, were timed.
+        if not rest_out.last.startswith(b"HTTP/1.1 200") or not grpc_out.last.endswith(http2.literal(b"grpc-status", b"0")):
+            raise RuntimeError(f"a front end did not answer: {rest_out.last[:80]!r} {grpc_out.last[-80:]!r}")
+        return best
+
+    return asyncio.run(run())
 
 
 _NOOP_SERVER = r"""
@@ -466,7 +557,7 @@ def main() -> int:
     parser.add_argument("--batch-threads", type=int, default=os.cpu_count() or 1,
                         help="num_batch_threads for both (TF's CPU guidance: the number of cores)")
     parser.add_argument("--only", default="",
-                        help="comma-separated subset: inproc,rest,restlib,grpc,grpcraw,off,on,ceiling")
+                        help="comma-separated subset: inproc,rest,restlib,grpc,grpcraw,frontend,off,on,ceiling")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for python -m serving")
     opts = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -482,7 +573,7 @@ def main() -> int:
         batching_file.write_text(batching_text)
 
         only = (set(filter(None, opts.only.split(",")))
-                or {"inproc", "rest", "restlib", "grpc", "grpcraw", "off", "on", "ceiling"})
+                or {"inproc", "rest", "restlib", "grpc", "grpcraw", "frontend", "off", "on", "ceiling"})
         if "inproc" in only:
             direct, batched, batcher = in_process_calls(base / "1", batching_text)
             for n in clients:
@@ -490,6 +581,9 @@ def main() -> int:
             for n in clients:
                 rows.append(("in-process batched", n, measure(batched, n, opts.seconds, opts.max_requests)))
 
+        front_end: dict[str, float] = {}
+        if "frontend" in only:
+            front_end = front_end_cost(base)
         if "ceiling" in only:
             for n in sorted({min(clients), max(clients)}):
                 rows.append(("no-op HTTP server", n, ceiling(_NOOP_SERVER, False, n, opts.seconds, opts.max_requests)))
@@ -586,6 +680,9 @@ def main() -> int:
                 print(f"{grpc_name}/{rest_name} at {n} clients, batching on, {kind}: throughput "
                       f"{grpc_row['rps'] / rest_row['rps']:.2f}x, p50 {grpc_row['p50_ms']:.3f} vs "
                       f"{rest_row['p50_ms']:.3f} ms")
+    if front_end:
+        print(f"event-loop cost per Predict call, model run and sockets aside: REST {front_end['REST']:.1f} us, "
+              f"gRPC {front_end['gRPC']:.1f} us ({front_end['gRPC'] / front_end['REST']:.2f}x)")
     for n, pairs in grpc_pairs.items():
         throughput, p50 = statistics.median(t for t, _ in pairs), statistics.median(q for _, q in pairs)
         print(f"gRPC/REST at {n} clients, raw clients, batching on, median of {len(pairs)} back-to-back pairs: "

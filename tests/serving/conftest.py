@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,19 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import serving_models as sm
 
-_GIVEN: set[int] = set()
+from tests.helpers import free_port
 
+__all__ = ["free_port"]  # the serving tests take it from here
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now and that this process has not handed out before:
-    the kernel may offer a just-released port again, and two servers of one test must not share one."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
