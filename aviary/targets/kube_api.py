@@ -94,15 +94,13 @@ class KubeApi:
         assert result is not None
         return result
 
-    def patch_status(self, kind: str, name: str, patch: Obj) -> Obj:
+    def patch_status(self, kind: str, name: str, patch: Obj) -> Obj | None:
         """A strategic-merge patch of the object's `status` subresource: lists with a merge key (a
-        pod's conditions, by type) merge, so what others wrote there stays."""
-        plural = KINDS[kind].resource.split(".", 1)
-        what = f'{plural[0]}/status{"." + plural[1] if len(plural) > 1 else ""} "{name}"'
-        result = self._call("PATCH", self._path(kind, name) + "/status", verb="patch", kind=kind, name=name,
-                            body=patch, content_type=MERGE, what=what)
-        assert result is not None
-        return result
+        pod's conditions, by type) merge, so what others wrote there stays. None when it is gone."""
+        k = KINDS[kind]
+        what = f'{k.plural}/status{"." + k.group if k.group else ""} "{name}"'
+        return self._call("PATCH", self._path(kind, name) + "/status", verb="patch", kind=kind, name=name,
+                          body=patch, content_type=MERGE, what=what, missing_ok=True)
 
     def get(self, kind: str, name: str) -> Obj | None:
         """The object, or None when it does not exist."""

@@ -339,7 +339,7 @@ class KubernetesTarget:
         for pod in self.api.list("Pod", objects.selector(model, "canary")):
             meta = pod.get("metadata") or {}
             if not meta.get("deletionTimestamp") and not has_condition(pod, objects.LIVE_GATE):
-                self.api.patch_status("Pod", meta["name"], objects.live_condition(True, now))
+                self.api.patch_status("Pod", meta["name"], objects.live_condition(True, now))  # None: gone since
         return True
 
     def _pin_stable(self, model: str, version: int) -> None:
