@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 APPLY = "application/apply-patch+yaml"
+MERGE = "application/strategic-merge-patch+json"
 RETRYABLE = frozenset({409, 429, 500, 502, 503, 504})
 
 
@@ -92,6 +93,14 @@ class KubeApi:
         )
         assert result is not None
         return result
+
+    def patch_status(self, kind: str, name: str, patch: Obj) -> Obj | None:
+        """A strategic-merge patch of the object's `status` subresource: lists with a merge key (a
+        pod's conditions, by type) merge, so what others wrote there stays. None when it is gone."""
+        k = KINDS[kind]
+        what = f'{k.plural}/status{"." + k.group if k.group else ""} "{name}"'
+        return self._call("PATCH", self._path(kind, name) + "/status", verb="patch", kind=kind, name=name,
+                          body=patch, content_type=MERGE, what=what, missing_ok=True)
 
     def get(self, kind: str, name: str) -> Obj | None:
         """The object, or None when it does not exist."""

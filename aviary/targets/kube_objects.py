@@ -24,6 +24,9 @@ APP = "aviary-serving"
 MANAGER = "aviary"
 BOOTSTRAP_MANAGER = "aviary-bootstrap"
 VERSION_KEY = "aviary.dev/version"
+LIVE_GATE = "aviary.dev/live"
+"""The canary's readiness gate without the Gateway API: its pods join the live Service only once the
+flow sets this pod condition True, at the first traffic step."""
 HASH_KEY = "aviary.dev/config-hash"
 CONFIG_FILE = "models.config"
 MONITORING_FILE = "monitoring.config"
@@ -263,11 +266,29 @@ def deployment(
     store_mount: str,
     ready_timeout_s: float,
     resources: Mapping[str, Any] = DEFAULT_RESOURCES,
+    gated: bool = False,
 ) -> Obj:
     """A whole track serving one pinned version: the canary, or a stable track the flow creates in a
     namespace no overlay bootstrapped. The config hash in the pod template rolls the pods whenever
-    the ConfigMap changes (TF Serving reads its config file only at start)."""
+    the ConfigMap changes (TF Serving reads its config file only at start). `gated`: the pods carry
+    the `LIVE_GATE` readiness gate, so they are Ready (in any Service's ready endpoints) only once
+    the flow opens it."""
     labels = selector(model, track)
+    pod_spec: Obj = {
+        "serviceAccountName": "default",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "securityContext": pod_security(),
+        "containers": [serving_container(model, track, image, store_mount, resources)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": config_name(model, track)}},
+            {"name": "store", "persistentVolumeClaim": {"claimName": store_claim, "readOnly": True}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    if gated:
+        pod_spec["readinessGates"] = [{"conditionType": LIVE_GATE}]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -288,19 +309,7 @@ def deployment(
                     "labels": labels,
                     "annotations": {**SCRAPE_ANNOTATIONS, VERSION_KEY: str(version), HASH_KEY: config_hash},
                 },
-                "spec": {
-                    "serviceAccountName": "default",
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 30,
-                    "securityContext": pod_security(),
-                    "containers": [serving_container(model, track, image, store_mount, resources)],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": config_name(model, track)}},
-                        {"name": "store", "persistentVolumeClaim": {"claimName": store_claim, "readOnly": True}},
-                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                    ],
-                },
+                "spec": pod_spec,
             },
         },
     }
@@ -325,22 +334,41 @@ def stable_pin(namespace: str, model: str, version: int, config_hash: str, ready
     }
 
 
-def service(namespace: str, model: str, track: Track | None) -> Obj:
+def service(namespace: str, model: str, track: Track | None, publish_not_ready: bool | None = None) -> Obj:
+    """`publish_not_ready` (the canary's own Service, set either way by the flow): the Service lists
+    pods that are not Ready too, so the check reaches a gated canary that takes no live traffic."""
     labels = {"app": APP, "model": model}
     if track is not None:
         labels["track"] = track
+    spec: Obj = {
+        "selector": dict(labels),
+        "ports": [
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            {"name": "rest", "port": REST_PORT, "targetPort": "rest", "protocol": "TCP"},
+        ],
+    }
+    if publish_not_ready is not None:
+        spec["publishNotReadyAddresses"] = publish_not_ready
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": service_name(model, track), "namespace": namespace, "labels": dict(labels)},
-        "spec": {
-            "selector": dict(labels),
-            "ports": [
-                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "rest", "port": REST_PORT, "targetPort": "rest", "protocol": "TCP"},
-            ],
-        },
+        "spec": spec,
     }
+
+
+def live_condition(live: bool, now: str) -> Obj:
+    """The `LIVE_GATE` pod condition, as a strategic-merge patch of `pods/status` (merged by type, so
+    the kubelet's own conditions stay as they are)."""
+    reason = "CanaryTrafficStep" if live else "CanaryHeldBack"
+    return {"status": {"conditions": [{"type": LIVE_GATE, "status": "True" if live else "False",
+                                       "reason": reason, "lastTransitionTime": now}]}}
+
+
+def gated(deployment: Mapping[str, Any] | None) -> bool:
+    """Whether a Deployment's pods wait for the `LIVE_GATE` (from the live object, not the config)."""
+    spec = ((((deployment or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
+    return any(g.get("conditionType") == LIVE_GATE for g in spec.get("readinessGates") or [])
 
 
 def http_route(namespace: str, model: str, gateway: str, canary_weight: int | None, mirror_percent: int = 0) -> Obj:

@@ -1,15 +1,18 @@
 """The `kubernetes` target: TF Serving Deployments per track, applied with server-side apply.
 
 A canary is its own Deployment (`<model>-canary`) beside the stable one (`<model>-stable`), each
-serving one pinned version through its own ConfigMap. Both sit behind the `<model>` Service, so
-the canary's share of live traffic is its replica ratio, or a Gateway API HTTPRoute weight when
-`canary_weight` is set; traffic steps scale the canary or set the weight, and each step is judged
-on every serving pod's metrics. The overlays own the stable Deployment's shape; the flow owns only
+serving one pinned version through its own ConfigMap. Both sit behind the `<model>` Service. With
+a Gateway API HTTPRoute (`canary_weight` set) the route's weights give the canary its share;
+without one the canary's pods carry a readiness gate that keeps them out of the live Service until
+the first traffic step opens it, and from then on its share is its replica ratio. Traffic steps
+scale the canary (opening the gate) or set the weight, and each step is judged on every serving
+pod's metrics. The overlays own the stable Deployment's shape; the flow owns only
 its pin. Every wait polls with a deadline. See docs/kubernetes.md.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +27,7 @@ from aviary.targets.base import Endpoint, NotReady, Serving, TargetError, Track
 from aviary.targets.kube_api import KubeApi
 from aviary.targets.kube_copy import VersionCopier
 from aviary.targets.kube_metrics import relabel, shadow_series
-from aviary.targets.kube_status import pod_problems, rollout_state
+from aviary.targets.kube_status import RolloutState, gated_rollout_state, has_condition, pod_problems, rollout_state
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,8 @@ class KubernetesTarget:
         self._check_model(model)
         self._check_gateway_api()
         for track in (None, "stable", "canary"):
-            self.api.apply(objects.service(self.cfg.namespace, model, track))
+            publish = self._gated if track == "canary" else None
+            self.api.apply(objects.service(self.cfg.namespace, model, track, publish))
         self._apply_canary(model, version, self.cfg.canary_replicas)
         if self.cfg.canary_weight is not None:
             self._remove_shadow(model)  # a crashed run's comparator compared another pair
@@ -117,6 +121,7 @@ class KubernetesTarget:
         log.info("canary %s v%d applied beside stable v%s", objects.deployment_name(model, "canary"), version, stable)
 
     def wait_ready(self, model: str, version: int, timeout_s: float) -> None:
+        """Until every canary pod answers; a gated canary's pods stay out of the live Service."""
         self._check_model(model)
         self._wait_rolled_out(model, "canary", version, timeout_s)
 
@@ -181,8 +186,9 @@ class KubernetesTarget:
         """With the Gateway API (`canary_weight` set), the HTTPRoute's weights become (100 - p, p) and
         `mirror_percent` a RequestMirror filter. Without it, the shared Service splits by replica
         ratio: the canary is scaled to the count whose ratio beside stable's live replicas comes
-        nearest `canary_percent` (at least one), and nothing is mirrored. Returns the share the
-        canary now takes, once its pods are ready."""
+        nearest `canary_percent` (at least one), each of its pods loaded, then let into the live
+        Service (its readiness gate opened), and nothing is mirrored; 0 scales it to nothing.
+        Returns the share the canary now takes, once its pods are Ready."""
         self._check_model(model)
         self._traffic = (canary_percent, mirror_percent)
         if self.cfg.canary_weight is not None:
@@ -204,6 +210,8 @@ class KubernetesTarget:
         self._apply_canary(model, version, replicas)
         if replicas:
             self._wait_rolled_out(model, "canary", version, self.promote_timeout_s)
+            if self._open_gates(model):
+                self._wait_rolled_out(model, "canary", version, self.promote_timeout_s, live=True)
         log.info("canary %s: %d replicas beside %d stable: %d%% of the traffic (%d%% asked)",
                  objects.deployment_name(model, "canary"), replicas, stable_replicas, share, canary_percent)
         return share
@@ -302,11 +310,17 @@ class KubernetesTarget:
                 return dict(container["resources"])
         return objects.DEFAULT_RESOURCES
 
+    @property
+    def _gated(self) -> bool:
+        """Without a route to hold it back, the canary's pods wait for their readiness gate."""
+        return self.cfg.canary_weight is None
+
     def _full_track(self, model: str, track: Track, version: int, config_hash: str, replicas: int) -> dict[str, Any]:
         return objects.deployment(
             namespace=self.cfg.namespace, model=model, track=track, version=version, config_hash=config_hash,
             image=self.cfg.image, replicas=replicas, store_claim=self.cfg.store_claim,
             store_mount=self.cfg.store_mount, ready_timeout_s=self.promote_timeout_s, resources=self._resources(model),
+            gated=track == "canary" and self._gated,
         )
 
     def _apply_canary(self, model: str, version: int, replicas: int) -> None:
@@ -314,6 +328,19 @@ class KubernetesTarget:
         config_map = self.api.apply(self._config_map(model, "canary", version))
         config_hash = objects.content_hash(config_map.get("data") or {})
         self.api.apply(self._full_track(model, "canary", version, config_hash, replicas))
+
+    def _open_gates(self, model: str) -> bool:
+        """Let the canary's pods into the live Service: their `LIVE_GATE` condition True (on pods a
+        scale-up added too); the kubelet then marks each Ready. False where the live Deployment
+        carries no gate (its pods are Ready as soon as they load)."""
+        if not objects.gated(self.api.get("Deployment", objects.deployment_name(model, "canary"))):
+            return False
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for pod in self.api.list("Pod", objects.selector(model, "canary")):
+            meta = pod.get("metadata") or {}
+            if not meta.get("deletionTimestamp") and not has_condition(pod, objects.LIVE_GATE):
+                self.api.patch_status("Pod", meta["name"], objects.live_condition(True, now))  # None: gone since
+        return True
 
     def _pin_stable(self, model: str, version: int) -> None:
         """Write the stable ConfigMap, then pin the Deployment to it. Where no overlay made the stable
@@ -417,27 +444,32 @@ class KubernetesTarget:
             return None
         return pinned[0]
 
-    def _wait_rolled_out(self, model: str, track: Track, version: int, timeout_s: float) -> None:
-        def serves_version(deployment: dict[str, Any]) -> None:
+    def _wait_rolled_out(self, model: str, track: Track, version: int, timeout_s: float, live: bool = False) -> None:
+        """Until the track's Deployment has rolled out `version`. A gated one (as the live object
+        says) is judged on its pods: loaded, or with `live`, Ready with the gate open."""
+        def state(deployment: dict[str, Any]) -> RolloutState:
             served = (deployment["metadata"].get("annotations") or {}).get(objects.VERSION_KEY)
             if served != str(version):
                 raise NotReady(f"{track} deployment {name} serves version {served}, not {version}")
+            if not objects.gated(deployment):
+                return rollout_state(deployment)
+            pods = self.api.list("Pod", objects.selector(model, track))
+            return gated_rollout_state(deployment, pods, objects.LIVE_GATE, live)
 
         name = objects.deployment_name(model, track)
         self._wait_deployment(name, f"{track} deployment", timeout_s,
-                              lambda message: self._not_ready(model, track, version, message), serves_version)
+                              lambda message: self._not_ready(model, track, version, message), state)
 
     def _wait_deployment(self, name: str, what: str, timeout_s: float, not_ready: Callable[[str], str],
-                         check: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """Until the Deployment has rolled out (`kubectl rollout status`); `not_ready` words a failure or timeout."""
+                         state_of: Callable[[dict[str, Any]], RolloutState] = rollout_state) -> None:
+        """Until the Deployment has rolled out (`kubectl rollout status`, unless `state_of` judges it
+        otherwise); `not_ready` words a failure or timeout."""
         deadline = self._clock() + timeout_s
         while True:
             deployment = self.api.get("Deployment", name)
             if deployment is None:
                 raise NotReady(f"{what} {name} not found in namespace {self.cfg.namespace!r}")
-            if check is not None:
-                check(deployment)
-            state = rollout_state(deployment)
+            state = state_of(deployment)
             if state.done:
                 return
             if state.failed:

@@ -2,7 +2,10 @@
 
 - A serving pod gets an address of the pod network, which answers as TF Serving started with the
   pod's model-config ConfigMap would (read once, at start; see podproxy.py). It is Ready while its
-  readinessProbe's httpGet answers 2xx there. A pod whose ConfigMap is missing waits in ContainerCreating.
+  readinessProbe's httpGet answers 2xx there (ContainersReady), and every condition its readinessGates
+  name is True, as a kubelet computes Ready. A pod whose ConfigMap is missing waits in ContainerCreating.
+- Status is written as the kubelet writes it: a strategic-merge patch of the conditions it owns, so a
+  readiness gate's condition that someone else set stays.
 - A pod whose container runs the project's own server (`python -m aviary.serving`: the shadow
   comparator) runs it for real inside the pod network, its volumes mapped as a Job's; its address
   forwards to that process as it is.
@@ -152,7 +155,7 @@ class TestKubelet(threading.Thread):
         if "startTime" not in (pod.get("status") or {}):
             stamped["startTime"] = _now()
         response = self.session.patch(self._url(self._pod_path(pod, "/status")), json={"status": stamped},
-                                      headers={"Content-Type": "application/merge-patch+json"}, timeout=10)
+                                      headers={"Content-Type": "application/strategic-merge-patch+json"}, timeout=10)
         if response.status_code == 404:
             return
         response.raise_for_status()
@@ -166,14 +169,24 @@ class TestKubelet(threading.Thread):
                 return str(container["image"])
         return ""
 
-    def _conditions(self, ready: bool) -> list[Obj]:
+    @staticmethod
+    def _conditions(pod: Obj, ready: bool) -> list[Obj]:
+        """The conditions a kubelet owns: Ready needs ready containers and every readiness gate's
+        condition True in the pod's status (which others set, the kubelet only reads)."""
         flag = "True" if ready else "False"
+        held = [g["conditionType"] for g in pod["spec"].get("readinessGates") or []
+                if not any(c.get("type") == g["conditionType"] and c.get("status") == "True"
+                           for c in (pod.get("status") or {}).get("conditions") or [])]
+        gate: Obj = {"type": "Ready", "status": flag}
+        if ready and held:
+            gate = {"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady",
+                    "message": f'the status of pod readiness gate "{held[0]}" is not "True"'}
         return [{"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
-                {"type": "ContainersReady", "status": flag}, {"type": "Ready", "status": flag}]
+                {"type": "ContainersReady", "status": flag}, gate]
 
     def _waiting(self, pod: Obj, reason: str, message: str) -> Obj:
         return {
-            "phase": "Pending", "hostIP": "127.0.0.1", "conditions": self._conditions(False),
+            "phase": "Pending", "hostIP": "127.0.0.1", "conditions": self._conditions(pod, False),
             "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": "", "ready": False,
                                    "restartCount": 0, "started": False,
                                    "state": {"waiting": {"reason": reason, "message": message}}}
@@ -207,7 +220,7 @@ class TestKubelet(threading.Thread):
         ready = self._probe(ip, pod)
         return {
             "phase": "Running", "hostIP": "127.0.0.1", "podIP": ip, "podIPs": [{"ip": ip}],
-            "conditions": self._conditions(ready),
+            "conditions": self._conditions(pod, ready),
             "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": f"docker.io/{c['image']}",
                                    "ready": ready, "restartCount": 0, "started": True,
                                    "state": {"running": {"startedAt": "2026-01-01T00:00:01Z"}}}
@@ -299,7 +312,7 @@ class TestKubelet(threading.Thread):
         uid = pod["metadata"]["uid"]
         if uid in self._jobs:
             return
-        self._report(pod, {"phase": "Running", "hostIP": "127.0.0.1", "conditions": self._conditions(True)})
+        self._report(pod, {"phase": "Running", "hostIP": "127.0.0.1", "conditions": self._conditions(pod, True)})
         thread = threading.Thread(target=self._execute, args=(pod,), daemon=True)
         self._jobs[uid] = thread
         thread.start()
@@ -324,7 +337,7 @@ class TestKubelet(threading.Thread):
                       "startedAt": _now(), "finishedAt": _now()}
         self.job_output.append(f"{pod['metadata']['name']} exit {code}: {result.stdout[-300:]} {result.stderr[-300:]}")
         status = {"phase": "Succeeded" if code == 0 else "Failed", "hostIP": "127.0.0.1",
-                  "conditions": self._conditions(False),
+                  "conditions": self._conditions(pod, False),
                   "containerStatuses": [{"name": container["name"], "image": container["image"], "imageID": "",
                                          "ready": False, "restartCount": 0, "started": False,
                                          "state": {"terminated": terminated}}]}

@@ -8,7 +8,8 @@ and rewrites the model path onto that pod's pinned version before forwarding:
 `/v1/models/m[...]` -> `/versions/<pin>`, `/labels/L` -> the version L labels, a version the pod
 does not pin -> 404, as TF Serving answers. Each pod also has its own Prometheus page at
 `/monitoring/prometheus/metrics`, as TF Serving's: its predict requests by status and their latency,
-labelled by `model_name` and never by version (a pod's counters start at zero with the pod).
+labelled by `model_name` and never by version (a pod's counters start at zero with the pod). Every
+answer names the pod address that gave it (`X-Pod-IP`), so a test sees which pods a Service reaches.
 
     python tests/k8s/podproxy.py PORT UPSTREAM PINS_JSON
 """
@@ -56,6 +57,7 @@ def rewrite(path: str, config: str) -> tuple[str | None, int, str]:
 
 
 METRICS_PATH = "/monitoring/prometheus/metrics"
+POD_HEADER = "X-Pod-IP"
 BUCKETS_US = [10 * 1.8**i for i in range(33)]  # TF Serving's request_latency buckets (microseconds)
 STATUS = {200: "OK", 400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 503: "UNAVAILABLE"}
 
@@ -90,9 +92,14 @@ class PodMetrics:
 def app(upstream: str, pins_file: Path) -> web.Application:
     metrics: dict[tuple[str, str], PodMetrics] = {}  # (pod IP, the config it started with) -> counters
 
-    async def forward(request: web.Request) -> web.StreamResponse:
+    async def identified(request: web.Request) -> web.StreamResponse:
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         ip = sockname[0] if sockname else ""
+        response = await forward(request, ip)
+        response.headers[POD_HEADER] = ip
+        return response
+
+    async def forward(request: web.Request, ip: str) -> web.StreamResponse:
         try:
             config = json.loads(pins_file.read_text()).get(ip)
         except (OSError, ValueError):
@@ -135,7 +142,7 @@ def app(upstream: str, pins_file: Path) -> web.Application:
                             headers={"Content-Type": answer.headers.get("Content-Type", "application/json")})
 
     application = web.Application()
-    application.router.add_route("*", "/{tail:.*}", forward)
+    application.router.add_route("*", "/{tail:.*}", identified)
     return application
 
 

@@ -142,6 +142,19 @@ class Namespace:
         ep = self.get("endpoints", service) or {}
         return {a["ip"] for s in ep.get("subsets") or [] for a in s.get("addresses") or []}
 
+    def slice_endpoints(self, service: str) -> dict[str, bool]:
+        """Every pod address the Service's EndpointSlices list, with whether it is ready (takes traffic)."""
+        return {address: bool((e.get("conditions") or {}).get("ready"))
+                for s in self.items("endpointslices", f"kubernetes.io/service-name={service}")
+                for e in s.get("endpoints") or [] for address in e.get("addresses") or []}
+
+    def reached(self, service: str, requests_: int) -> set[str]:
+        """The pod addresses that answered `requests_` predictions sent to the Service, as a client would."""
+        answers = [self.proxy(service, f"/v1/models/{self.model}:predict", {"instances": [{"x": 0.1, "y": 0.2}]})
+                   for _ in range(requests_)]
+        assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
+        return {a.headers["X-Pod-IP"] for a in answers}
+
     def proxy(self, service: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
         """Through the API server's service proxy with the Role's token, as the check goes."""
         token = yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]["token"]

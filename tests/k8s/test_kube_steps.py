@@ -88,3 +88,55 @@ def test_kube_shadow_comparator_objects() -> None:
     # Never behind the model's Service, which selects every serving pod of the model.
     live = objects.service("aviary", "circle", None)["spec"]["selector"]
     assert not live.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def _pod(name: str, annotations: dict[str, str], conditions: dict[str, str]) -> dict[str, object]:
+    return {"metadata": {"name": name, "annotations": annotations},
+            "status": {"conditions": [{"type": k, "status": v} for k, v in conditions.items()]}}
+
+
+def test_kube_gated_canary_is_rolled_out_once_loaded_and_live_once_its_gate_is_open() -> None:
+    """A gated canary is never available before its gate opens: judged on its pods, never on the
+    progress deadline (which passes while it waits to be let in)."""
+    from aviary.targets.kube_status import gated_rollout_state, pod_problems
+
+    deployment = objects.deployment(namespace="aviary", model="circle", track="canary", version=2, config_hash="h",
+                                    image="tf", replicas=2, store_claim="c", store_mount="/models",
+                                    ready_timeout_s=60, gated=True)
+    assert objects.gated(deployment)
+    assert deployment["spec"]["template"]["spec"]["readinessGates"] == [{"conditionType": "aviary.dev/live"}]
+    deployment["metadata"]["generation"] = 1
+    deployment["status"] = {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 0,
+                            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}]}
+    current = deployment["spec"]["template"]["metadata"]["annotations"]
+    loaded = _pod("a", current, {"ContainersReady": "True", "Ready": "False"})
+    loading = _pod("b", current, {"ContainersReady": "False", "Ready": "False"})
+    old = _pod("c", {**current, objects.HASH_KEY: "old"}, {"ContainersReady": "True", "Ready": "True"})
+
+    def state(*pods: dict[str, object], live: bool = False) -> tuple[bool, bool, str]:
+        s = gated_rollout_state(deployment, list(pods), objects.LIVE_GATE, live)  # type: ignore[arg-type]
+        return s.done, s.failed, s.message
+
+    assert state(loaded, loading) == (False, False, "1 of 2 pods of circle-canary loaded (ContainersReady)")
+    assert state(loaded, old)[:2] == (False, False)
+    assert state(loaded, loaded) == (True, False, "deployment circle-canary rolled out, its pods held back by aviary.dev/live")
+    assert state(loaded, loaded, live=True)[:2] == (False, False)
+    live = _pod("d", current, {"ContainersReady": "True", "Ready": "True", objects.LIVE_GATE: "True"})
+    assert state(live, live, live=True)[:2] == (True, False)
+    assert pod_problems([loaded, loading]) == []  # waiting for its gate is no problem
+    quota = {**deployment, "status": {**deployment["status"], "conditions": [
+        {"type": "ReplicaFailure", "status": "True", "message": "exceeded quota"}]}}
+    assert gated_rollout_state(quota, [], objects.LIVE_GATE, False).failed
+    # The Gateway API's canary and the stable track carry no gate.
+    assert not objects.gated(objects.deployment(namespace="aviary", model="circle", track="canary", version=2,
+                                                config_hash="h", image="tf", replicas=1, store_claim="c",
+                                                store_mount="/models", ready_timeout_s=60))
+
+
+def test_kube_only_the_canary_service_publishes_not_ready_pods_and_the_gate_patch_merges() -> None:
+    assert objects.service("aviary", "circle", "canary", True)["spec"]["publishNotReadyAddresses"] is True
+    assert objects.service("aviary", "circle", "canary", False)["spec"]["publishNotReadyAddresses"] is False
+    assert "publishNotReadyAddresses" not in objects.service("aviary", "circle", None)["spec"]
+    patch = objects.live_condition(True, "2026-01-01T00:00:00Z")
+    assert patch == {"status": {"conditions": [{"type": "aviary.dev/live", "status": "True", "reason": "CanaryTrafficStep",
+                                                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}

@@ -1,11 +1,12 @@
-"""Traffic steps on a real API server: a canary without the Gateway API takes its share by replica
-ratio, each step judged on every serving pod's own metrics (read through the pod proxy with the
+"""Traffic steps on a real API server: a canary without the Gateway API takes no live traffic before
+its first step (its readiness gate), then its share by replica ratio, each step judged on every serving pod's own metrics (read through the pod proxy with the
 Role's token), and is promoted or rolled back by itself, leaving stable's shape and pin as they were.
 With the Gateway API the route's weights are the steps and its mirror goes to a shadow comparator
 that really compares the canary's predictions with stable's."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from collections.abc import Iterator
@@ -13,10 +14,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
 from aviary.record import records
 from aviary.rollout import Phase
+from aviary.store import GOLDEN_FILE
 from benchmarks.canaries import drift, fail_out_of_range
 from tests.helpers import wait_for
 
@@ -26,6 +29,7 @@ from .test_real_cluster import RolloutFailed, assert_no_canary, assert_stable, f
 pytestmark = pytest.mark.slow
 __all__ = ["ns"]  # the fixture, shared with test_real_cluster
 BAD = 9
+WRONG = 6
 
 
 
@@ -100,6 +104,77 @@ def test_real_canary_failing_live_requests_is_rolled_back_at_its_first_step(ns: 
     assert_no_canary(ns)
     assert_stable(ns, 1)
     assert stable_shape(ns) == before
+
+
+@contextmanager
+def live_endpoints(ns: Namespace) -> Iterator[dict[str, set[bool]]]:
+    """Every state the live Service's EndpointSlices pass through while the block runs (a watch, so
+    none is missed between polls): pod name -> the `ready` values it was listed with."""
+    session = ns.plane.admin()
+    url = f"{ns.plane.url}/apis/discovery.k8s.io/v1/namespaces/{ns.name}/endpointslices"
+    params = {"labelSelector": f"kubernetes.io/service-name={MODEL}"}
+    seen: dict[str, set[bool]] = {}
+
+    def note(slice_: dict[str, Any]) -> None:
+        for endpoint in slice_.get("endpoints") or []:
+            name = (endpoint.get("targetRef") or {}).get("name", "?")
+            seen.setdefault(name, set()).add(bool((endpoint.get("conditions") or {}).get("ready")))
+
+    listed = session.get(url, params=params, timeout=10).json()
+    for item in listed.get("items") or []:
+        note(item)
+    stop = threading.Event()
+
+    def watch() -> None:
+        # A short read timeout ends each quiet watch, which resumes from the last version seen, so the
+        # thread ends soon after the block (closing a stream another thread reads would block).
+        version = listed["metadata"]["resourceVersion"]
+        while not stop.is_set():
+            try:
+                with session.get(url, params={**params, "watch": "1", "resourceVersion": version},
+                                 stream=True, timeout=(10, 1)) as stream:
+                    for line in stream.iter_lines():
+                        event = json.loads(line) if line else {}
+                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            version = event["object"]["metadata"]["resourceVersion"]
+                            note(event["object"])
+            except requests.RequestException:
+                continue
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(timeout=15)
+
+
+def test_real_canary_takes_no_live_traffic_before_a_traffic_step(ns: Namespace) -> None:
+    """Without the Gateway API, as with its weight 0: a canary that fails its golden-set check never
+    was a ready endpoint of the live Service, nor one promoted by a rollout with no traffic steps."""
+    promoted(ns, 1)
+    # v6: v2 whose golden answers are moved by 0.5, so the check fails on what the canary answers.
+    # No other test uses this number.
+    shutil.copytree(ns.store.version_dir(2), ns.store.version_dir(WRONG))
+    golden = ns.store.version_dir(WRONG) / GOLDEN_FILE
+    answers = json.loads(golden.read_text())
+    answers["probability"] = [(p + 0.5) % 1.0 for p in answers["probability"]]
+    golden.write_text(json.dumps(answers))
+    with live_endpoints(ns) as seen:
+        with pytest.raises(RolloutFailed, match=r"RolledBack: .*golden predictions differ"):
+            rollout(WRONG, ns.config())
+        assert_no_canary(ns)
+        assert_stable(ns, 1)
+        result = rollout(2, ns.config(rollout={"canary": {**STEPS, "steps": []}}))
+        assert result.phase == Phase.PROMOTED, result
+        (record,) = records(ns.store, 2)
+        assert not record.steps
+        assert_stable(ns, 2)
+    canaries = {name: ready for name, ready in seen.items() if name.startswith(f"{MODEL}-canary-")}
+    assert len(canaries) == 2, seen  # both canaries were listed, as pods of the selector ...
+    assert all(ready == {False} for ready in canaries.values()), canaries  # ... and never ready
+    assert any(True in ready for name, ready in seen.items() if name.startswith(f"{MODEL}-stable-")), seen
 
 
 # With the Gateway API: the route's weights are the steps, exact, and go back to stable alone.

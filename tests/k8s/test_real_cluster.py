@@ -21,7 +21,7 @@ from aviary.flows.rollout import RolloutFailed, rollout
 from aviary.model_config import parse_model_config
 from aviary.rollout import Phase
 from aviary.targets import kube_objects as objects
-from aviary.targets.base import Target
+from aviary.targets.base import Serving, Target
 from aviary.targets.kubernetes import KubernetesTarget
 from tests.helpers import FAST_TRAIN, wait_for
 
@@ -290,23 +290,43 @@ def test_real_weight_without_gateway_api_is_refused_before_anything_changes(ns: 
     assert ns.store.aliases() == {"production": 1}
 
 
-def test_real_later_run_repairs_a_half_finished_one(ns: Namespace, real_cluster: RealCluster) -> None:
-    """A run that died with its canary live (taking traffic through the shared Service): the next
-    run, even one that is then refused, removes it first."""
+def test_real_canary_joins_live_traffic_only_at_its_first_step_and_a_later_run_repairs_it(ns: Namespace) -> None:
+    """Without the Gateway API the canary's readiness gate keeps it out of the live Service while it
+    is checked (the canary's own Service reaches it); the first step opens it, with the Role's token.
+    A run that died there (its canary live): the next run, even one that is then refused, removes it."""
     promoted(ns, 1)
+    (stable_ip,) = {p["status"]["podIP"] for p in ns.live_pods("stable")}
     target = fast_target(ns.config())
     target.publish(MODEL, 2, ns.store.version_dir(2))
+    target.set_traffic(MODEL, 0, 0)
     target.deploy_canary(MODEL, 2, 1)
     target.wait_ready(MODEL, 2, 20)
     ns.store.set_aliases(canary=2)
-    canary_ips = {p["status"]["podIP"] for p in ns.live_pods("canary")}
-    wait_for("the canary in live traffic", lambda: canary_ips <= ns.endpoint_ips(MODEL), timeout_s=10, every_s=0.1)
+    (pod,) = ns.live_pods("canary")
+    canary_ip = pod["status"]["podIP"]
+    conditions = {c["type"]: c for c in pod["status"]["conditions"]}
+    assert conditions["ContainersReady"]["status"] == "True"
+    assert (conditions["Ready"]["status"], conditions["Ready"].get("reason")) == ("False", "ReadinessGatesNotReady")
+    assert "aviary.dev/live" not in conditions
+    assert ns.slice_endpoints(MODEL) == {stable_ip: True, canary_ip: False}  # listed, never sent traffic
+    assert ns.reached(MODEL, 8) == {stable_ip}
+    assert ns.reached(f"{MODEL}-canary", 2) == {canary_ip}  # what the check calls
+    assert target.serving(MODEL) == Serving(stable=1, canary=2)
+
+    assert target.set_traffic(MODEL, 10, 0) == 50  # one stable pod: one canary pod, half the traffic
+    (pod,) = ns.live_pods("canary")
+    assert pod["status"]["podIP"] == canary_ip  # the same pod, let in
+    conditions = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert conditions["aviary.dev/live"] == conditions["Ready"] == "True"
+    wait_for("the canary in live traffic", lambda: ns.slice_endpoints(MODEL) == {stable_ip: True, canary_ip: True},
+             timeout_s=10, every_s=0.1)
+    assert ns.reached(MODEL, 16) == {stable_ip, canary_ip}  # random picks: both within 16 (1 - 2^-15)
 
     with pytest.raises(Exception, match="Gateway API"):
         rollout(3, ns.config(canary_weight=20))
     assert_no_canary(ns)
     assert_stable(ns, 1)
-    assert not canary_ips & ns.endpoint_ips(MODEL)
+    assert canary_ip not in ns.endpoint_ips(MODEL)
 
 
 def test_real_copy_job_timeout_names_the_pods_reason(ns: Namespace, real_cluster: RealCluster) -> None:
