@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -393,6 +393,7 @@ def tf_batches(
     holdout: float = 0.0,
     holdout_seed: int = 0,
     buffer_rows: int = SHUFFLE_ROWS,
+    epoch: Callable[[], int] | None = None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of ({input_name: [batch]}, label[batch]) read from the Parquet file's row groups.
 
@@ -400,6 +401,11 @@ def tf_batches(
     float32. With a `seed`, each pass (epoch) reads the row groups in a new seeded order and shuffles
     rows within a buffer of about `buffer_rows`; without one, rows come in file order. `part` keeps
     all rows, or splits them by a hash of the row index: a `holdout` share for validation and the rest to fit on.
+
+    `epoch` says which pass a new iterator serves (Keras' epoch, from a callback). Without it each
+    iterator is the next pass, which holds for a plain loop but not for Keras: its epoch iterator
+    also opens a spare iterator at each epoch's end, whose prefetch may or may not start before the
+    next epoch's, so counting iterators would make the order, and the model, depend on timing.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -414,11 +420,11 @@ def tf_batches(
     epochs = iter(range(1 << 62))
 
     def generate() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        # Keras re-iterates the dataset every epoch, which calls this again: a new seeded order each time.
+        # Each pass iterates the dataset again, which calls this again: a new seeded order each time.
         yield from _chunks(
             dataset,
             seed=seed,
-            epoch=next(epochs),
+            epoch=epoch() if epoch is not None else next(epochs),
             part=part,
             holdout=holdout,
             holdout_seed=holdout_seed,

@@ -126,7 +126,9 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: Epoch
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     profile = dataset_profile(train)
-    fit = tf_batches(train, cfg.batch_size, seed=cfg.seed, part="fit", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
+    epoch = [0]  # Keras' epoch, which picks each pass's shuffle order
+    fit = tf_batches(train, cfg.batch_size, seed=cfg.seed, part="fit", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed,
+                     epoch=lambda: epoch[0])
     held = tf_batches(train, VALIDATION_BATCH, part="holdout", holdout=VALIDATION_SPLIT, holdout_seed=cfg.seed)
     model = build_model(profile, cfg)
     bound, wait = epochs(train, cfg), patience(train, cfg)
@@ -141,6 +143,7 @@ def train_model(train: Dataset, cfg: TrainConfig, run_dir: Path, on_epoch: Epoch
         class_weight=class_weights(profile, cfg.class_weight),
         verbose=0,
         callbacks=[
+            keras.callbacks.LambdaCallback(on_epoch_begin=lambda n, logs: epoch.__setitem__(0, n)),
             *schedule_callbacks(wait, cfg),
             keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
             *progress,

@@ -105,3 +105,22 @@ def test_the_learning_rate_is_halved_on_a_plateau_unless_turned_off() -> None:
     assert (stop.patience, stop.restore_best_weights) == (10, True)
     assert (plateau.factor, plateau.patience, plateau.min_lr) == (0.5, 5, pytest.approx(0.00004))
     assert [type(c).__name__ for c in schedule_callbacks(10, TrainConfig(reduce_lr_factor=1))] == ["EarlyStopping"]
+
+
+def test_a_pass_order_follows_the_epoch_not_how_many_iterators_were_opened(circle_split: Split) -> None:
+    """Keras opens a spare iterator at each epoch's end; its prefetch must not shift the next epoch's order."""
+    from aviary.dataio import tf_batches
+
+    epoch = [0]
+    batches = tf_batches(circle_split.train, 64, seed=7, epoch=lambda: epoch[0])
+
+    def one_pass() -> np.ndarray:
+        return np.concatenate([inputs["x"].numpy() for inputs, _ in batches])
+
+    first = one_pass()
+    spare = iter(batches)
+    next(spare)  # a spare iterator that started reading, as a prefetch would
+    assert np.array_equal(one_pass(), first), "the same epoch reads in the same order, spare iterator or not"
+    epoch[0] = 1
+    second = one_pass()
+    assert not np.array_equal(second, first) and np.array_equal(np.sort(second), np.sort(first))
