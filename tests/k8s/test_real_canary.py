@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,19 +66,26 @@ def test_real_good_canary_is_promoted_through_replica_steps(ns: Namespace) -> No
 def clients(ns: Namespace, rows: list[dict[str, float]], every_s: float, service: str = MODEL) -> Iterator[list[int]]:
     """Clients on the model's Service (or `service`), through the API server's proxy, until the block ends."""
     codes: list[int] = []
-    stop = threading.Event()
 
-    def send() -> None:
+    def send(stop: threading.Event) -> None:
         while not stop.wait(every_s):
             try:
                 codes.append(ns.proxy(service, f"/v1/models/{MODEL}:predict", {"instances": rows}).status_code)
             except OSError:
                 codes.append(0)
 
-    thread = threading.Thread(target=send, daemon=True)
+    with in_background(send):
+        yield codes
+
+
+@contextmanager
+def in_background(work: Callable[[threading.Event], None]) -> Iterator[None]:
+    """`work(stop)` on a thread for the length of the block; it returns soon after `stop` is set."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), daemon=True)
     thread.start()
     try:
-        yield codes
+        yield
     finally:
         stop.set()
         thread.join(timeout=15)
@@ -123,9 +130,8 @@ def live_endpoints(ns: Namespace) -> Iterator[dict[str, set[bool]]]:
     listed = session.get(url, params=params, timeout=10).json()
     for item in listed.get("items") or []:
         note(item)
-    stop = threading.Event()
 
-    def watch() -> None:
+    def watch(stop: threading.Event) -> None:
         # A short read timeout ends each quiet watch, which resumes from the last version seen, so the
         # thread ends soon after the block (closing a stream another thread reads would block).
         version = listed["metadata"]["resourceVersion"]
@@ -141,13 +147,8 @@ def live_endpoints(ns: Namespace) -> Iterator[dict[str, set[bool]]]:
             except requests.RequestException:
                 continue
 
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
+    with in_background(watch):
         yield seen
-    finally:
-        stop.set()
-        thread.join(timeout=15)
 
 
 def test_real_canary_takes_no_live_traffic_before_a_traffic_step(ns: Namespace) -> None:
