@@ -7,8 +7,9 @@ text; columns listed in `categorical` are always text. The file is cut at line e
 CHUNK_BYTES, parsed and checked in parallel threads (pyarrow's parser releases the GIL), a few
 ranges ahead at most, while the main thread fingerprints and writes them as Parquet row groups in
 file order, so memory does not grow with the file and the result does not depend on the threads.
-Only when something is wrong does `ingest_errors` read the file again, carefully, from its start, to
-turn the problem into one line naming the file, the column and the first bad lines.
+Only when something is wrong does `ingest_errors` read the file again, carefully, from the refused
+range on (the rows before it passed; their lines are only counted), to turn the problem into one
+line naming the file, the column and the first bad lines.
 
 `python -m tasks.ingest PATH [--features x y] [--label class] [--min-rows N]` checks a file alone.
 """
