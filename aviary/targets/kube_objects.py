@@ -357,12 +357,11 @@ def service(namespace: str, model: str, track: Track | None, publish_not_ready: 
     }
 
 
-def live_condition(live: bool, now: str) -> Obj:
-    """The `LIVE_GATE` pod condition, as a strategic-merge patch of `pods/status` (merged by type, so
-    the kubelet's own conditions stay as they are)."""
-    reason = "CanaryTrafficStep" if live else "CanaryHeldBack"
-    return {"status": {"conditions": [{"type": LIVE_GATE, "status": "True" if live else "False",
-                                       "reason": reason, "lastTransitionTime": now}]}}
+def live_condition(now: str) -> Obj:
+    """The `LIVE_GATE` pod condition opened, as a strategic-merge patch of `pods/status` (merged by type,
+    so the kubelet's own conditions stay as they are). Nothing closes it: a step of 0% removes the pods."""
+    return {"status": {"conditions": [{"type": LIVE_GATE, "status": "True", "reason": "CanaryTrafficStep",
+                                       "lastTransitionTime": now}]}}
 
 
 def gated(deployment: Mapping[str, Any] | None) -> bool:

@@ -228,10 +228,9 @@ class KubernetesTarget:
             selectors.append(objects.shadow_selector(model))
         for selector in selectors:
             for pod in self.api.list("Pod", selector):
-                meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+                meta = pod.get("metadata") or {}
                 version = str((meta.get("annotations") or {}).get(objects.VERSION_KEY, ""))
-                ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-                if meta.get("deletionTimestamp") or not ready or not version.isdigit():
+                if meta.get("deletionTimestamp") or not has_condition(pod, "Ready") or not version.isdigit():
                     continue
                 text = self.api.pod_get(meta["name"], objects.REST_PORT, objects.METRICS_PATH)
                 if selector.get("track") is None:
@@ -339,7 +338,7 @@ class KubernetesTarget:
         for pod in self.api.list("Pod", objects.selector(model, "canary")):
             meta = pod.get("metadata") or {}
             if not meta.get("deletionTimestamp") and not has_condition(pod, objects.LIVE_GATE):
-                self.api.patch_status("Pod", meta["name"], objects.live_condition(True, now))  # None: gone since
+                self.api.patch_status("Pod", meta["name"], objects.live_condition(now))  # None: gone since
         return True
 
     def _pin_stable(self, model: str, version: int) -> None:

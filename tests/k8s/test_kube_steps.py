@@ -137,6 +137,6 @@ def test_kube_only_the_canary_service_publishes_not_ready_pods_and_the_gate_patc
     assert objects.service("aviary", "circle", "canary", True)["spec"]["publishNotReadyAddresses"] is True
     assert objects.service("aviary", "circle", "canary", False)["spec"]["publishNotReadyAddresses"] is False
     assert "publishNotReadyAddresses" not in objects.service("aviary", "circle", None)["spec"]
-    patch = objects.live_condition(True, "2026-01-01T00:00:00Z")
+    patch = objects.live_condition("2026-01-01T00:00:00Z")
     assert patch == {"status": {"conditions": [{"type": "aviary.dev/live", "status": "True", "reason": "CanaryTrafficStep",
                                                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}
