@@ -88,7 +88,8 @@ class IngestWriteError(OSError):
 
 
 class _Refused(Exception):
-    """A batch holds a value the rules refuse: the careful pass finds where, reading from `start`."""
+    """A batch holds a value the rules refuse: the careful pass finds where, reading from `start` (set
+    by `_parts`, which knows where the refused part begins)."""
 
     def __init__(self, detail: str, start: int = 0) -> None:
         super().__init__(detail)
@@ -280,10 +281,12 @@ def _parts(
     """The file's rows, checked (not yet counted), in file order: ranges parsed in parallel, then any rest streamed."""
     convert = _convert_options([*cfg.features, cfg.label], {**types, cfg.label: pa.bool_()}, booleans=True)
     reading = _Reading(path, header, convert, checks)
+    start = 0  # where the part being read starts: a refusal's careful pass reads from there
     try:
         rest = None
         with contextlib.closing(_in_order(reading)) as ranges:
-            for start, part in ranges:
+            for start, parsed in ranges:
+                part = parsed.result()
                 if part is None:
                     rest = start
                     break
@@ -291,12 +294,14 @@ def _parts(
         if rest is not None:
             # A quote from `rest` on: the ranges ahead are dropped, the rest read by one streaming reader.
             yield from _streamed(reading, rest)
+    except _Refused as refused:
+        raise _Refused(str(refused), start) from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def _in_order(reading: _Reading) -> Generator[tuple[int, _Part | None]]:
-    """(start, parsed range) in file order, at most PARSERS + 1 ranges parsed ahead of the one taken."""
+def _in_order(reading: _Reading) -> Generator[tuple[int, Future[_Part | None]]]:
+    """(start, range being parsed) in file order, at most PARSERS + 1 ranges parsed ahead of the one taken."""
     chunk = _block_bytes(reading.header, CHUNK_BYTES)  # the first range holds the header whole
     with reading.path.open("rb") as file, ThreadPoolExecutor(PARSERS, thread_name_prefix="ingest-parse") as parsers:
         fd = file.fileno()
@@ -305,11 +310,9 @@ def _in_order(reading: _Reading) -> Generator[tuple[int, _Part | None]]:
             for start, end in _ranges(fd, os.fstat(fd).st_size, chunk):
                 window.append((start, parsers.submit(_parse_range, reading, fd, start, end)))
                 if len(window) > PARSERS:
-                    first, future = window.popleft()
-                    yield first, future.result()
+                    yield window.popleft()
             while window:
-                first, future = window.popleft()
-                yield first, future.result()
+                yield window.popleft()
         finally:
             # Ranges still parsing read through `fd`: they finish before it closes.
             for _, future in window:
@@ -363,13 +366,11 @@ def _parse_range(reading: _Reading, fd: int, start: int, end: int) -> _Part | No
     )
     try:
         table = pa_csv.read_csv(pa.py_buffer(data), read_options=read, convert_options=reading.convert)
-        batches = table.combine_chunks().to_batches()
-        return reading.checks.check(batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema))
     except (pa.ArrowInvalid, ValueError) as exc:
         # pyarrow says "Expected 3 columns, got 2: 1,1" or "invalid value 'oops'" without a line number.
-        raise _Refused(_detail(exc), start) from None
-    except _Refused as refused:
-        raise _Refused(str(refused), start) from None
+        raise _Refused(_detail(exc)) from None
+    batches = table.combine_chunks().to_batches()
+    return reading.checks.check(batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema))
 
 
 def _streamed(reading: _Reading, start: int) -> Iterator[_Part]:
@@ -389,9 +390,7 @@ def _streamed(reading: _Reading, start: int) -> Iterator[_Part]:
                 for batch in reader:
                     yield reading.checks.check(batch)
         except (pa.ArrowInvalid, ValueError) as exc:
-            raise _Refused(_detail(exc), start) from None
-        except _Refused as refused:
-            raise _Refused(str(refused), start) from None
+            raise _Refused(_detail(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------
