@@ -189,6 +189,43 @@ def predict_requests() -> list[Any]:
     return requests
 
 
+def rest_requests() -> list[bytes]:
+    """The REST clients' keep-alive Predict requests, pre-serialized, one instance each."""
+    requests = []
+    for i in range(97):
+        body = json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode()
+        requests.append(b"POST /v1/models/bench:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    return requests
+
+
+def grpc_frames(authority: str) -> tuple[bytes, Callable[[int, int], bytes]]:
+    """A raw gRPC client's opening (preface, SETTINGS with the largest stream window, the connection
+    window widened) and, for stream `sid` and request `i`, a Predict call's HEADERS and DATA frames.
+    Header fields are literals, so a block never depends on the calls before it."""
+    import struct
+
+    from aviary.serving import http2
+
+    block = (b"\x83\x86"  # :method POST, :scheme http (static table)
+             + http2.literal(b":path", b"/tensorflow.serving.PredictionService/Predict")
+             + http2.literal(b":authority", authority.encode())
+             + http2.literal(b"content-type", b"application/grpc") + http2.literal(b"te", b"trailers"))
+    messages = [b"\x00" + struct.pack(">I", len(body)) + body
+                for body in (req.SerializeToString() for req in predict_requests())]
+    head = struct.Struct(">IBI")
+    hello = (http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0, struct.pack(">HI", http2.SETTINGS_INITIAL_WINDOW_SIZE,
+                                                                        http2.MAX_WINDOW))
+             + http2.frame(http2.WINDOW_UPDATE, 0, 0, struct.pack(">I", http2.MAX_WINDOW - http2.DEFAULT_WINDOW)))
+
+    def call(sid: int, i: int) -> bytes:
+        message = messages[i % len(messages)]
+        return (head.pack(len(block) << 8 | http2.HEADERS, http2.FLAG_END_HEADERS, sid) + block
+                + head.pack(len(message) << 8 | http2.DATA, http2.FLAG_END_STREAM, sid) + message)
+
+    return hello, call
+
+
 def in_process_calls(model_dir: Path, batching: str) -> tuple[Callable[[int], None], Callable[[int], None], Any]:
     import numpy as np
     import tensorflow as tf
@@ -247,11 +284,7 @@ class ServerProcess:
         """Keep-alive HTTP/1.1 over a raw asyncio stream, requests pre-serialized."""
         import asyncio
 
-        requests = []
-        for i in range(97):
-            body = json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode()
-            requests.append(b"POST /v1/models/bench:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        requests = rest_requests()
         port = self.rest_port
 
         async def make() -> Any:
@@ -307,19 +340,9 @@ class ServerProcess:
 
         from aviary.serving import http2
 
-        block = (b"\x83\x86"  # :method POST, :scheme http (static table)
-                 + http2.literal(b":path", b"/tensorflow.serving.PredictionService/Predict")
-                 + http2.literal(b":authority", f"127.0.0.1:{self.grpc_port}".encode())
-                 + http2.literal(b"content-type", b"application/grpc") + http2.literal(b"te", b"trailers"))
-        messages = []
-        for req in predict_requests():
-            body = req.SerializeToString()
-            messages.append(b"\x00" + struct.pack(">I", len(body)) + body)
+        hello, frames = grpc_frames(f"127.0.0.1:{self.grpc_port}")
         head = struct.Struct(">IBI")
         ok = http2.literal(b"grpc-status", b"0")
-        hello = (http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0, struct.pack(">HI", http2.SETTINGS_INITIAL_WINDOW_SIZE,
-                                                                            http2.MAX_WINDOW))
-                 + http2.frame(http2.WINDOW_UPDATE, 0, 0, struct.pack(">I", http2.MAX_WINDOW - http2.DEFAULT_WINDOW)))
 
         class Connection(asyncio.Protocol):
             def __init__(self) -> None:
@@ -335,9 +358,7 @@ class ServerProcess:
 
             def send(self, i: int) -> asyncio.Future[None]:
                 sid = self.stream = self.stream + 2
-                message = messages[i % len(messages)]
-                self.transport.write(head.pack(len(block) << 8 | http2.HEADERS, http2.FLAG_END_HEADERS, sid) + block
-                                     + head.pack(len(message) << 8 | http2.DATA, http2.FLAG_END_STREAM, sid) + message)
+                self.transport.write(frames(sid, i))
                 future = self.waiting[sid] = asyncio.get_running_loop().create_future()
                 return future
 
@@ -407,7 +428,6 @@ def front_end_cost(base: Path, calls: int = 20000, rounds: int = 3) -> dict[str,
     the model run replaced by fixed outputs and the sockets by a recording transport: what the server's
     own REST and gRPC code costs, apart from TensorFlow, the clients and this machine's other load."""
     import asyncio
-    import struct
 
     import numpy as np
 
@@ -441,30 +461,20 @@ def front_end_cost(base: Path, calls: int = 20000, rounds: int = 3) -> dict[str,
             1 << 22))
         grpc_out = Recorder()
         grpc_conn.connection_made(grpc_out)
-        grpc_conn.data_received(http2.PREFACE + http2.frame(http2.SETTINGS, 0, 0, struct.pack(
-            ">HI", http2.SETTINGS_INITIAL_WINDOW_SIZE, http2.MAX_WINDOW)) + http2.frame(
-            http2.WINDOW_UPDATE, 0, 0, struct.pack(">I", http2.MAX_WINDOW - http2.DEFAULT_WINDOW)))
-        block = (b"\x83\x86" + http2.literal(b":path", b"/tensorflow.serving.PredictionService/Predict")
-                 + http2.literal(b"content-type", b"application/grpc") + http2.literal(b"te", b"trailers"))
-        head = struct.Struct(">IBI")
-        messages = [b"\x00" + struct.pack(">I", len(body)) + body
-                    for body in (req.SerializeToString() for req in predict_requests())]
+        hello, frames = grpc_frames("127.0.0.1:1")
+        grpc_conn.data_received(hello)
         stream = [-1]
 
         def grpc_call(i: int) -> None:
             sid = stream[0] = stream[0] + 2
-            message = messages[i % len(messages)]
-            grpc_conn.data_received(head.pack(len(block) << 8 | http2.HEADERS, http2.FLAG_END_HEADERS, sid) + block
-                                    + head.pack(len(message) << 8 | http2.DATA, http2.FLAG_END_STREAM, sid) + message)
+            grpc_conn.data_received(frames(sid, i))
 
         rest = RestServer(server.api, server.metrics, RestOptions())
         rest.loop, rest.dispatcher = asyncio.get_running_loop(), Canned(asyncio.get_running_loop())
         rest_conn = _Connection(rest)
         rest_out = Recorder()
         rest_conn.connection_made(rest_out)
-        bodies = [json.dumps({"instances": [{"x": inputs(i)[0], "y": inputs(i)[1]}]}).encode() for i in range(97)]
-        requests = [b"POST /v1/models/bench:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body) for body in bodies]
+        requests = rest_requests()
 
         def rest_call(i: int) -> None:
             rest_conn.data_received(requests[i % len(requests)])
