@@ -21,19 +21,24 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 CANARY_P = 1 / (1 + math.exp(-1.0))
 
 
-@pytest.fixture(scope="module")
-def split_server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    root = tmp_path_factory.mktemp("traffic")
+def circle_config(store: Store, root: Path, policy: str) -> Path:
+    """circle v1 labelled stable and v2 labelled canary under `root`, served with version `policy`."""
     base = root / "circle"
     store.add_version(base, 1, store.circle_v1)
     store.add_version(base, 2, store.circle_v2)
-    config = write_config(root / "models.config", f"""
+    return write_config(root / "models.config", f"""
 model_config_list {{ config {{
   name: 'circle' base_path: '{base}' model_platform: 'tensorflow'
-  model_version_policy {{ all {{}} }}
+  model_version_policy {{ {policy} }}
   version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 2 }}
 }} }}
 """)
+
+
+@pytest.fixture(scope="module")
+def split_server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    root = tmp_path_factory.mktemp("traffic")
+    config = circle_config(store, root, "all {}")
     monitoring = root / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
     running = start_server([f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models",
@@ -168,16 +173,7 @@ def test_mirror_percent_flag_starts_with_the_split(store: Store, tmp_path: Path)
     from aviary.serving.server import ModelServer, main, parse_flags
 
     assert main(["--mirror_percent=101", "--model_base_path=/nowhere"]) == 2
-    base = tmp_path / "circle"
-    store.add_version(base, 1, store.circle_v1)
-    store.add_version(base, 2, store.circle_v2)
-    config = write_config(tmp_path / "models.config", f"""
-model_config_list {{ config {{
-  name: 'circle' base_path: '{base}' model_platform: 'tensorflow'
-  model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
-  version_labels {{ key: 'stable' value: 1 }} version_labels {{ key: 'canary' value: 2 }}
-}} }}
-""")
+    config = circle_config(store, tmp_path, "specific { versions: 1 versions: 2 }")
     for argv, mirrored in (([], 0), (["--mirror_percent=100"], 100)):
         server = ModelServer(parse_flags([f"--model_config_file={config}", "--allow_version_labels_for_unavailable_models",
                                           *argv]))
