@@ -26,6 +26,7 @@ from tests.helpers import wait_for
 from .control_plane import ControlPlane, assets, control_plane, kubeconfig
 from .kubelet import TestKubelet
 from .podnet import PodNetwork, pod_network, unavailable
+from .podproxy import POD_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "circle"  # the environment overlays' model
@@ -153,7 +154,7 @@ class Namespace:
         answers = [self.proxy(service, f"/v1/models/{self.model}:predict", {"instances": [{"x": 0.1, "y": 0.2}]})
                    for _ in range(requests_)]
         assert all(a.status_code == 200 for a in answers), [a.text for a in answers if a.status_code != 200]
-        return {a.headers["X-Pod-IP"] for a in answers}
+        return {a.headers[POD_HEADER] for a in answers}
 
     def proxy(self, service: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
         """Through the API server's service proxy with the Role's token, as the check goes."""
