@@ -1,9 +1,11 @@
 """Live analysis of a canary against stable, from the servers' own Prometheus metrics.
 
-A step is judged on the difference of two scrapes (the window): per-version request counts,
-error rate and latency quantiles from TF Serving's metric names with a `version` label, and the
-shadow comparison the server makes when it mirrors requests to the canary. Pure functions over
-the metrics text; the target only fetches that text.
+A step is judged on what the servers counted over its window: per-version request counts, error
+rate and latency quantiles from TF Serving's metric names with a `version` label, and the shadow
+comparison the server makes when it mirrors requests to the canary. As Prometheus's `increase()`,
+each server's counters are differenced on their own, scrape by scrape, and then summed: a pod that
+restarts or is replaced mid-window neither hides what it served nor counts its past again.
+Pure functions over the metrics text; the target only fetches that text.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -74,6 +77,13 @@ class VersionCounters:
     requests: Mapping[str, float] = field(default_factory=dict)  # by status
     latency: Histogram = Histogram()
 
+    def __add__(self, other: VersionCounters) -> VersionCounters:
+        return VersionCounters(_merge(self.requests, other.requests), self.latency + other.latency)
+
+    def __sub__(self, before: VersionCounters) -> VersionCounters:
+        return VersionCounters({s: _increase(n, before.requests.get(s, 0.0)) for s, n in self.requests.items()},
+                               self.latency - before.latency)
+
 
 @dataclass(frozen=True)
 class ShadowCounters:
@@ -83,13 +93,61 @@ class ShadowCounters:
     stable_positives: float = 0.0
     canary_positives: float = 0.0
 
+    def __add__(self, other: ShadowCounters) -> ShadowCounters:
+        return ShadowCounters(self.rows + other.rows, self.disagreements + other.disagreements,
+                              self.abs_diff + other.abs_diff, self.stable_positives + other.stable_positives,
+                              self.canary_positives + other.canary_positives)
+
+    def __sub__(self, before: ShadowCounters) -> ShadowCounters:
+        return ShadowCounters(_increase(self.rows, before.rows), _increase(self.disagreements, before.disagreements),
+                              self.abs_diff - before.abs_diff,
+                              _increase(self.stable_positives, before.stable_positives),
+                              _increase(self.canary_positives, before.canary_positives))
+
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One model's counters, summed over every server scraped at one moment."""
+    """One model's counters, summed over every server scraped at one moment; or what they counted
+    over a window (an increase)."""
 
     versions: Mapping[int, VersionCounters] = field(default_factory=dict)
     shadow: Mapping[int, ShadowCounters] = field(default_factory=dict)
+
+    def __add__(self, other: Snapshot) -> Snapshot:
+        return Snapshot(_merge(self.versions, other.versions), _merge(self.shadow, other.shadow))
+
+    def __sub__(self, before: Snapshot) -> Snapshot:
+        """The increase since `before`, each counter on its own: one that went down restarted from zero."""
+        return Snapshot({v: c - before.versions.get(v, VersionCounters()) for v, c in self.versions.items()},
+                        {v: c - before.shadow.get(v, ShadowCounters()) for v, c in self.shadow.items()})
+
+
+K = TypeVar("K")
+C = TypeVar("C", float, VersionCounters, ShadowCounters)
+
+
+def _merge(a: Mapping[K, C], b: Mapping[K, C]) -> dict[K, C]:
+    merged = dict(a)
+    for key, value in b.items():
+        merged[key] = merged[key] + value if key in merged else value
+    return merged
+
+
+Scrape = Mapping[str, Snapshot]
+"""One scrape: each server's (instance's) counters, by a name that stays the same while it lives."""
+
+
+def parse_scrape(pages: Mapping[str, str], model: str) -> dict[str, Snapshot]:
+    return {instance: parse_metrics([page], model) for instance, page in pages.items()}
+
+
+def increase(before: Scrape, after: Scrape) -> Snapshot:
+    """What the servers counted between two scrapes, summed: a server new since `before` counted all
+    it shows; one gone since adds nothing more (what it counted before `before` is already in)."""
+    total = Snapshot()
+    for instance, counters in after.items():
+        total = total + (counters - before.get(instance, Snapshot()))
+    return total
 
 
 def _bound(text: str) -> float:
@@ -317,11 +375,12 @@ def analyse(canary: TrackStats, stable: TrackStats | None, shadow: ShadowStats |
     return StepAnalysis(Verdict.PASSED, tuple(passed), canary, stable, shadow)
 
 
-def analyse_window(before: Snapshot, after: Snapshot, canary: int, stable: int | None, shadow: bool,
-                   limits: Limits) -> StepAnalysis:
+def analyse_window(counted: Snapshot, canary: int, stable: int | None, shadow: bool, limits: Limits) -> StepAnalysis:
+    """Judge what the servers counted over a window (the sum of `increase`s)."""
+    nothing = Snapshot()
     return analyse(
-        track_stats(before, after, canary),
-        track_stats(before, after, stable) if stable is not None else None,
-        shadow_stats(before, after, canary) if shadow else None,
+        track_stats(nothing, counted, canary),
+        track_stats(nothing, counted, stable) if stable is not None else None,
+        shadow_stats(nothing, counted, canary) if shadow else None,
         limits,
     )

@@ -22,7 +22,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aviary.analysis import Limits, Snapshot, StepAnalysis, Verdict, analyse_window, parse_metrics
+from aviary.analysis import (
+    Limits,
+    Scrape,
+    Snapshot,
+    StepAnalysis,
+    Verdict,
+    analyse_window,
+    increase,
+    parse_scrape,
+)
 from aviary.config import CanaryConfig
 from aviary.targets.base import Endpoint, Target, TargetError
 
@@ -197,7 +206,8 @@ class _Window:
 
     started: float = 0.0
     ended: float = 0.0
-    before: Snapshot = field(default_factory=Snapshot)
+    counted: Snapshot = field(default_factory=Snapshot)
+    """What the servers counted since the window opened, summed scrape by scrape."""
     analysis: StepAnalysis | None = None
 
 
@@ -235,8 +245,8 @@ class _Runner:
         """Why the target's steps carry no shadow comparison ('' where they do)."""
         return str(getattr(self.target, "shadow_unavailable", ""))
 
-    def snapshot(self, model: str) -> Snapshot:
-        return parse_metrics(self.target.scrape(model), model)
+    def scrape(self, model: str) -> Scrape:
+        return parse_scrape(self.target.scrape(model), model)
 
     def act(self, state: Rollout) -> tuple[Event, str, dict[str, Any]]:
         """Perform the current phase's side effect; return the event it produced and what it observed."""
@@ -321,11 +331,12 @@ class _Runner:
         cfg, model = self.cfg, state.model
         started = time.monotonic()
         with self.load(cfg.max_bake_s) if self.load is not None else contextlib.nullcontext():
-            window = _Window(started=time.time(), before=self.snapshot(model))
+            window, last = _Window(started=time.time()), self.scrape(model)
             while True:
                 time.sleep(cfg.scrape_interval_s)  # the scrape cadence: new traffic has to arrive between scrapes
-                after = self.snapshot(model)
-                analysis = analyse_window(window.before, after, state.version, state.stable,
+                scrape = self.scrape(model)
+                window.counted, last = window.counted + increase(last, scrape), scrape
+                analysis = analyse_window(window.counted, state.version, state.stable,
                                           mirror > 0 and not self.no_shadow, limits(cfg))
                 elapsed = time.monotonic() - started
                 if (analysis.verdict is Verdict.FAILED

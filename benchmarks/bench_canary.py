@@ -70,7 +70,7 @@ def scenario(name: str, version: int, config: Any, rate: float, out_of_range: fl
     stable = store.aliases()["production"]
 
     def stable_errors() -> float:
-        snap = parse_metrics(target.scrape("circle"), "circle")
+        snap = parse_metrics(target.scrape("circle").values(), "circle")
         counters = snap.versions.get(stable)
         return sum(n for s, n in counters.requests.items() if s != OK) if counters else 0.0
 

@@ -53,11 +53,11 @@ class FakeTarget:
         self._maybe_fail("set_traffic")
         self.traffic_calls.append((canary_percent, mirror_percent))
 
-    def scrape(self, model: str) -> list[str]:
-        """One metrics page, after the scripted clients' requests at the current split."""
+    def scrape(self, model: str) -> dict[str, str]:
+        """One server's metrics page, after the scripted clients' requests at the current split."""
         self._maybe_fail("scrape")
         share = self.traffic_calls[-1] if self.traffic_calls else (0, 0)
-        return [self.traffic.scrape(*share)] if self.traffic is not None else []
+        return {"server": self.traffic.scrape(*share)} if self.traffic is not None else {}
 
 
 __all__ = ["FakeTarget", "NotReady", "TargetError"]

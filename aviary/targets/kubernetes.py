@@ -216,13 +216,13 @@ class KubernetesTarget:
                  objects.deployment_name(model, "canary"), replicas, stable_replicas, share, canary_percent)
         return share
 
-    def scrape(self, model: str) -> list[str]:
-        """Every ready serving pod's Prometheus page, through the API server's pod proxy, each series
-        labelled with the version the pod serves (its `aviary.dev/version` annotation); and the shadow
-        comparator's shadow series alone (its request counters would count the mirrored requests as
-        stable's a second time)."""
+    def scrape(self, model: str) -> dict[str, str]:
+        """Every ready serving pod's Prometheus page by pod name, through the API server's pod proxy,
+        each series labelled with the version the pod serves (its `aviary.dev/version` annotation);
+        and the shadow comparator's shadow series alone (its request counters would count the mirrored
+        requests as stable's a second time)."""
         self._check_model(model)
-        pages: list[str] = []
+        pages: dict[str, str] = {}
         selectors = [objects.selector(model, "stable"), objects.selector(model, "canary")]
         if self.cfg.canary_weight is not None:
             selectors.append(objects.shadow_selector(model))
@@ -234,9 +234,9 @@ class KubernetesTarget:
                     continue
                 text = self.api.pod_get(meta["name"], objects.REST_PORT, objects.METRICS_PATH)
                 if selector.get("track") is None:
-                    pages.append(shadow_series(text))
+                    pages[meta["name"]] = shadow_series(text)
                 else:
-                    pages.append(relabel(text, {"version": version}))
+                    pages[meta["name"]] = relabel(text, {"version": version})
         return pages
 
     def live_endpoint(self, model: str) -> Endpoint:

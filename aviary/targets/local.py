@@ -280,7 +280,7 @@ class LocalTarget:
             raise TargetError(f"local server refused the traffic split {body} for {model}: "
                               f"HTTP {response.status_code}: {response.text[:200]}")
 
-    def scrape(self, model: str) -> list[str]:
+    def scrape(self, model: str) -> dict[str, str]:
         url = f"{self.rest}{METRICS_PATH}"
         try:
             response = requests.get(url, timeout=10)
@@ -288,7 +288,7 @@ class LocalTarget:
             raise TargetError(f"local server: GET {url} failed: {error}") from error
         if response.status_code != 200:
             raise TargetError(f"local server: GET {url} answered HTTP {response.status_code}")
-        return [response.text]
+        return {self.rest: response.text}
 
 
 def _config(args: argparse.Namespace) -> tuple[LocalConfig, Path]:

@@ -10,11 +10,14 @@ from aviary.analysis import (
     Histogram,
     Limits,
     ShadowStats,
+    Snapshot,
     TrackStats,
     Verdict,
     analyse,
     analyse_window,
+    increase,
     parse_metrics,
+    parse_scrape,
     shadow_stats,
     track_stats,
 )
@@ -56,6 +59,33 @@ def test_a_restarted_server_counts_from_zero() -> None:
     before = parse_metrics([render_metrics("circle", {2: (500, 0, 1000.0)})], "circle")
     after = parse_metrics([render_metrics("circle", {2: (30, 3, 1000.0)})], "circle")
     assert (track_stats(before, after, 2).requests, track_stats(before, after, 2).errors) == (30, 3)
+
+
+def pods(**pages: dict[int, tuple[int, int, float]]) -> dict[str, str]:
+    return {name: render_metrics("circle", versions) for name, versions in pages.items()}
+
+
+def test_each_pod_is_differenced_on_its_own_so_a_restart_beside_a_busy_pod_is_seen() -> None:
+    """Summing first hides a reset: 1000 + 10 before, 1080 + 5 after looks like 75 more requests."""
+    before = parse_scrape(pods(a={2: (1000, 0, 1000.0)}, b={2: (10, 0, 1000.0)}), "circle")
+    after = parse_scrape(pods(a={2: (1080, 2, 1000.0)}, b={2: (5, 5, 1000.0)}), "circle")  # b restarted
+    canary = track_stats(Snapshot(), increase(before, after), 2)
+    assert (canary.requests, canary.errors) == (85, 7)
+
+
+def test_a_pod_replaced_mid_window_keeps_what_it_served_and_its_successor_counts_all_it_shows() -> None:
+    scrapes = [pods(old={2: (100, 0, 1000.0)}),
+               pods(old={2: (140, 30, 1000.0)}),  # 40 requests, 30 failed, then it is gone
+               pods(new={2: (12, 0, 1000.0)}),
+               pods(new={2: (20, 0, 1000.0)})]
+    parsed = [parse_scrape(page, "circle") for page in scrapes]
+    counted = Snapshot()
+    for before, after in zip(parsed, parsed[1:], strict=False):
+        counted = counted + increase(before, after)
+    canary = track_stats(Snapshot(), counted, 2)
+    assert (canary.requests, canary.errors) == (60, 30)
+    verdict = analyse_window(counted, canary=2, stable=None, shadow=False, limits=LIMITS)
+    assert verdict.verdict is Verdict.FAILED and "30/60 failed" in verdict.summary
 
 
 def test_shadow_figures_come_from_the_comparison_counters() -> None:
@@ -118,5 +148,5 @@ def test_analyse_window_reads_both_tracks_and_the_shadow() -> None:
     before = parse_metrics([render_metrics("circle", {1: (0, 0, 500.0), 2: (0, 0, 500.0)})], "circle")
     after = parse_metrics([render_metrics("circle", {1: (300, 0, 500.0), 2: (30, 0, 600.0)},
                                           shadow={2: (60, 0, [0.001] * 60, 30, 30)})], "circle")
-    result = analyse_window(before, after, canary=2, stable=1, shadow=True, limits=LIMITS)
+    result = analyse_window(after - before, canary=2, stable=1, shadow=True, limits=LIMITS)
     assert result.verdict is Verdict.PASSED and result.shadow is not None and result.shadow.rows == 60

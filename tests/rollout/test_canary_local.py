@@ -62,7 +62,7 @@ def load(cfg: PipelineConfig, out_of_range: float = 0.0) -> Load:
 
 
 def errors_by_version(cfg: PipelineConfig) -> dict[int, float]:
-    snapshot = parse_metrics(LocalTarget(cfg.rollout.local, cfg.export.store).scrape("circle"), "circle")
+    snapshot = parse_metrics(LocalTarget(cfg.rollout.local, cfg.export.store).scrape("circle").values(), "circle")
     return {v: sum(n for status, n in c.requests.items() if status != OK) for v, c in snapshot.versions.items()}
 
 

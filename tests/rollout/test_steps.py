@@ -19,7 +19,7 @@ from aviary.rollout import (
     run_rollout,
 )
 from aviary.targets.base import TargetError
-from tests.fake_traffic import Behaviour, FakeTraffic
+from tests.fake_traffic import Behaviour, FakeTraffic, render_metrics
 from tests.fakes import FakeTarget
 
 PASS = CheckOutcome(passed=True, summary="40/40 golden predictions match")
@@ -200,3 +200,28 @@ def test_the_share_a_target_gives_is_recorded_and_no_shadow_is_awaited_where_it_
                "mirror requests" for s in state.steps)
     (shift,) = [h.reason for h in state.history if h.reason.startswith("step 1/2")]
     assert "answers 50% of unversioned requests (10% asked" in shift
+
+
+class ReplacedCanaryPod(FakeTarget):
+    """Two servers per scrape: stable's pod, and a canary pod that fails 8 of its first 15 requests and
+    is then replaced by a healthy one whose counters start again from zero."""
+
+    def __init__(self) -> None:
+        super().__init__(stable=1)
+        self.scrapes = 0
+
+    def scrape(self, model: str) -> dict[str, str]:
+        self._maybe_fail("scrape")
+        n, self.scrapes = self.scrapes, self.scrapes + 1
+        canary = {"canary-a": (15, 8, 2000.0)} if n == 1 else {"canary-b": (10 * (n - 1), 0, 2000.0)} if n else {
+            "canary-a": (0, 0, 2000.0)}
+        pages = {"stable-a": render_metrics(model, {1: (100 * n, 0, 2000.0)})}
+        pages.update({pod: render_metrics(model, {2: counts}) for pod, counts in canary.items()})
+        return pages
+
+
+def test_errors_a_canary_pod_served_before_it_was_replaced_still_fail_the_step() -> None:
+    target = ReplacedCanaryPod()
+    state = drive(target, FAST.model_copy(update={"failed_checks": 1, "max_bake_s": 5.0}))
+    assert state.phase is Phase.ROLLED_BACK and target.scrapes == 3  # judged at the scrape after the replacement
+    assert "canary error rate 32.0% vs stable 0.0%" in state.failure and "8/25 failed" in state.failure
