@@ -334,6 +334,7 @@ class _Runner:
             window, last = _Window(started=time.time()), self.scrape(model)
             while True:
                 time.sleep(cfg.scrape_interval_s)  # the scrape cadence: new traffic has to arrive between scrapes
+                self.target.keep_traffic(model)
                 scrape = self.scrape(model)
                 window.counted, last = window.counted + increase(last, scrape), scrape
                 analysis = analyse_window(window.counted, state.version, state.stable,

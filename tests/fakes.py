@@ -53,6 +53,9 @@ class FakeTarget:
         self._maybe_fail("set_traffic")
         self.traffic_calls.append((canary_percent, mirror_percent))
 
+    def keep_traffic(self, model: str) -> None:
+        self._maybe_fail("keep_traffic")
+
     def scrape(self, model: str) -> dict[str, str]:
         """One server's metrics page, after the scripted clients' requests at the current split."""
         self._maybe_fail("scrape")

@@ -74,6 +74,10 @@ class Target(Protocol):
         Returns the share the canary actually takes where it differs (replica steps), else None.
         A target that cannot compare mirrored answers says why in a `shadow_unavailable` attribute."""
 
+    def keep_traffic(self, model: str) -> None:
+        """Called at every scrape of a step: hold the share `set_traffic` gave against what changed
+        since (a canary pod replaced mid-step), without waiting."""
+
     def scrape(self, model: str) -> dict[str, str]:
         """The Prometheus metrics page of every server that serves `model`, as text, by a name of the
         server (its instance) that stays the same while it lives: a window sums each one's increase."""

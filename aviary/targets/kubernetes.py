@@ -334,12 +334,23 @@ class KubernetesTarget:
         carries no gate (its pods are Ready as soon as they load)."""
         if not objects.gated(self.api.get("Deployment", objects.deployment_name(model, "canary"))):
             return False
+        self._let_in(self.api.list("Pod", objects.selector(model, "canary")))
+        return True
+
+    def _let_in(self, pods: list[dict[str, Any]]) -> None:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for pod in self.api.list("Pod", objects.selector(model, "canary")):
+        for pod in pods:
             meta = pod.get("metadata") or {}
             if not meta.get("deletionTimestamp") and not has_condition(pod, objects.LIVE_GATE):
                 self.api.patch_status("Pod", meta["name"], objects.live_condition(now))  # None: gone since
-        return True
+
+    def keep_traffic(self, model: str) -> None:
+        """Hold the share `set_traffic` gave while a step bakes: a canary pod that replaced one since
+        (evicted, deleted, its node gone) is let into the live Service as its predecessor was; it
+        turns Ready once loaded. The Gateway API's route needs nothing: its weights do not move."""
+        self._check_model(model)
+        if self.cfg.canary_weight is None and self._traffic is not None and self._traffic[0] > 0:
+            self._open_gates(model)
 
     def _pin_stable(self, model: str, version: int) -> None:
         """Write the stable ConfigMap, then pin the Deployment to it. Where no overlay made the stable
@@ -453,6 +464,8 @@ class KubernetesTarget:
             if not objects.gated(deployment):
                 return rollout_state(deployment)
             pods = self.api.list("Pod", objects.selector(model, track))
+            if live:  # a pod that replaced one let in since is let in too, or the wait would outlast it
+                self._let_in(pods)
             return gated_rollout_state(deployment, pods, objects.LIVE_GATE, live)
 
         name = objects.deployment_name(model, track)

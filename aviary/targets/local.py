@@ -280,6 +280,9 @@ class LocalTarget:
             raise TargetError(f"local server refused the traffic split {body} for {model}: "
                               f"HTTP {response.status_code}: {response.text[:200]}")
 
+    def keep_traffic(self, model: str) -> None:
+        """Nothing to hold: the one server keeps the split it was given."""
+
     def scrape(self, model: str) -> dict[str, str]:
         url = f"{self.rest}{METRICS_PATH}"
         try:

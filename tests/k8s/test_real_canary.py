@@ -20,6 +20,8 @@ import yaml
 from aviary.record import records
 from aviary.rollout import Phase
 from aviary.store import GOLDEN_FILE
+from aviary.targets import kube_objects as objects
+from aviary.targets.kube_status import has_condition
 from benchmarks.canaries import drift, fail_out_of_range
 from tests.helpers import wait_for
 
@@ -176,6 +178,36 @@ def test_real_canary_takes_no_live_traffic_before_a_traffic_step(ns: Namespace) 
     assert len(canaries) == 2, seen  # both canaries were listed, as pods of the selector ...
     assert all(ready == {False} for ready in canaries.values()), canaries  # ... and never ready
     assert any(True in ready for name, ready in seen.items() if name.startswith(f"{MODEL}-stable-")), seen
+
+
+def test_real_canary_pod_replaced_mid_step_is_let_into_the_live_service(ns: Namespace) -> None:
+    """A canary pod deleted as soon as it takes live traffic is replaced by its Deployment, and the
+    replacement is let into the live Service within the same step, not left out until the next."""
+    promoted(ns, 1)
+    deleted: list[str] = []
+
+    def delete_first_live(stop: threading.Event) -> None:
+        while not stop.wait(0.1):
+            live = [p["metadata"]["name"] for p in ns.live_pods("canary")
+                    if all(has_condition(p, c) for c in ("Ready", objects.LIVE_GATE))]
+            if live:
+                ns.plane.kubectl("-n", ns.name, "delete", "pod", live[0], "--grace-period=0", "--force")
+                deleted.append(live[0])
+                return
+
+    config = ns.config(rollout={"canary": {**STEPS, "steps": [50], "bake_s": 12, "max_bake_s": 60}})
+    with live_endpoints(ns) as seen, in_background(delete_first_live):
+        result = rollout(2, config)
+    assert result.phase == Phase.PROMOTED, result
+    assert len(deleted) == 1
+    successors = {name for name, ready in seen.items()
+                  if name.startswith(f"{MODEL}-canary-") and name != deleted[0] and True in ready}
+    assert successors, seen  # a ready endpoint of the live Service before the canary was promoted away
+    (record,) = records(ns.store, 2)
+    (step,) = record.steps
+    assert step.verdict == "passed" and step.canary and step.canary["requests"] >= STEPS["min_requests"]
+    assert_stable(ns, 2)
+    assert_no_canary(ns)
 
 
 # With the Gateway API: the route's weights are the steps, exact, and go back to stable alone.
