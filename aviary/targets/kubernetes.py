@@ -232,12 +232,23 @@ class KubernetesTarget:
                 version = str((meta.get("annotations") or {}).get(objects.VERSION_KEY, ""))
                 if meta.get("deletionTimestamp") or not has_condition(pod, "Ready") or not version.isdigit():
                     continue
-                text = self.api.pod_get(meta["name"], objects.REST_PORT, objects.METRICS_PATH)
+                try:
+                    text = self.api.pod_get(meta["name"], objects.REST_PORT, objects.METRICS_PATH)
+                except TargetError:
+                    if meta["name"] in self._serving_pods(selector):
+                        raise
+                    log.info("pod %s left before its metrics were read; what it served is counted up to "
+                             "its last scrape", meta["name"])
+                    continue
                 if selector.get("track") is None:
                     pages[meta["name"]] = shadow_series(text)
                 else:
                     pages[meta["name"]] = relabel(text, {"version": version})
         return pages
+
+    def _serving_pods(self, selector: Mapping[str, str]) -> set[str]:
+        return {p["metadata"]["name"] for p in self.api.list("Pod", selector)
+                if not p["metadata"].get("deletionTimestamp") and has_condition(p, "Ready")}
 
     def live_endpoint(self, model: str) -> Endpoint:
         """The Service clients call (both tracks), for the rollout's own load."""

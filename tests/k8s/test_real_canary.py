@@ -21,7 +21,9 @@ from aviary.record import records
 from aviary.rollout import Phase
 from aviary.store import GOLDEN_FILE
 from aviary.targets import kube_objects as objects
+from aviary.targets.base import TargetError
 from aviary.targets.kube_status import has_condition
+from aviary.targets.kubernetes import KubernetesTarget
 from benchmarks.canaries import drift, fail_out_of_range
 from tests.helpers import wait_for
 
@@ -208,6 +210,32 @@ def test_real_canary_pod_replaced_mid_step_is_let_into_the_live_service(ns: Name
     assert step.verdict == "passed" and step.canary and step.canary["requests"] >= STEPS["min_requests"]
     assert_stable(ns, 2)
     assert_no_canary(ns)
+
+
+def test_real_scrape_skips_a_pod_gone_before_its_metrics_are_read_but_not_a_serving_pod_that_fails(
+        ns: Namespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prometheus's way: a pod deleted between the list and its read is no scrape failure (what it
+    served is in the window up to its last scrape); a serving pod that does not answer is one."""
+    promoted(ns, 1)
+    target = fast_target(ns.config())
+    assert isinstance(target, KubernetesTarget)
+    (pod,) = [p["metadata"]["name"] for p in ns.live_pods("stable")]
+    ns.reached(MODEL, 2)
+    page = target.scrape(MODEL)
+    assert list(page) == [pod] and 'version="1"' in page[pod]  # by pod, labelled with the version it serves
+    read = target.api.pod_get
+
+    def deleted_first(name: str, port: int, path: str) -> str:
+        ns.plane.kubectl("-n", ns.name, "delete", "pod", name, "--grace-period=0", "--force")
+        return read(name, port, path)
+
+    monkeypatch.setattr(target.api, "pod_get", deleted_first)
+    assert target.scrape(MODEL) == {}
+    wait_for("stable's replacement pod ready", lambda: ns.live_pods("stable") and target._serving_pods(
+        objects.selector(MODEL, "stable")), timeout_s=120, every_s=0.2)
+    monkeypatch.setattr(target.api, "pod_get", lambda name, _port, path: read(name, 1, path))  # nothing listens
+    with pytest.raises(TargetError, match=r"pods/proxy"):
+        target.scrape(MODEL)
 
 
 # With the Gateway API: the route's weights are the steps, exact, and go back to stable alone.
