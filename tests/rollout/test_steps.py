@@ -23,7 +23,7 @@ from tests.fake_traffic import Behaviour, FakeTraffic, render_metrics
 from tests.fakes import FakeTarget
 
 PASS = CheckOutcome(passed=True, summary="40/40 golden predictions match")
-FAST = CanaryConfig(steps=(10, 25, 50), bake_s=0, max_bake_s=0.2, scrape_interval_s=0, min_requests=20,
+FAST = CanaryConfig(steps=(10, 25, 50), bake_s=0, max_bake_s=2.0, scrape_interval_s=0, min_requests=20,
                     failed_checks=2, shadow=ShadowConfig(mirror_percent=20, min_rows=20))
 STEP = [Phase.SHIFTING, Phase.BAKING, Phase.ANALYSING]
 GOOD = [Phase.DEPLOYING, Phase.CHECKING, *STEP * 3, Phase.SHIFTING, Phase.PROMOTING, Phase.PROMOTED]
@@ -222,6 +222,6 @@ class ReplacedCanaryPod(FakeTarget):
 
 def test_errors_a_canary_pod_served_before_it_was_replaced_still_fail_the_step() -> None:
     target = ReplacedCanaryPod()
-    state = drive(target, FAST.model_copy(update={"failed_checks": 1, "max_bake_s": 5.0}))
+    state = drive(target, FAST.model_copy(update={"failed_checks": 1}))
     assert state.phase is Phase.ROLLED_BACK and target.scrapes == 3  # judged at the scrape after the replacement
     assert "canary error rate 32.0% vs stable 0.0%" in state.failure and "8/25 failed" in state.failure
