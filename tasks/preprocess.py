@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +137,10 @@ def build_inputs(profile: DataProfile) -> dict[str, Any]:
     return {f.input_name: keras.Input(shape=(), name=f.input_name, dtype=input_dtype(f)) for f in profile.features}
 
 
-def encode_features(inputs: dict[str, Any], profile: DataProfile, encoding: Encoding) -> Any:
-    """The preprocessed, concatenated feature vector of the model's raw inputs."""
+def encode_features(inputs: dict[str, Any], profile: DataProfile, encoding: Encoding,
+                    seeds: Iterator[int] | None = None) -> Any:
+    """The preprocessed, concatenated feature vector of the model's raw inputs; `seeds` seed the
+    embeddings' initial weights (unseeded, Keras draws from Python's process-wide `random`)."""
     import keras
 
     layers = custom_layers()
@@ -157,7 +159,9 @@ def encode_features(inputs: dict[str, Any], profile: DataProfile, encoding: Enco
                 parts.append(lookup(raw))
             else:
                 ids = keras.layers.StringLookup(vocabulary=vocab, num_oov_indices=1, name=f"{name}_lookup")(raw)
-                parts.append(keras.layers.Embedding(len(vocab) + 1, encoding.embedding_dim, name=f"{name}_embedding")(ids))
+                start = keras.initializers.RandomUniform(-0.05, 0.05, seed=next(seeds) if seeds is not None else None)
+                parts.append(keras.layers.Embedding(len(vocab) + 1, encoding.embedding_dim, embeddings_initializer=start,
+                                                    name=f"{name}_embedding")(ids))
             continue
         column = keras.layers.Reshape((1,), name=f"{name}_column")(raw)
         mean, variance = _safe_moments(feature)

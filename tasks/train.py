@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +42,28 @@ def encoding(cfg: TrainConfig) -> Encoding:
     return Encoding(max_vocabulary=cfg.max_vocabulary, one_hot_max=cfg.one_hot_max, embedding_dim=cfg.embedding_dim)
 
 
+def layer_seeds(seed: int) -> Iterator[int]:
+    """One seed per layer with random initial weights, drawn from the run's seed in build order."""
+    rng = np.random.default_rng(seed)
+    while True:
+        yield int(rng.integers(1, 2**31 - 1))
+
+
 def build_model(profile: DataProfile, cfg: TrainConfig) -> Any:
-    """Preprocessing from the profile, then `cfg.hidden_units` ReLU layers and a sigmoid."""
+    """Preprocessing from the profile, then `cfg.hidden_units` ReLU layers and a sigmoid.
+
+    Every initial weight is seeded from `cfg.seed`: Keras' unseeded initializers draw from Python's
+    process-wide `random`, which any other thread of the process may draw from too."""
     import keras
 
+    seeds = layer_seeds(cfg.seed)
     inputs = build_inputs(profile)
-    x = encode_features(inputs, profile, encoding(cfg))
+    x = encode_features(inputs, profile, encoding(cfg), seeds)
     for i, units in enumerate(cfg.hidden_units):
-        x = keras.layers.Dense(units, activation="relu", name="hidden" if i == 0 else f"hidden_{i + 1}")(x)
-    probability = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+        x = keras.layers.Dense(units, activation="relu", kernel_initializer=keras.initializers.GlorotUniform(next(seeds)),
+                               name="hidden" if i == 0 else f"hidden_{i + 1}")(x)
+    probability = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=keras.initializers.GlorotUniform(
+        next(seeds)), name="probability")(x)
     model = keras.Model(inputs, probability)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),

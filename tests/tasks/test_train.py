@@ -1,3 +1,5 @@
+import random
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,16 @@ def test_the_behaviour_cases_of_the_config_hold(trained: TrainedModel) -> None:
 def test_retraining_with_the_same_seed_gives_the_same_model(
     trained: TrainedModel, circle_split: Split, tmp_path: Path
 ) -> None:
-    again = train_model_task.fn(circle_split.train, FAST_TRAIN, tmp_path)
+    """Even while another thread of the process draws from Python's `random` (a client's retry jitter,
+    a run-name generator): the initial weights come from the seed alone."""
+    stop = threading.Event()
+    other = threading.Thread(target=lambda: [random.random() for _ in iter(lambda: stop.wait(0.0001), True)])
+    other.start()
+    try:
+        again = train_model_task.fn(circle_split.train, FAST_TRAIN, tmp_path)
+    finally:
+        stop.set()
+        other.join()
     assert again.epochs_run == trained.epochs_run
     assert again.final_val_loss == trained.final_val_loss
     assert trained.profile is not None
