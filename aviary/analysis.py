@@ -267,31 +267,35 @@ class ShadowStats:
 
 
 def track_stats(before: Snapshot, after: Snapshot, version: int) -> TrackStats:
-    old, new = before.versions.get(version, VersionCounters()), after.versions.get(version, VersionCounters())
-    statuses = set(old.requests) | set(new.requests)
-    by_status = {s: _increase(new.requests.get(s, 0.0), old.requests.get(s, 0.0)) for s in statuses}
-    latency = new.latency - old.latency
-    p50, p95, p99 = (latency.quantile(q) / 1000 for q in (0.5, 0.95, 0.99))
-    return TrackStats(version=version, requests=round(sum(by_status.values())),
-                      errors=round(sum(n for s, n in by_status.items() if s != OK)),
+    return _track_stats(after - before, version)
+
+
+def _track_stats(counted: Snapshot, version: int) -> TrackStats:
+    counters = counted.versions.get(version, VersionCounters())
+    p50, p95, p99 = (counters.latency.quantile(q) / 1000 for q in (0.5, 0.95, 0.99))
+    return TrackStats(version=version, requests=round(sum(counters.requests.values())),
+                      errors=round(sum(n for s, n in counters.requests.items() if s != OK)),
                       p50_ms=p50, p95_ms=p95, p99_ms=p99)
 
 
 def shadow_stats(before: Snapshot, after: Snapshot, canary: int) -> ShadowStats:
-    old, new = before.shadow.get(canary, ShadowCounters()), after.shadow.get(canary, ShadowCounters())
-    rows = _increase(new.rows, old.rows)
-    diff = new.abs_diff - old.abs_diff
+    return _shadow_stats(after - before, canary)
 
-    def share(a: float, b: float) -> float:
-        return _increase(a, b) / rows if rows else math.nan
+
+def _shadow_stats(counted: Snapshot, canary: int) -> ShadowStats:
+    counters = counted.shadow.get(canary, ShadowCounters())
+    rows, diff = counters.rows, counters.abs_diff
+
+    def share(n: float) -> float:
+        return n / rows if rows else math.nan
 
     return ShadowStats(
         rows=round(rows),
-        agreement=1.0 - share(new.disagreements, old.disagreements) if rows else math.nan,
+        agreement=1.0 - share(counters.disagreements),
         mean_abs_diff=diff.total / diff.count if diff.count else math.nan,
         p99_abs_diff=diff.quantile(0.99),
-        stable_positive_rate=share(new.stable_positives, old.stable_positives),
-        canary_positive_rate=share(new.canary_positives, old.canary_positives),
+        stable_positive_rate=share(counters.stable_positives),
+        canary_positive_rate=share(counters.canary_positives),
     )
 
 
@@ -377,10 +381,9 @@ def analyse(canary: TrackStats, stable: TrackStats | None, shadow: ShadowStats |
 
 def analyse_window(counted: Snapshot, canary: int, stable: int | None, shadow: bool, limits: Limits) -> StepAnalysis:
     """Judge what the servers counted over a window (the sum of `increase`s)."""
-    nothing = Snapshot()
     return analyse(
-        track_stats(nothing, counted, canary),
-        track_stats(nothing, counted, stable) if stable is not None else None,
-        shadow_stats(nothing, counted, canary) if shadow else None,
+        _track_stats(counted, canary),
+        _track_stats(counted, stable) if stable is not None else None,
+        _shadow_stats(counted, canary) if shadow else None,
         limits,
     )

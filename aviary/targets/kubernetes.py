@@ -230,7 +230,7 @@ class KubernetesTarget:
             for pod in self.api.list("Pod", selector):
                 meta = pod.get("metadata") or {}
                 version = str((meta.get("annotations") or {}).get(objects.VERSION_KEY, ""))
-                if meta.get("deletionTimestamp") or not has_condition(pod, "Ready") or not version.isdigit():
+                if not _serves(pod) or not version.isdigit():
                     continue
                 try:
                     text = self.api.pod_get(meta["name"], objects.REST_PORT, objects.METRICS_PATH)
@@ -247,8 +247,7 @@ class KubernetesTarget:
         return pages
 
     def _serving_pods(self, selector: Mapping[str, str]) -> set[str]:
-        return {p["metadata"]["name"] for p in self.api.list("Pod", selector)
-                if not p["metadata"].get("deletionTimestamp") and has_condition(p, "Ready")}
+        return {p["metadata"]["name"] for p in self.api.list("Pod", selector) if _serves(p)}
 
     def live_endpoint(self, model: str) -> Endpoint:
         """The Service clients call (both tracks), for the rollout's own load."""
@@ -360,7 +359,7 @@ class KubernetesTarget:
         (evicted, deleted, its node gone) is let into the live Service as its predecessor was; it
         turns Ready once loaded. The Gateway API's route needs nothing: its weights do not move."""
         self._check_model(model)
-        if self.cfg.canary_weight is None and self._traffic is not None and self._traffic[0] > 0:
+        if self._gated and self._traffic is not None and self._traffic[0] > 0:
             self._open_gates(model)
 
     def _pin_stable(self, model: str, version: int) -> None:
@@ -509,3 +508,8 @@ class KubernetesTarget:
             problems = [f"(pods unreadable: {e})"]
         detail = "; ".join(problems)
         return f"{track} {model} v{version}: {message}" + (f"; {detail}" if detail else "")
+
+
+def _serves(pod: dict[str, Any]) -> bool:
+    """Ready and not being deleted: a pod whose page a scrape reads."""
+    return not (pod.get("metadata") or {}).get("deletionTimestamp") and has_condition(pod, "Ready")

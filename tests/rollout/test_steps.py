@@ -213,11 +213,11 @@ class ReplacedCanaryPod(FakeTarget):
     def scrape(self, model: str) -> dict[str, str]:
         self._maybe_fail("scrape")
         n, self.scrapes = self.scrapes, self.scrapes + 1
-        canary = {"canary-a": (15, 8, 2000.0)} if n == 1 else {"canary-b": (10 * (n - 1), 0, 2000.0)} if n else {
-            "canary-a": (0, 0, 2000.0)}
-        pages = {"stable-a": render_metrics(model, {1: (100 * n, 0, 2000.0)})}
-        pages.update({pod: render_metrics(model, {2: counts}) for pod, counts in canary.items()})
-        return pages
+        if n < 2:
+            pod, counts = "canary-a", (15, 8, 2000.0) if n else (0, 0, 2000.0)
+        else:
+            pod, counts = "canary-b", (10 * (n - 1), 0, 2000.0)
+        return {"stable-a": render_metrics(model, {1: (100 * n, 0, 2000.0)}), pod: render_metrics(model, {2: counts})}
 
 
 def test_errors_a_canary_pod_served_before_it_was_replaced_still_fail_the_step() -> None:
