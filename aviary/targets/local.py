@@ -71,12 +71,14 @@ class LocalTarget:
         return self.server.log_file
 
     def _models(self) -> dict[str, dict[str, Any]]:
-        """The last config the server accepted, by model."""
+        """The last config the server accepted, by model: versions, labels, and the folder it reads them
+        from (each model's own store: one server may serve models of several stores)."""
         if not self.state_file.exists():
             return {}
         try:
             models = json.loads(self.state_file.read_text())
-            return {name: {"versions": [int(v) for v in m["versions"]], "labels": {k: int(v) for k, v in m["labels"].items()}}
+            return {name: {"versions": [int(v) for v in m["versions"]], "labels": {k: int(v) for k, v in m["labels"].items()},
+                           "base_path": str(m.get("base_path") or self.store_root / name)}
                     for name, m in models.items()}
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise TargetError(f"{self.state_file}: unreadable record of the served config ({error}); "
@@ -84,7 +86,7 @@ class LocalTarget:
 
     def _entries(self, models: dict[str, dict[str, Any]]) -> list[ModelEntry]:
         return [
-            ModelEntry(name, str(self.store_root / name), tuple(m["versions"]), dict(m["labels"]))
+            ModelEntry(name, m["base_path"], tuple(m["versions"]), dict(m["labels"]))
             for name, m in sorted(models.items())
             if m["versions"]
         ]
@@ -109,7 +111,8 @@ class LocalTarget:
         """Have the server take the new config; record it only once the server accepted it."""
         with self._config_lock():
             accepted = self._models()
-            proposed = {**accepted, model: {"versions": sorted(set(versions)), "labels": dict(labels)}}
+            proposed = {**accepted, model: {"versions": sorted(set(versions)), "labels": dict(labels),
+                                            "base_path": str(self.store_root / model)}}
             config = build_model_config(self._entries(proposed))  # validates labels before anything changes
             rec = self.ensure_server()
             try:

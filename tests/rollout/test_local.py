@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+from pathlib import Path
 
 import pytest
 import requests
@@ -157,3 +158,23 @@ def test_rollout_of_a_version_not_in_the_store_is_refused(cfg: PipelineConfig) -
     store.record_rejected(4, {"why": "gate"})
     with pytest.raises(ValueError, match="version 4 cannot be deployed: it was rejected by the gate"):
         rollout(4, cfg)
+
+
+def test_one_server_serves_models_of_two_stores_each_from_its_own(
+    cfg: PipelineConfig, trained: TrainedModel, circle_split: Split, tmp_path: Path
+) -> None:
+    """circle from one store, then churn from another through the same server (state dir): circle
+    keeps serving from its own store, and a restarted server loads both from where they were."""
+    export_versions(cfg, trained, circle_split, 1)
+    assert rollout(1, cfg).phase == Phase.PROMOTED
+    other = cfg.model_copy(update={"export": cfg.export.model_copy(update={"store": tmp_path / "other",
+                                                                           "model_name": "churn"})})
+    export_versions(other, trained, circle_split, 1)
+    assert rollout(1, other).phase == Phase.PROMOTED
+    for name in ("circle", "churn"):
+        answer = requests.post(f"{target(cfg).rest}/v1/models/{name}:predict",
+                               json={"instances": [{"x": 0.0, "y": 0.0}]}, timeout=10)
+        assert answer.status_code == 200, (name, answer.text)
+    target(cfg).stop()
+    assert rollout(1, cfg).phase == Phase.PROMOTED  # starts the server again from the recorded config
+    assert target(other).serving("churn") == Serving(stable=1, canary=None)
