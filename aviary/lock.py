@@ -12,7 +12,8 @@ The limit is acquired with `strict=True`, so a limit that cannot be found is an 
 warning and an unguarded rollout. When it is missing it is created first (limit 1, no decay), so a
 model the stack did not know about is guarded from its first rollout. Without a Prefect API (a
 plain `python -m flows.retrain`, whose API is a throwaway server of its own) there is nothing to
-share a limit with: the file lock is the guard.
+share a limit with: the file lock is the guard. Nor with the throwaway server the command lines start
+(`prefect_api`): its slots would outlive a killed run in the shared database, its leases would not.
 
 A crashed holder frees its slot when its lease lapses (`LEASE_S`), so a dead run cannot block a model for long.
 """
@@ -34,6 +35,8 @@ from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import get_current_settings
+
+from aviary.prefect_api import throwaway
 
 POLL_S = 0.2
 LEASE_S = 60.0
@@ -97,7 +100,7 @@ async def ensure_rollout_limit(client: PrefectClient, model: str) -> bool:
 @contextmanager
 def rollout_slot(model: str, timeout_s: float) -> Iterator[str | None]:
     """Hold the model's rollout slot for the block; yields the limit's name, or None without an API."""
-    if get_current_settings().api.url is None:
+    if get_current_settings().api.url is None or throwaway(get_current_settings().api.url):
         yield None
         return
     name = rollout_limit_name(model)

@@ -25,6 +25,7 @@ import httpx
 OWNER_ENV = "AVIARY_PREFECT_API_OWNER"
 """Set in the server's environment to the pid of the run that owns it, so leftovers can be counted."""
 START_TIMEOUT_S = 120.0
+_THROWAWAY: set[str] = set()
 PR_SET_PDEATHSIG = 1
 
 
@@ -76,6 +77,11 @@ def _drain() -> None:
             worker.drain_all(timeout=5)
 
 
+def throwaway(url: str | None) -> bool:
+    """Whether `url` is this process's own throwaway API: nothing else shares it."""
+    return url in _THROWAWAY
+
+
 @contextmanager
 def own_prefect_api() -> Iterator[str | None]:
     """For the block, a Prefect API: the configured one (yields None), else our own child server (yields its URL)."""
@@ -98,11 +104,13 @@ def own_prefect_api() -> Iterator[str | None]:
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"the temporary Prefect server did not answer on {url} within {START_TIMEOUT_S:g} s")
             time.sleep(0.1)
+        _THROWAWAY.add(url)
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:
                 yield url
             finally:
                 _drain()
+                _THROWAWAY.discard(url)
     finally:
         process.terminate()
         try:

@@ -21,6 +21,7 @@ from prefect.flow_runs import resume_flow_run
 from pydantic import BaseModel, ConfigDict
 
 from aviary.config import ApprovalConfig, GateConfig, PipelineConfig
+from aviary.faults import crash_point
 from aviary.flows.cli import add_config_arguments, config_from_args, run_main
 from aviary.golden_load import GoldenLoad, is_loopback
 from aviary.lock import model_lock, rollout_slot
@@ -183,6 +184,7 @@ def deploy_version(
         rollout_slot(model, config.rollout.lock_timeout_s),
         model_lock(store.base / ".rollout.lock", f"model '{model}'", config.rollout.lock_timeout_s),
     ):
+        crash_point("rollout-locked")
         done = store.marked(DEPLOYED_MARK, version)
         if idempotency_key is not None and done is not None and done.get("key") == idempotency_key:
             logger.info("%s v%s: %s was already acted on (%s); nothing to do", model, version, idempotency_key, done["phase"])

@@ -25,7 +25,7 @@ from aviary.flows.retrain import idempotency_key, retrain
 from aviary.flows.rollout import RolloutResult, deploy_version
 from aviary.store import ModelStore
 from tests.fakes import FakeTarget
-from tests.helpers import small_pipeline
+from tests.helpers import free_port, small_pipeline
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 REPO = Path(__file__).resolve().parents[2]
@@ -157,3 +157,30 @@ def test_a_killed_retrain_leaves_no_prefect_server_behind(tmp_path: Path, csv: P
     for pid in left:  # do not leak them into the rest of the session
         os.kill(pid, signal.SIGKILL)
     assert left == [], "no Prefect server outlives its run"
+
+
+def test_a_retrain_killed_in_its_rollout_does_not_block_the_next_one(tmp_path: Path, csv: Path) -> None:
+    """A command-line run's Prefect API is a throwaway server over a database that outlives it: a rollout
+    slot taken there would stay taken after a kill -9. The file lock guards instead, and dies with the run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect"), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env.pop(faults.MODE_ENV, None)
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({
+        "gate": {"min_precision": 0.0, "min_recall": 0.0},
+        "rollout": {"lock_timeout_s": 5, "canary": {"steps": []},
+                    "local": {"rest_port": free_port(), "grpc_port": free_port(), "state_dir": str(tmp_path / "serving")}},
+    }))
+    args = [sys.executable, "-m", "aviary.flows.retrain", "--data", str(csv), "--epochs", "3", "--target", "local",
+            "--config", str(config), "--store", str(tmp_path / "store"), "--runs-dir", str(tmp_path / "runs")]
+    try:
+        killed = subprocess.run(args, cwd=REPO, env={**env, faults.ENV: "rollout-locked"}, capture_output=True,
+                                text=True, timeout=600, check=False)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        assert "rollout: v2 Promoted" in again.stdout
+        assert ModelStore(tmp_path / "store", "circle").aliases() == {"production": 2}
+    finally:
+        subprocess.run([sys.executable, "-m", "aviary.targets.local", "stop", "--state-dir", str(tmp_path / "serving")],
+                       cwd=REPO, capture_output=True, check=False)
